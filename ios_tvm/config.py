@@ -1,0 +1,51 @@
+"""Every knob of the schedule search in one documented place."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .errors import IosTvmError
+
+#: Scheduling strategies: the two baselines and IOS's three variants.
+#: ``concurrent`` is IOS-Parallel, ``merge`` is IOS-Merge, ``both`` is IOS-Both.
+SEARCH_STRATEGIES = ("sequential", "greedy", "concurrent", "merge", "both")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings of :func:`ios_tvm.search.search`.
+
+    Attributes
+    ----------
+    strategy
+        One of :data:`SEARCH_STRATEGIES`.
+    max_groups
+        Most groups (streams) in one concurrent stage; IOS's ``s`` (default 8).
+    max_group_size
+        Most ops in one group; IOS's ``r`` (default 3).
+    max_part_size
+        Graphs with more ops are cut into parts of at most this many ops, preferably where
+        the graph narrows to one tensor; each part is searched on its own.
+    greedy_max_streams
+        Stream cap of the greedy (wavefront) baseline; IOS used 10.
+    """
+
+    strategy: str = "concurrent"
+    max_groups: int = 8
+    max_group_size: int = 3
+    max_part_size: int = 40
+    greedy_max_streams: int = 10
+
+    def __post_init__(self) -> None:
+        if self.strategy not in SEARCH_STRATEGIES:
+            raise IosTvmError(f"unknown strategy {self.strategy!r}; choose one of "
+                              f"{', '.join(SEARCH_STRATEGIES)}")
+        for name in ("max_groups", "max_group_size", "max_part_size", "greedy_max_streams"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise IosTvmError(f"{name} must be a positive integer, got {value!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return asdict(self)

@@ -1,0 +1,296 @@
+"""The IOS schedule search: a dynamic program over predecessor-closed op sets.
+
+For a set ``S`` of ops still to schedule (always a down-set of the part), an *ending* is a
+non-empty ``E`` in ``S`` that nothing in ``S - E`` depends on, so it can run as the last
+stage. ``cost(S) = min over endings E and strategies of cost(S - E) + L(E)`` with
+``cost({}) = 0`` (Ding et al., MLSys 2021, §4).
+
+Concurrent endings. The groups of a concurrent stage are exactly the weakly connected
+components of the ending (ops of different groups must not depend on each other, and a
+component cannot be split without that). So the search enumerates every ending whose
+components number at most ``max_groups`` and have at most ``max_group_size`` ops: it
+builds the candidate groups of ``S`` (connected, successor-closed sets of at most ``r``
+ops, grown as unions of overlapping descendant closures) and then every collection of at
+most ``s`` disjoint candidates. Unlike IOS master this includes groups with several roots
+that share a descendant (IOS issue #10).
+
+Merge endings. Any subset of at least two sink ops of ``S`` that the ``can_merge``
+predicate accepts becomes one merged kernel (IOS §5). Singletons always remain, so the
+sequential schedule is in every strategy's space and the search never returns a schedule
+worse than sequential under its own cost model.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .config import SearchConfig
+from .cost.base import CostFn, StageCostCache
+from .graph import OpGraph
+from .partition import partition
+from .schedule import Schedule, Stage
+
+logger = logging.getLogger(__name__)
+
+#: ``can_merge(graph, ops)`` says whether ops (ids, ascending) may become one kernel.
+MergePredicate = Callable[[OpGraph, tuple[int, ...]], bool]
+
+
+@dataclass
+class SearchStats:
+    """Counters of one search (summed over parts)."""
+
+    parts: int = 0
+    states: int = 0
+    transitions: int = 0
+    stages_costed: int = 0
+    cost_calls: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass
+class SearchResult:
+    """The schedule found and how much work finding it took."""
+
+    schedule: Schedule
+    stats: SearchStats = field(default_factory=SearchStats)
+
+
+def _bits(mask: int) -> list[int]:
+    out = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return out
+
+
+def sequential_schedule(graph: OpGraph) -> Schedule:
+    """One op per stage, in id (topological) order."""
+    return Schedule(tuple(Stage(((i,),)) for i in range(len(graph.nodes))),
+                    meta={"strategy": "sequential"})
+
+
+def greedy_schedule(graph: OpGraph, max_streams: int = 10) -> Schedule:
+    """IOS's greedy (wavefront) baseline: every ready op in the stage, one op per group.
+
+    When more than ``max_streams`` ops are ready, the first ones (by id) go in and the rest
+    wait for the next stage.
+    """
+    n = len(graph.nodes)
+    missing = [len(p) for p in graph.preds]
+    ready = [i for i in range(n) if missing[i] == 0]
+    stages = []
+    while ready:
+        ready.sort()
+        now, ready = ready[:max_streams], ready[max_streams:]
+        stages.append(Stage(tuple((i,) for i in now)))
+        for i in now:
+            for v in graph.succs[i]:
+                missing[v] -= 1
+                if missing[v] == 0:
+                    ready.append(v)
+    return Schedule(tuple(stages), meta={"strategy": "greedy", "max_streams": max_streams})
+
+
+class _PartSearch:
+    """The DP over one part ``[lo, hi)`` of the graph, with local bit indices."""
+
+    def __init__(self, graph: OpGraph, lo: int, hi: int, cfg: SearchConfig,
+                 cost: StageCostCache, can_merge: MergePredicate | None) -> None:
+        self.graph = graph
+        self.lo = lo
+        self.n = hi - lo
+        full = (1 << self.n) - 1
+        self.desc = [(graph.descendant_masks[lo + i] >> lo) & full for i in range(self.n)]
+        self.r = cfg.max_group_size
+        self.s = cfg.max_groups
+        self.concurrent = cfg.strategy in ("concurrent", "both")
+        self.merge = cfg.strategy in ("merge", "both") and can_merge is not None
+        self.singletons_only = not self.concurrent
+        self.cost = cost
+        self.can_merge = can_merge
+        self.merge_ok: dict[int, bool] = {}
+        self.memo: dict[int, float] = {0: 0.0}
+        # best ending per state: (ending mask, groups as local masks, strategy)
+        self.choice: dict[int, tuple[int, tuple[int, ...], str]] = {}
+        self.transitions = 0
+
+    # -- stages ----------------------------------------------------------------------------
+    def _stage(self, groups: tuple[int, ...], strategy: str) -> Stage:
+        lo = self.lo
+        gs = sorted(tuple(lo + b for b in _bits(g)) for g in groups)
+        return Stage(tuple(gs), strategy)
+
+    def _stage_cost(self, groups: tuple[int, ...], mask: int, strategy: str) -> float:
+        return self.cost.lookup(mask << self.lo, strategy, lambda: self._stage(groups, strategy))
+
+    # -- candidate groups ------------------------------------------------------------------
+    def _groups(self, state: int) -> list[int]:
+        """Connected, successor-closed subsets of ``state`` with at most r ops."""
+        r = self.r
+        closures = []
+        for v in _bits(state):
+            c = (self.desc[v] & state) | (1 << v)
+            if c.bit_count() <= r:
+                closures.append(c)
+        if r == 1 or len(closures) <= 1:
+            return closures
+        found = set(closures)
+        frontier = list(found)
+        while frontier:
+            g = frontier.pop()
+            for c in closures:
+                if c & g and (c | g) != g:
+                    u = c | g
+                    if u not in found and u.bit_count() <= r:
+                        found.add(u)
+                        frontier.append(u)
+        return sorted(found)
+
+    # -- the DP ----------------------------------------------------------------------------
+    def solve(self, state: int) -> float:
+        """Minimum cost of scheduling the down-set ``state``."""
+        memo = self.memo
+        hit = memo.get(state)
+        if hit is not None:
+            return hit
+        best = float("inf")
+        best_choice: tuple[int, tuple[int, ...], str] | None = None
+        groups = self._groups(state)
+        if self.singletons_only:
+            groups = [g for g in groups if g & (g - 1) == 0]
+        solve = self.solve
+        stage_cost = self._stage_cost
+        s = self.s
+
+        # Every collection of <= s pairwise-disjoint candidate groups is a concurrent ending.
+        stack: list[tuple[int, int, tuple[int, ...]]] = [(0, 0, ())]
+        ng = len(groups)
+        while stack:
+            start, used, chosen = stack.pop()
+            for j in range(start, ng):
+                g = groups[j]
+                if g & used:
+                    continue
+                ending = used | g
+                picked = (*chosen, g)
+                self.transitions += 1
+                total = solve(state ^ ending) + stage_cost(picked, ending, "concurrent")
+                if total < best:
+                    best = total
+                    best_choice = (ending, picked, "concurrent")
+                if len(picked) < s and not self.singletons_only:
+                    stack.append((j + 1, ending, picked))
+
+        if self.merge:
+            sinks = [v for v in _bits(state) if not self.desc[v] & state]
+            if len(sinks) >= 2:
+                sink_mask = 0
+                for v in sinks:
+                    sink_mask |= 1 << v
+                sub = sink_mask
+                while sub:
+                    if sub & (sub - 1) and self._mergeable(sub):
+                        self.transitions += 1
+                        total = solve(state ^ sub) + stage_cost((sub,), sub, "merge")
+                        if total < best:
+                            best = total
+                            best_choice = (sub, (sub,), "merge")
+                    sub = (sub - 1) & sink_mask
+        assert best_choice is not None, "every non-empty down-set has a singleton ending"
+        memo[state] = best
+        self.choice[state] = best_choice
+        return best
+
+    def _mergeable(self, mask: int) -> bool:
+        ok = self.merge_ok.get(mask)
+        if ok is None:
+            assert self.can_merge is not None
+            ok = bool(self.can_merge(self.graph, tuple(self.lo + b for b in _bits(mask))))
+            self.merge_ok[mask] = ok
+        return ok
+
+    def stages(self) -> list[Stage]:
+        """The optimal stages of the whole part, first to last."""
+        state = (1 << self.n) - 1
+        self.solve(state)
+        out = []
+        while state:
+            ending, groups, strategy = self.choice[state]
+            out.append(self._stage(groups, strategy))
+            state ^= ending
+        return out[::-1]
+
+
+def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
+           can_merge: MergePredicate | None = None, progress: bool = False) -> SearchResult:
+    """Find a schedule of ``graph`` minimising the summed stage cost.
+
+    Parameters
+    ----------
+    graph
+        The operator graph.
+    cost
+        Any callable ``Stage -> seconds``; it is memoised by op set and strategy.
+    config
+        Strategy and pruning limits (see :class:`SearchConfig`).
+    can_merge
+        Predicate for merge stages; without it ``merge``/``both`` only use singletons and
+        concurrent stages.
+    progress
+        Show a progress bar over the parts.
+
+    Returns
+    -------
+    SearchResult
+        The schedule (its ``cost`` is the DP's estimate, ``meta`` records the settings) and
+        counters: parts, DP states, transitions tried, distinct stages costed.
+    """
+    cfg = config or SearchConfig()
+    t0 = time.perf_counter()
+    memo_cost = cost if isinstance(cost, StageCostCache) else StageCostCache(cost)
+    calls0, distinct0 = memo_cost.counters.calls, memo_cost.counters.distinct
+    stats = SearchStats()
+    meta: dict[str, Any] = {**cfg.to_json(), "num_ops": len(graph.nodes)}
+    if cfg.strategy in ("sequential", "greedy"):
+        base = (sequential_schedule(graph) if cfg.strategy == "sequential"
+                else greedy_schedule(graph, cfg.greedy_max_streams))
+        total = sum(memo_cost(s) for s in base.stages)
+        stages = list(base.stages)
+    else:
+        parts = partition(graph, cfg.max_part_size)
+        stats.parts = len(parts)
+        stages = []
+        total = 0.0
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 4 * cfg.max_part_size + 1000))
+        try:
+            iterator: Any = parts
+            if progress:
+                from tqdm import tqdm
+
+                iterator = tqdm(parts, desc="IOS search", unit="part")
+            for lo, hi in iterator:
+                part = _PartSearch(graph, lo, hi, cfg, memo_cost, can_merge)
+                stages.extend(part.stages())
+                total += part.memo[(1 << (hi - lo)) - 1]
+                stats.states += len(part.memo) - 1
+                stats.transitions += part.transitions
+        finally:
+            sys.setrecursionlimit(limit)
+        meta["parts"] = [list(p) for p in parts]
+    stats.cost_calls = memo_cost.counters.calls - calls0
+    stats.stages_costed = memo_cost.counters.distinct - distinct0
+    stats.seconds = time.perf_counter() - t0
+    logger.debug("search %s: %s", cfg.strategy, stats)
+    return SearchResult(Schedule(tuple(stages), total, meta), stats)
