@@ -1,0 +1,276 @@
+"""The IOS dynamic program against brute force, on random DAGs with random cost tables."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from functools import lru_cache
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ios_tvm import OpGraph, SearchConfig, Stage, search, sequential_schedule, validate_schedule
+from ios_tvm.cost import AnalyticCost, StageCostCache
+from ios_tvm.schedule import Schedule
+from ios_tvm.search import greedy_schedule
+
+
+# -- random inputs -------------------------------------------------------------------------
+@st.composite
+def dags(draw: st.DrawFn, max_nodes: int = 9) -> OpGraph:
+    """Random DAGs with ids in topological order (edges low -> high)."""
+    n = draw(st.integers(1, max_nodes))
+    pairs = [(u, v) for v in range(n) for u in range(v)]
+    density = draw(st.sampled_from([0.15, 0.3, 0.5]))
+    edges = [p for p in pairs if draw(st.floats(0, 1)) < density]
+    return OpGraph.from_edges(n, edges)
+
+
+class RandomCost:
+    """A random but fixed cost per (op set, strategy): no structure for the DP to exploit."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __call__(self, stage: Stage) -> float:
+        rng = random.Random(hash((self.seed, stage.mask, stage.strategy)))
+        return rng.uniform(0.1, 2.0) * len(stage.ops) ** rng.uniform(0.3, 1.2)
+
+
+def merge_table(seed: int):
+    """A random but fixed merge predicate per op set."""
+
+    def can_merge(graph: OpGraph, ops: tuple[int, ...]) -> bool:
+        return random.Random(hash((seed, "merge", ops))).random() < 0.5
+
+    return can_merge
+
+
+# -- brute force, written independently of the DP's ending enumeration -----------------------
+def _components(graph: OpGraph, ops: list[int]) -> list[list[int]]:
+    parent = {op: op for op in ops}
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            a = parent[a]
+        return a
+
+    for v in ops:
+        for u in graph.preds[v]:
+            if u in parent:
+                parent[find(u)] = find(v)
+    comps: dict[int, list[int]] = {}
+    for op in ops:
+        comps.setdefault(find(op), []).append(op)
+    return sorted(sorted(c) for c in comps.values())
+
+
+def brute_force(graph: OpGraph, cost, strategy: str, r: int, s: int, can_merge=None) -> float:
+    """Minimum over every schedule of the search space, by trying every subset as last stage."""
+    n = len(graph.nodes)
+    concurrent = strategy in ("concurrent", "both")
+    merge = strategy in ("merge", "both") and can_merge is not None
+
+    @lru_cache(maxsize=None)
+    def best(state: int) -> float:
+        if state == 0:
+            return 0.0
+        ops_left = [i for i in range(n) if state >> i & 1]
+        result = float("inf")
+        for k in range(1, len(ops_left) + 1):
+            for ending in itertools.combinations(ops_left, k):
+                emask = sum(1 << i for i in ending)
+                rest = state & ~emask
+                if any(graph.pred_masks[v] & emask for v in range(n) if rest >> v & 1):
+                    continue  # something left behind depends on the ending
+                comps = _components(graph, list(ending))
+                if (concurrent or k == 1) and len(comps) <= s and all(len(c) <= r for c in comps):
+                    stage = Stage(tuple(tuple(c) for c in comps))
+                    result = min(result, best(rest) + cost(stage))
+                if merge and k >= 2 and len(comps) == k and can_merge(graph, ending):
+                    result = min(result, best(rest) + cost(Stage((ending,), "merge")))
+        return result
+
+    return best((1 << n) - 1)
+
+
+def all_schedules(graph: OpGraph, r: int, s: int):
+    """Every concurrent schedule of a tiny graph, listed explicitly (checks brute_force)."""
+    n = len(graph.nodes)
+
+    def rec(done: int, prefix: list[Stage]):
+        if done == (1 << n) - 1:
+            yield Schedule(tuple(prefix))
+            return
+        left = [i for i in range(n) if not done >> i & 1]
+        for k in range(1, len(left) + 1):
+            for first in itertools.combinations(left, k):
+                if any(graph.pred_masks[v] & ~done & ~sum(1 << i for i in first)
+                       for v in first):
+                    continue  # needs an op that has not run
+                comps = _components(graph, list(first))
+                if len(comps) > s or any(len(c) > r for c in comps):
+                    continue
+                yield from rec(done | sum(1 << i for i in first),
+                               [*prefix, Stage(tuple(tuple(c) for c in comps))])
+
+    yield from rec(0, [])
+
+
+def schedule_cost(schedule: Schedule, cost) -> float:
+    return sum(cost(stage) for stage in schedule.stages)
+
+
+# -- optimality ---------------------------------------------------------------------------
+@settings(max_examples=60)
+@given(graph=dags(max_nodes=6), seed=st.integers(0, 10_000), r=st.integers(1, 3),
+       s=st.integers(1, 3))
+def test_brute_force_matches_explicit_enumeration(graph, seed, r, s):
+    cost = RandomCost(seed)
+    explicit = min(schedule_cost(sch, cost) for sch in all_schedules(graph, r, s))
+    assert brute_force(graph, cost, "concurrent", r, s) == pytest.approx(explicit, rel=1e-12)
+
+
+@settings(max_examples=150)
+@given(graph=dags(), seed=st.integers(0, 10_000), r=st.integers(1, 4), s=st.integers(1, 4),
+       strategy=st.sampled_from(["concurrent", "merge", "both"]))
+def test_dp_is_optimal(graph, seed, r, s, strategy):
+    cost = RandomCost(seed)
+    can_merge = merge_table(seed)
+    cfg = SearchConfig(strategy=strategy, max_groups=s, max_group_size=r)
+    result = search(graph, cost, cfg, can_merge=can_merge)
+    expected = brute_force(graph, cost, strategy, r, s, can_merge)
+    assert result.schedule.cost == pytest.approx(expected, rel=1e-9)
+    # The schedule is valid, keeps the limits, and really costs what the DP says.
+    validate_schedule(graph, result.schedule, max_groups=s, max_group_size=r)
+    assert schedule_cost(result.schedule, cost) == pytest.approx(result.schedule.cost, rel=1e-9)
+    for stage in result.schedule.stages:
+        if stage.strategy == "merge":
+            assert strategy != "concurrent" and can_merge(graph, stage.ops)
+        elif strategy == "merge":
+            assert len(stage.ops) == 1
+    # Never worse than sequential under its own cost model.
+    assert result.schedule.cost <= schedule_cost(sequential_schedule(graph), cost) * (1 + 1e-9)
+
+
+@settings(max_examples=40)
+@given(graph=dags(max_nodes=10), seed=st.integers(0, 10_000))
+def test_dp_is_optimal_on_ten_ops(graph, seed):
+    cost = RandomCost(seed)
+    result = search(graph, cost, SearchConfig(max_groups=8, max_group_size=3))
+    assert result.schedule.cost == pytest.approx(brute_force(graph, cost, "concurrent", 3, 8),
+                                                 rel=1e-9)
+    validate_schedule(graph, result.schedule, max_groups=8, max_group_size=3)
+
+
+def test_group_with_two_roots_sharing_a_descendant():
+    """IOS issue #10: {a, b, c} with a->c, b->c must be reachable as ONE group."""
+    graph = OpGraph.from_edges(3, [(0, 2), (1, 2)])
+    one_group = Stage(((0, 1, 2),))
+
+    def cost(stage: Stage) -> float:
+        return 1.0 if stage == one_group else 10.0
+
+    result = search(graph, cost, SearchConfig(max_group_size=3))
+    assert result.schedule.stages == (one_group,)
+    assert result.schedule.cost == 1.0
+
+
+def test_optimal_on_inception_like_block_with_analytic_cost():
+    # 4 branches from one input, joined by a concat.
+    edges = [(0, 1), (0, 2), (0, 3), (0, 4), (2, 5), (3, 6), (6, 7), (4, 8),
+             (1, 9), (5, 9), (7, 9), (8, 9)]
+    graph = OpGraph.from_edges(10, edges, flops=[1e9, 2e8, 1e8, 1e8, 5e7, 9e8, 5e8, 8e8,
+                                                  2e8, 1e6])
+    cost = AnalyticCost(graph, "v100")
+    result = search(graph, cost)
+    assert result.schedule.cost == pytest.approx(brute_force(graph, cost, "concurrent", 3, 8))
+    seq = schedule_cost(sequential_schedule(graph), cost)
+    assert result.schedule.cost < seq  # the branches do run concurrently
+    assert result.schedule.max_groups >= 2
+
+
+# -- counters and memoisation -------------------------------------------------------------
+def test_cost_is_memoised_and_counted():
+    graph = OpGraph.from_edges(6, [(0, 1), (0, 2), (1, 3), (2, 3), (3, 4), (3, 5)])
+    calls: list[int] = []
+
+    def cost(stage: Stage) -> float:
+        calls.append(stage.mask)
+        return float(len(stage.ops))
+
+    cache = StageCostCache(cost)
+    first = search(graph, cache)
+    assert first.stats.stages_costed == len(calls) == len(set(calls))
+    assert first.stats.cost_calls >= first.stats.stages_costed
+    assert first.stats.transitions == first.stats.cost_calls
+    assert first.stats.states > 0
+    again = search(graph, cache)
+    assert again.stats.stages_costed == 0  # everything came from the cache
+    assert again.schedule == first.schedule
+
+
+def test_cost_model_returning_nan_is_rejected():
+    graph = OpGraph.from_edges(2, [(0, 1)])
+    with pytest.raises(ValueError, match="cost model returned nan"):
+        search(graph, lambda stage: float("nan"))
+
+
+# -- baselines -----------------------------------------------------------------------------
+def test_sequential_and_greedy_baselines():
+    graph = OpGraph.from_edges(7, [(0, 1), (0, 2), (0, 3), (1, 4), (2, 4), (3, 5), (4, 6), (5, 6)])
+    seq = sequential_schedule(graph)
+    assert [s.groups for s in seq.stages] == [((i,),) for i in range(7)]
+    greedy = greedy_schedule(graph)
+    assert [s.groups for s in greedy.stages] == [((0,),), ((1,), (2,), (3,)), ((4,), (5,)),
+                                                 ((6,),)]
+    capped = greedy_schedule(graph, max_streams=2)
+    assert max(len(s.groups) for s in capped.stages) == 2
+    for sch in (seq, greedy, capped):
+        validate_schedule(graph, sch)
+    result = search(graph, lambda s: 1.0, SearchConfig(strategy="greedy"))
+    assert result.schedule.stages == greedy.stages and result.schedule.cost == 4.0
+
+
+@settings(max_examples=50)
+@given(graph=dags(max_nodes=12), cap=st.integers(1, 4))
+def test_greedy_is_valid_and_capped(graph, cap):
+    sch = greedy_schedule(graph, cap)
+    validate_schedule(graph, sch, max_groups=cap, max_group_size=1)
+
+
+# -- partitioned search -------------------------------------------------------------------
+def _blocks(num_blocks: int, width: int) -> OpGraph:
+    """Blocks of ``width`` parallel ops between single-op joins: 0 -> (1..w) -> w+1 -> ..."""
+    edges = []
+    join = 0
+    n = 1
+    for _ in range(num_blocks):
+        branch = list(range(n, n + width))
+        nxt = n + width
+        edges += [(join, b) for b in branch] + [(b, nxt) for b in branch]
+        join, n = nxt, nxt + 1
+    return OpGraph.from_edges(n, edges)
+
+
+def test_partitioned_search_cuts_at_block_joins():
+    graph = _blocks(num_blocks=6, width=3)  # 25 ops
+    cost = AnalyticCost(graph)
+    cfg = SearchConfig(max_part_size=9)
+    result = search(graph, cost, cfg)
+    validate_schedule(graph, result.schedule, max_groups=8, max_group_size=3)
+    parts = result.schedule.meta["parts"]
+    assert all(hi - lo <= 9 for lo, hi in parts)
+    # Every cut sits right after a join op (ids 0, 4, 8, ...): the graph is one tensor wide there.
+    assert all(lo % 4 == 1 for lo, _ in parts[1:])
+    # Cutting at joins loses nothing on this graph: same cost as the unpartitioned search.
+    whole = search(graph, cost, SearchConfig(max_part_size=100))
+    assert result.schedule.cost == pytest.approx(whole.schedule.cost)
+    assert result.stats.transitions < whole.stats.transitions
+
+
+def test_empty_graph():
+    graph = OpGraph([], {})
+    result = search(graph, lambda s: 1.0)
+    assert result.schedule.stages == () and result.schedule.cost == 0.0
