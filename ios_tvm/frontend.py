@@ -1,0 +1,437 @@
+"""Model loading: ONNX files/protos, ``relax.frontend.nn`` modules and Relax IRModules.
+
+First step of the data flow (see ``shared/design/architecture.md``)::
+
+    ONNX / nn.Module / IRModule --load_model--> Relax IRModule (static shapes, weights bound)
+        --extract.lower_to_kernels--> fused kernels --extract.extract_graph--> OpGraph
+
+:func:`load_model` returns a Relax IRModule whose entry function has only the model inputs as
+parameters (weights are bound as constants wherever their values are known) and whose input
+shapes are static: the scheduler works per input shape, so a dynamic dimension must be given a
+size here, and the error says how.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .errors import ModelLoadError, UnsupportedGraphError
+
+ShapeDict = Mapping[str, Sequence[int]]
+
+__all__ = ["format_input_shapes", "load_model", "parse_input_shapes"]
+
+
+def parse_input_shapes(text: str) -> dict[str, tuple[int, ...]]:
+    """Parse the CLI form ``"x:1,3,224,224;mask:1,128"`` into ``{"x": (1, 3, 224, 224), ...}``.
+
+    Inputs are separated by ``;`` (or whitespace); a name is separated from its dims by the
+    *last* ``:`` so that names containing ``:`` still work.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for item in text.replace(";", " ").split():
+        name, sep, dims = item.rpartition(":")
+        if not sep or not name:
+            raise ModelLoadError(f"bad input shape {item!r}: expected NAME:D0,D1,... "
+                                 "e.g. x:1,3,224,224")
+        try:
+            shapes[name] = tuple(int(d) for d in dims.split(",") if d.strip())
+        except ValueError:
+            raise ModelLoadError(f"bad input shape {item!r}: dims must be integers, "
+                                 "e.g. x:1,3,224,224") from None
+    return shapes
+
+
+def format_input_shapes(shapes: ShapeDict) -> str:
+    """Inverse of :func:`parse_input_shapes` (``{"x": (1, 3)}`` -> ``"x:1,3"``)."""
+    return ";".join(f"{k}:{','.join(str(int(d)) for d in v)}" for k, v in shapes.items())
+
+
+def _shape_hint(name: str, shape: Sequence[Any]) -> str:
+    """Suggest how to give an input's shape: known dims filled in, unknown ones shown as 1."""
+    dims = [str(d) if isinstance(d, int) else "1" for d in shape] or ["1"]
+    sym = [repr(d) for d in shape if not isinstance(d, int)]
+    py = ", ".join(dims) + ("," if len(dims) == 1 else "")
+    note = f" with your size for {', '.join(sym)}" if sym else " with the input's real shape"
+    return (f"pass input_shapes={{{name!r}: ({py})}} or --input-shapes "
+            f"{name}:{','.join(dims)}{note}")
+
+
+def _check_shapes_arg(input_shapes: ShapeDict | None, known: Sequence[str], what: str) -> None:
+    """Reject input_shapes keys that name no input, and non-integer dims."""
+    if not input_shapes:
+        return
+    unknown = [k for k in input_shapes if k not in known]
+    if unknown:
+        raise ModelLoadError(f"input_shapes names {unknown} but {what} has inputs {list(known)}")
+    for k, v in input_shapes.items():
+        try:
+            dims = [int(d) for d in v]
+        except (TypeError, ValueError):
+            raise ModelLoadError(f"input_shapes[{k!r}] = {v!r} is not a sequence of ints") from None
+        if any(d <= 0 for d in dims):
+            raise ModelLoadError(f"input_shapes[{k!r}] = {tuple(dims)} has a non-positive dim")
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX
+# --------------------------------------------------------------------------------------------
+def _onnx_dims(value_info: Any) -> list[int | str] | None:
+    """Dims of an ONNX graph input: ints, dim_param names, or "?" for unnamed unknown dims.
+
+    Returns None when the rank itself is unknown.
+    """
+    ttype = value_info.type.tensor_type
+    if not ttype.HasField("shape"):
+        return None
+    dims: list[int | str] = []
+    for d in ttype.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param") and d.dim_param:
+            dims.append(d.dim_param)
+        else:
+            dims.append("?")
+    return dims
+
+
+def _check_onnx_inputs(model: Any, input_shapes: ShapeDict | None, src: str) -> None:
+    """Every dynamic input dim must be given a size (the scheduler needs static shapes)."""
+    init_names = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in init_names]
+    _check_shapes_arg(input_shapes, [i.name for i in inputs], f"ONNX model {src}")
+    shapes = dict(input_shapes or {})
+    for inp in inputs:
+        dims = _onnx_dims(inp)
+        if inp.name in shapes:
+            given = tuple(int(d) for d in shapes[inp.name])
+            if dims is not None and len(dims) != len(given):
+                raise ModelLoadError(
+                    f"input_shapes[{inp.name!r}] = {given} has rank {len(given)} but input "
+                    f"{inp.name!r} of {src} has rank {len(dims)} (dims {dims})")
+            if dims is not None:
+                for axis, (d, g) in enumerate(zip(dims, given, strict=True)):
+                    if isinstance(d, int) and d != g:
+                        raise ModelLoadError(
+                            f"input_shapes[{inp.name!r}] = {given} disagrees with the static dim "
+                            f"{d} (axis {axis}) of input {inp.name!r} in {src}")
+            continue
+        if dims is None:
+            raise UnsupportedGraphError(
+                f"input {inp.name!r} of {src} has unknown rank; {_shape_hint(inp.name, [])}")
+        for axis, d in enumerate(dims):
+            if not isinstance(d, int):
+                raise UnsupportedGraphError(
+                    f"input {inp.name!r} has symbolic dim {d!r} (axis {axis}); "
+                    f"{_shape_hint(inp.name, dims)}")
+
+
+def _check_onnx_ops(model: Any, src: str) -> None:
+    """Name every op type TVM's importer cannot convert, with the nodes that use it.
+
+    TVM's own check (``OpNotImplemented``) lists only op types; naming the nodes helps find
+    them in a large model.
+    """
+    try:
+        from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+        supported = set(_get_convert_map()) | {"If", "Constant"}
+    except Exception:  # private API: if it moves, fall back to TVM's own error
+        return
+    bad: dict[str, list[str]] = {}
+    for i, node in enumerate(model.graph.node):
+        if node.op_type not in supported:
+            in_default = node.domain in ("", "ai.onnx")
+            key = node.op_type if in_default else f"{node.domain}.{node.op_type}"
+            bad.setdefault(key, []).append(node.name or f"#{i}")
+    if bad:
+        parts = [f"{op} (node{'s' if len(ns) > 1 else ''} {', '.join(map(repr, ns[:5]))}"
+                 f"{', ...' if len(ns) > 5 else ''})" for op, ns in bad.items()]
+        raise UnsupportedGraphError(
+            f"ONNX model {src} uses operator(s) that TVM's Relax ONNX importer does not support: "
+            + "; ".join(parts))
+
+
+def _load_onnx(model: Any, input_shapes: ShapeDict | None, dtype: str | Mapping[str, str],
+               src: str, path: str | None) -> tvm.IRModule:
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    checker_msg = None
+    try:
+        # The path form also checks models over 2 GB (external data).
+        onnx.checker.check_model(path if path is not None else model)
+    except Exception as e:
+        checker_msg = f"{type(e).__name__}: {e}".strip()
+    if checker_msg is not None and (model.ir_version == 0 or len(model.graph.node) == 0):
+        # A protobuf parse of random bytes "succeeds" with an empty model; only the checker
+        # notices, so a checker failure on an empty model is fatal.
+        raise ModelLoadError(f"malformed ONNX model {src}: {checker_msg}")
+    _check_onnx_ops(model, src)
+    _check_onnx_inputs(model, input_shapes, src)
+    shape_dict = {k: [int(d) for d in v] for k, v in (input_shapes or {}).items()}
+    dtype_dict = dict(dtype) if isinstance(dtype, Mapping) else dtype
+    try:
+        with warnings.catch_warnings():
+            # from_onnx re-runs the checker and warns; we report the checker ourselves.
+            warnings.simplefilter("ignore")
+            mod = from_onnx(model, shape_dict=shape_dict or None, dtype_dict=dtype_dict)
+    except tvm.error.OpNotImplemented as e:
+        raise UnsupportedGraphError(f"ONNX model {src}: {e}") from e
+    except Exception as e:
+        extra = f" (onnx.checker also failed: {checker_msg})" if checker_msg else ""
+        raise ModelLoadError(
+            f"TVM's ONNX importer failed on {src}: {type(e).__name__}: {e}{extra}") from e
+    if checker_msg is not None:
+        warnings.warn(f"onnx.checker rejected {src} ({checker_msg}) but TVM imported it",
+                      stacklevel=3)
+    return mod
+
+
+def _read_onnx_file(path: Path) -> Any:
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if not path.exists():
+        raise ModelLoadError(f"model file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise ModelLoadError(f"model path {str(path)!r} is a directory, not an ONNX file")
+    try:
+        return onnx.load(str(path))
+    except (DecodeError, ValueError, RuntimeError, OSError) as e:
+        raise ModelLoadError(
+            f"malformed ONNX file {str(path)!r}: the protobuf parser failed: "
+            f"{type(e).__name__}: {e}") from e
+
+
+# --------------------------------------------------------------------------------------------
+# Relax IRModule
+# --------------------------------------------------------------------------------------------
+def _entry_function(mod: tvm.IRModule, func_name: str | None = None) -> str:
+    """Name of the entry function: ``func_name``, else "main", else the only public one."""
+    funcs = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, relax.Function)}
+    if func_name is not None:
+        if func_name not in funcs:
+            raise UnsupportedGraphError(
+                f"the module has no Relax function {func_name!r} (it has {sorted(funcs)})")
+        return func_name
+    if "main" in funcs:
+        return "main"
+    public = [n for n, f in funcs.items()
+              if not (f.attrs and "Primitive" in f.attrs) and n != "_initialize_effect"]
+    if len(public) == 1:
+        return public[0]
+    raise UnsupportedGraphError(
+        f"cannot tell which Relax function is the model (candidates {sorted(public)}); "
+        "pass func_name")
+
+
+def _num_inputs(func: relax.Function) -> int:
+    if func.attrs is not None and "num_input" in func.attrs:
+        return int(func.attrs["num_input"])
+    return len(func.params)
+
+
+def _to_tensor(name: str, value: Any) -> tvm.runtime.Tensor:
+    if isinstance(value, tvm.runtime.Tensor):
+        return value
+    try:
+        return tvm.runtime.tensor(np.ascontiguousarray(np.asarray(value)))
+    except Exception as e:
+        raise ModelLoadError(f"parameter {name!r}: cannot convert {type(value).__name__} "
+                             "to a TVM tensor") from e
+
+
+def _bind_relax_params(mod: tvm.IRModule, fname: str,
+                       params: Mapping[str, Any] | None) -> tvm.IRModule:
+    """Bind weights: the function's own "params" attr (keep_params_in_input) and ``params``."""
+    func = mod[fname]
+    if func.attrs is not None and "params" in func.attrs:
+        mod, detached = relax.frontend.detach_params(mod)
+        func = mod[fname]
+        values = detached.get(fname, [])
+        names = [p.name for p in func.params[_num_inputs(func):]]
+        mod = relax.transform.BindParams(fname, dict(zip(names, values, strict=False)))(mod)
+    if params:
+        names = [p.name for p in mod[fname].params]
+        unknown = [k for k in params if k not in names]
+        if unknown:
+            raise ModelLoadError(f"params names {unknown} that are not parameters of "
+                                 f"{fname!r} (parameters: {names})")
+        mod = relax.transform.BindParams(
+            fname, {k: _to_tensor(k, v) for k, v in params.items()})(mod)
+    return mod
+
+
+def _specialise_relax(mod: tvm.IRModule, fname: str,
+                      input_shapes: ShapeDict | None) -> tvm.IRModule:
+    """Bind symbolic dims of the entry function's parameters to the sizes in input_shapes."""
+    func = mod[fname]
+    names = [p.name for p in func.params]
+    _check_shapes_arg(input_shapes, names, f"function {fname!r}")
+    if not input_shapes:
+        return mod
+    binding: dict[Any, int] = {}
+    for p in func.params:
+        if p.name not in input_shapes:
+            continue
+        given = tuple(int(d) for d in input_shapes[p.name])
+        ty = p.ty
+        if not isinstance(ty, relax.TensorType) or ty.shape is None:
+            raise ModelLoadError(f"parameter {p.name!r} of {fname!r} is not a tensor of known "
+                                 f"rank ({ty}); cannot apply input_shapes")
+        dims = list(ty.shape.values)
+        if len(dims) != len(given):
+            raise ModelLoadError(f"input_shapes[{p.name!r}] = {given} has rank {len(given)} but "
+                                 f"parameter {p.name!r} has shape {ty.shape}")
+        for axis, (d, g) in enumerate(zip(dims, given, strict=True)):
+            if isinstance(d, tvm.tirx.IntImm):
+                if int(d.value) != g:
+                    raise ModelLoadError(
+                        f"input_shapes[{p.name!r}] = {given} disagrees with the static dim "
+                        f"{int(d.value)} (axis {axis}) of parameter {p.name!r}")
+            elif isinstance(d, tvm.tirx.Var):
+                prev = binding.get(d)
+                if prev is not None and prev != g:
+                    raise ModelLoadError(f"symbolic dim {d.name!r} is given two sizes: "
+                                         f"{prev} and {g}")
+                binding[d] = g
+            else:
+                raise ModelLoadError(f"parameter {p.name!r} has dim {d} (axis {axis}), an "
+                                     "expression that input_shapes cannot bind")
+    if binding:
+        mod = relax.transform.BindSymbolicVars(binding, fname)(mod)
+    return mod
+
+
+# --------------------------------------------------------------------------------------------
+# relax.frontend.nn
+# --------------------------------------------------------------------------------------------
+def _random_value(name: str, shape: Sequence[int], dtype: str,
+                  rng: np.random.Generator) -> np.ndarray:
+    if dtype.startswith("float"):
+        # Small values keep activations finite through deep stacks of layers.
+        return rng.uniform(-0.1, 0.1, size=tuple(shape)).astype(dtype)
+    if dtype.startswith(("int", "uint", "bool")):
+        return np.zeros(tuple(shape), dtype=dtype)
+    raise ModelLoadError(f"parameter {name!r} has dtype {dtype}, for which no random values can "
+                         "be made here; pass its value in params")
+
+
+def _load_nn_module(module: Any, input_shapes: ShapeDict | None, dtype: str | Mapping[str, str],
+                    params: Mapping[str, Any] | None, seed: int) -> tvm.IRModule:
+    from tvm.relax.frontend import nn
+
+    arg_names = [n for n in inspect.signature(module.forward).parameters if n != "self"]
+    if not input_shapes:
+        raise ModelLoadError(
+            f"a relax.frontend.nn.Module needs input_shapes for forward({', '.join(arg_names)}),"
+            f" e.g. input_shapes={{{arg_names[0] if arg_names else 'x'!r}: (1, 3, 224, 224)}}")
+    _check_shapes_arg(input_shapes, arg_names, f"{type(module).__name__}.forward")
+    missing = [n for n in arg_names if n not in input_shapes]
+    if missing:
+        raise ModelLoadError(f"input_shapes lacks {missing} (forward takes {arg_names})")
+    spec = {n: nn.spec.Tensor(tuple(int(d) for d in input_shapes[n]),
+                              dtype[n] if isinstance(dtype, Mapping) else dtype)
+            for n in arg_names}
+    try:
+        mod, named_params = module.export_tvm(spec={"forward": spec})[:2]
+    except Exception as e:
+        raise ModelLoadError(f"export_tvm of {type(module).__name__} failed: "
+                             f"{type(e).__name__}: {e}") from e
+    func = mod["forward"]
+    ninp = _num_inputs(func)
+    pvars = list(func.params[ninp:])
+    if len(pvars) != len(named_params):
+        raise ModelLoadError(f"export_tvm returned {len(named_params)} parameters but forward "
+                             f"has {len(pvars)} weight parameters")
+    given = dict(params or {})
+    unknown = [k for k in given if k not in {n for n, _ in named_params}]
+    if unknown:
+        raise ModelLoadError(f"params names {unknown}; the module's parameters are "
+                             f"{[n for n, _ in named_params]}")
+    rng = np.random.default_rng(seed)
+    binding: dict[Any, tvm.runtime.Tensor] = {}
+    for var, (name, p) in zip(pvars, named_params, strict=True):
+        if name in given:
+            value = _to_tensor(name, given[name])
+        elif getattr(p, "data", None) is not None:
+            value = p.data
+        else:
+            shape = [int(s) for s in p.shape]
+            value = tvm.runtime.tensor(_random_value(name, shape, str(p.dtype), rng))
+        binding[var] = value  # bind by Var: names with dots are printed sanitised
+    return relax.transform.BindParams("forward", binding)(mod)
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------
+def load_model(model: Any, input_shapes: ShapeDict | None = None,
+               dtype: str | Mapping[str, str] = "float32", *,
+               params: Mapping[str, Any] | None = None, seed: int = 0) -> tvm.IRModule:
+    """Load a model as a Relax IRModule with static input shapes and weights as constants.
+
+    Parameters
+    ----------
+    model
+        An ONNX file path (``str`` or ``Path``), an ``onnx.ModelProto``, a Relax
+        ``tvm.IRModule``, or a ``relax.frontend.nn.Module`` (then ``input_shapes`` must give
+        every argument of ``forward``).
+    input_shapes
+        Sizes for the model inputs, ``{"x": (1, 3, 224, 224)}``. Required for every input
+        with a dynamic dimension; for an IRModule it binds the symbolic dims of the entry
+        function's parameters.
+    dtype
+        Dtype of the nn.Module arguments (or ``{name: dtype}``). For ONNX only a dict has an
+        effect (it overrides the declared type of the named inputs), as in ``from_onnx``.
+    params
+        Weight values by parameter name: for an nn.Module (names as in ``named_parameters``;
+        parameters not given get deterministic random values from ``seed``), or for an
+        IRModule whose entry function takes weights as parameters.
+    seed
+        Seed for the random weights of an nn.Module.
+
+    Returns
+    -------
+    tvm.IRModule
+        For ONNX and IRModule input the entry function is ``main``; for an nn.Module it is
+        ``forward``.
+
+    Raises
+    ------
+    ModelLoadError
+        Missing or malformed file, a failing importer, inconsistent ``input_shapes``.
+    UnsupportedGraphError
+        An operator TVM cannot import, or a dynamic input dim without a size.
+    """
+    if isinstance(model, str | os.PathLike):
+        path = Path(model)
+        proto = _read_onnx_file(path)
+        return _load_onnx(proto, input_shapes, dtype, repr(str(path)), str(path))
+    if isinstance(model, tvm.IRModule):
+        fname = _entry_function(model)
+        mod = _bind_relax_params(model, fname, params)
+        return _specialise_relax(mod, fname, input_shapes)
+    try:
+        import onnx
+        is_onnx = isinstance(model, onnx.ModelProto)
+    except ImportError:  # onnx is optional when the model is not ONNX
+        is_onnx = False
+    if is_onnx:
+        name = model.graph.name or "<in-memory model>"
+        return _load_onnx(model, input_shapes, dtype, f"(ModelProto {name!r})", None)
+    from tvm.relax.frontend import nn
+    if isinstance(model, nn.Module):
+        return _load_nn_module(model, input_shapes, dtype, params, seed)
+    raise ModelLoadError(
+        f"cannot load a {type(model).__name__}: expected an ONNX path or ModelProto, a Relax "
+        "IRModule, or a relax.frontend.nn.Module")
