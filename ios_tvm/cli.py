@@ -19,26 +19,9 @@ from .errors import IosTvmError
 logger = logging.getLogger("ios_tvm")
 
 
-def parse_input_shapes(text: str | None) -> dict[str, tuple[int, ...]] | None:
-    """Parse ``"x:1,3,224,224 y:1,10"`` into ``{"x": (1, 3, 224, 224), "y": (1, 10)}``."""
-    if not text:
-        return None
-    shapes: dict[str, tuple[int, ...]] = {}
-    for item in text.replace(";", " ").split():
-        name, sep, dims = item.rpartition(":")
-        if not sep or not name:
-            raise argparse.ArgumentTypeError(
-                f"bad --input-shapes item {item!r}; expected NAME:D0,D1,... e.g. x:1,3,224,224")
-        try:
-            shapes[name] = tuple(int(d) for d in dims.split(","))
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"bad dimensions in --input-shapes item {item!r}; use integers") from None
-    return shapes
-
-
 def _load_graph(args: argparse.Namespace) -> Any:
     from .extract import graph_from_model
+    from .frontend import parse_input_shapes
     from .models import BUILTIN_MODELS
 
     model: Any = args.model
@@ -47,7 +30,8 @@ def _load_graph(args: argparse.Namespace) -> Any:
     elif not Path(model).exists():
         raise IosTvmError(f"model {args.model!r} is neither a file nor a built-in model "
                           f"({', '.join(sorted(BUILTIN_MODELS))})")
-    return graph_from_model(model, target=args.target, input_shapes=parse_input_shapes(args.input_shapes))
+    shapes = parse_input_shapes(args.input_shapes) if args.input_shapes else None
+    return graph_from_model(model, target=args.target, input_shapes=shapes)
 
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
@@ -131,9 +115,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
-    except argparse.ArgumentTypeError as e:
-        print(f"ios-tvm: error: {e}", file=sys.stderr)
-        return 2
     except (IosTvmError, OSError, ValueError) as e:
         if args.verbose:
             raise

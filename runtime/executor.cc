@@ -1,0 +1,622 @@
+/*!
+ * \file executor.cc
+ * \brief The ios-tvm stage executor: runs a plan's stages of concurrent groups of TVM kernels.
+ *
+ * The plan (JSON, see ios_tvm/plan.py) lists tensors, activation storages, kernel calls and
+ * stages. On CPU each group of a stage runs on its own thread (the caller runs group 0, a
+ * fixed pool of workers the others) and the caller waits for the stage. On CUDA each group
+ * slot owns a stream; a stage forks from stream 0 through an event, each group's kernels are
+ * launched with the thread's current stream set to the group's stream, and stream 0 joins the
+ * others through events: no host synchronisation inside a run. Streams and events are
+ * created once, when the executor is built.
+ *
+ * The executor is a tvm-ffi Module with the functions set_input, get_output, run,
+ * profile_stage, num_inputs, num_outputs and num_streams.
+ */
+#include <dlfcn.h>
+#include <tvm/ffi/cast.h>
+#include <tvm/ffi/container/array.h>
+#include <tvm/ffi/container/map.h>
+#include <tvm/ffi/container/shape.h>
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/extra/c_env_api.h>
+#include <tvm/ffi/extra/json.h>
+#include <tvm/ffi/extra/module.h>
+#include <tvm/ffi/function.h>
+#include <tvm/ffi/reflection/registry.h>
+#include <tvm/runtime/device_api.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace ios_tvm {
+namespace ffi = tvm::ffi;
+using tvm::runtime::DeviceAPI;
+using ffi::Tensor;
+
+constexpr int kPlanVersion = 1;
+
+/*! \brief Allocates a tensor's bytes through TVM's DeviceAPI (the wheel ships no Tensor::Empty
+ * header we could use). */
+struct DeviceAlloc {
+  void AllocData(DLTensor* t) {
+    size_t nbytes = (t->dtype.bits * t->dtype.lanes + 7) / 8;
+    for (int i = 0; i < t->ndim; ++i) nbytes *= static_cast<size_t>(t->shape[i]);
+    t->data = DeviceAPI::Get(t->device)->AllocDataSpace(t->device, std::max<size_t>(nbytes, 1),
+                                                         256, t->dtype);
+  }
+  void FreeData(DLTensor* t) { DeviceAPI::Get(t->device)->FreeDataSpace(t->device, t->data); }
+};
+
+/*! \brief A view of another tensor's bytes (same start, any shape that fits); keeps the base
+ * alive. */
+struct ViewAlloc {
+  Tensor base;
+  void AllocData(DLTensor* t) {
+    t->data = base.data_ptr();
+    t->byte_offset = base.byte_offset();
+  }
+  void FreeData(DLTensor*) {}
+};
+
+size_t NumBytes(const DLTensor* t) {
+  size_t nbytes = (t->dtype.bits * t->dtype.lanes + 7) / 8;
+  for (int i = 0; i < t->ndim; ++i) nbytes *= static_cast<size_t>(t->shape[i]);
+  return nbytes;
+}
+
+Tensor Empty(const ffi::Shape& shape, DLDataType dtype, DLDevice dev) {
+  return Tensor::FromNDAlloc(DeviceAlloc(), shape, dtype, dev);
+}
+
+/*! \brief A view of `base` with another shape and dtype; checks it fits. */
+Tensor View(const Tensor& base, const ffi::Shape& shape, DLDataType dtype, const std::string& name) {
+  Tensor view = Tensor::FromNDAlloc(ViewAlloc{base}, shape, dtype, base.device());
+  if (NumBytes(view.GetDLTensorPtr()) > NumBytes(base.GetDLTensorPtr())) {
+    TVM_FFI_THROW(ValueError) << "tensor '" << name << "' (" << NumBytes(view.GetDLTensorPtr())
+                              << " bytes) does not fit its storage (" << NumBytes(base.GetDLTensorPtr())
+                              << " bytes)";
+  }
+  return view;
+}
+
+/*! \brief Copy `from` into `to` (any devices) and wait for the copy. */
+void CopyInto(const Tensor& from, const Tensor& to) {
+  DLDevice dev = to.device().device_type != kDLCPU ? to.device() : from.device();
+  DeviceAPI* api = DeviceAPI::Get(dev);
+  api->CopyDataFromTo(const_cast<DLTensor*>(from.GetDLTensorPtr()),
+                      const_cast<DLTensor*>(to.GetDLTensorPtr()), nullptr);
+  api->StreamSync(dev, nullptr);
+}
+
+/*! \brief The few CUDA runtime entry points the executor needs, resolved at run time so that
+ * the library builds and loads without CUDA. libcudart is already loaded by TVM's CUDA
+ * runtime whenever a CUDA device is in use. */
+struct CudaApi {
+  using EventCreate = int (*)(void**, unsigned);
+  using EventRecord = int (*)(void*, void*);
+  using StreamWaitEvent = int (*)(void*, void*, unsigned);
+  using EventDestroy = int (*)(void*);
+  using EventSynchronize = int (*)(void*);
+  using EventElapsedTime = int (*)(float*, void*, void*);
+  using StreamSynchronize = int (*)(void*);
+  using GetErrorString = const char* (*)(int);
+  EventCreate event_create = nullptr;
+  EventRecord event_record = nullptr;
+  StreamWaitEvent stream_wait_event = nullptr;
+  EventDestroy event_destroy = nullptr;
+  EventSynchronize event_synchronize = nullptr;
+  EventElapsedTime event_elapsed_time = nullptr;
+  StreamSynchronize stream_synchronize = nullptr;
+  GetErrorString get_error_string = nullptr;
+
+  static const CudaApi& Get() {
+    static CudaApi api = Load();
+    return api;
+  }
+
+  void Check(int err, const char* what) const {
+    if (err != 0) {
+      TVM_FFI_THROW(RuntimeError) << "CUDA error in " << what << ": "
+                                  << (get_error_string ? get_error_string(err) : "unknown");
+    }
+  }
+
+ private:
+  static CudaApi Load() {
+    CudaApi api;
+    void* lib = nullptr;
+    for (const char* name : {"libcudart.so.13", "libcudart.so.12", "libcudart.so"}) {
+      lib = dlopen(name, RTLD_NOW | RTLD_NOLOAD);
+      if (!lib) lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+      if (lib) break;
+    }
+    if (!lib) {
+      TVM_FFI_THROW(RuntimeError) << "ios-tvm executor: the CUDA runtime (libcudart) could not "
+                                     "be loaded; is this a CUDA machine?";
+    }
+    auto sym = [&](const char* name) {
+      void* p = dlsym(lib, name);
+      if (!p) TVM_FFI_THROW(RuntimeError) << "libcudart lacks " << name;
+      return p;
+    };
+    api.event_create = reinterpret_cast<EventCreate>(sym("cudaEventCreateWithFlags"));
+    api.event_record = reinterpret_cast<EventRecord>(sym("cudaEventRecord"));
+    api.stream_wait_event = reinterpret_cast<StreamWaitEvent>(sym("cudaStreamWaitEvent"));
+    api.event_destroy = reinterpret_cast<EventDestroy>(sym("cudaEventDestroy"));
+    api.event_synchronize = reinterpret_cast<EventSynchronize>(sym("cudaEventSynchronize"));
+    api.event_elapsed_time = reinterpret_cast<EventElapsedTime>(sym("cudaEventElapsedTime"));
+    api.stream_synchronize = reinterpret_cast<StreamSynchronize>(sym("cudaStreamSynchronize"));
+    api.get_error_string = reinterpret_cast<GetErrorString>(sym("cudaGetErrorString"));
+    return api;
+  }
+};
+
+/*! \brief A fixed pool of worker threads; worker i runs the job posted to slot i. */
+class WorkerPool {
+ public:
+  explicit WorkerPool(int num_workers) : slots_(num_workers) {
+    for (int i = 0; i < num_workers; ++i) {
+      threads_.emplace_back([this, i] { Loop(i); });
+    }
+  }
+  ~WorkerPool() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  WorkerPool(const WorkerPool&) = delete;
+  WorkerPool& operator=(const WorkerPool&) = delete;
+
+  /*! \brief Run jobs[i] on worker i (for i < jobs.size()) while the caller runs `own`; wait for
+   * all; rethrow the first error. */
+  void Run(const std::vector<std::function<void()>>& jobs, const std::function<void()>& own) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (size_t i = 0; i < jobs.size(); ++i) slots_[i] = &jobs[i];
+      pending_ = static_cast<int>(jobs.size());
+      error_ = nullptr;
+      ++generation_;
+    }
+    cv_.notify_all();
+    std::exception_ptr own_error;
+    try {
+      own();
+    } catch (...) {
+      own_error = std::current_exception();
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    done_cv_.wait(lock, [this] { return pending_ == 0; });
+    if (own_error) std::rethrow_exception(own_error);
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  void Loop(int index) {
+    uint64_t seen = 0;
+    while (true) {
+      const std::function<void()>* job = nullptr;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || (generation_ != seen && slots_[index] != nullptr); });
+        if (stop_) return;
+        seen = generation_;
+        job = slots_[index];
+        slots_[index] = nullptr;
+      }
+      std::exception_ptr err;
+      try {
+        (*job)();
+      } catch (...) {
+        err = std::current_exception();
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (err && !error_) error_ = err;
+        if (--pending_ == 0) done_cv_.notify_one();
+      }
+    }
+  }
+
+  std::vector<const std::function<void()>*> slots_;
+  std::vector<std::thread> threads_;
+  std::mutex mu_;
+  std::condition_variable cv_, done_cv_;
+  uint64_t generation_ = 0;
+  int pending_ = 0;
+  bool stop_ = false;
+  std::exception_ptr error_;
+};
+
+struct Call {
+  std::string kernel;
+  ffi::Function func;
+  std::vector<ffi::AnyView> args;
+};
+
+/*! \brief The executor module (see the file comment). */
+class ExecutorObj : public ffi::ModuleObj {
+ public:
+  ExecutorObj(const ffi::String& plan_json, const ffi::Module& lib,
+              const ffi::Map<ffi::String, ffi::Tensor>& params, DLDevice device)
+      : lib_(lib), device_(device) {
+    ParsePlan(plan_json, params);
+    int streams = 1;
+    for (const auto& stage : stages_) streams = std::max<int>(streams, stage.size());
+    num_streams_ = streams;
+    if (device_.device_type == kDLCUDA) {
+      SetUpCuda();
+    } else if (num_streams_ > 1) {
+      pool_ = std::make_unique<WorkerPool>(num_streams_ - 1);
+    }
+  }
+
+  ~ExecutorObj() {
+    if (device_.device_type == kDLCUDA) {
+      const CudaApi& api = CudaApi::Get();
+      for (void* e : events_) api.event_destroy(e);
+      DeviceAPI* dev_api = DeviceAPI::Get(device_);
+      for (void* s : streams_) dev_api->FreeStream(device_, s);
+    }
+  }
+
+  const char* kind() const final { return "ios_tvm.Executor"; }
+
+  ffi::Optional<ffi::Function> GetFunction(const ffi::String& name) final {
+    ffi::ObjectPtr<ExecutorObj> self = tvm::ffi::GetObjectPtr<ExecutorObj>(this);
+    if (name == "set_input") {
+      return ffi::Function::FromTyped(
+          [self](int64_t index, ffi::Tensor value) { self->SetInput(index, value); });
+    }
+    if (name == "get_output") {
+      return ffi::Function::FromTyped([self](int64_t index) { return self->GetOutput(index); });
+    }
+    if (name == "run") {
+      return ffi::Function::FromTyped([self]() { self->Run(); });
+    }
+    if (name == "profile_stage") {
+      return ffi::Function::FromTyped(
+          [self](ffi::Array<ffi::Array<int64_t>> groups, int64_t warmup, int64_t number,
+                 int64_t repeat) { return self->ProfileStage(groups, warmup, number, repeat); });
+    }
+    if (name == "num_inputs") {
+      return ffi::Function::FromTyped([self]() { return int64_t(self->inputs_.size()); });
+    }
+    if (name == "num_outputs") {
+      return ffi::Function::FromTyped([self]() { return int64_t(self->outputs_.size()); });
+    }
+    if (name == "num_streams") {
+      return ffi::Function::FromTyped([self]() { return int64_t(self->num_streams_); });
+    }
+    return std::nullopt;
+  }
+
+ private:
+  using Group = std::vector<int>;
+  using Stage = std::vector<Group>;
+
+  static DLDataType ParseDType(const std::string& s) {
+    return ffi::StringToDLDataType(s);
+  }
+
+  static ffi::Shape ToShape(const ffi::json::Array& dims) {
+    std::vector<int64_t> v;
+    for (const ffi::Any& d : dims) v.push_back(d.cast<int64_t>());
+    return ffi::Shape(v);
+  }
+
+  void ParsePlan(const ffi::String& plan_json, const ffi::Map<ffi::String, ffi::Tensor>& params) {
+    ffi::String err;
+    ffi::json::Value root = ffi::json::Parse(plan_json, &err);
+    if (!err.empty()) TVM_FFI_THROW(ValueError) << "plan is not valid JSON: " << err;
+    auto plan = root.cast<ffi::json::Object>();
+    if (plan["format"].cast<ffi::String>() != "ios_tvm.Plan") {
+      TVM_FFI_THROW(ValueError) << "not an ios_tvm.Plan document";
+    }
+    int64_t version = plan["version"].cast<int64_t>();
+    if (version != kPlanVersion) {
+      TVM_FFI_THROW(ValueError) << "plan version " << version << " is not supported by this "
+                                << "executor (it runs version " << kPlanVersion << ")";
+    }
+    // Activation storages: flat byte buffers that tensors view.
+    for (const ffi::Any& nbytes : plan["storages"].cast<ffi::json::Array>()) {
+      int64_t n = std::max<int64_t>(nbytes.cast<int64_t>(), 1);
+      storages_.push_back(Empty(ffi::Shape({n}), DLDataType{kDLUInt, 8, 1}, device_));
+    }
+    auto tensors = plan["tensors"].cast<ffi::json::Array>();
+    tensors_.resize(tensors.size());
+    names_.resize(tensors.size());
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      auto t = tensors[i].cast<ffi::json::Object>();
+      std::string name = t["name"].cast<ffi::String>();
+      std::string place = t["place"].cast<ffi::String>();
+      ffi::Shape shape = ToShape(t["shape"].cast<ffi::json::Array>());
+      DLDataType dtype = ParseDType(t["dtype"].cast<ffi::String>());
+      int64_t ref = t["ref"].cast<int64_t>();
+      names_[i] = name;
+      if (place == "input") {
+        tensors_[i] = Empty(shape, dtype, device_);
+      } else if (place == "param") {
+        auto it = params.find(name);
+        if (it == params.end()) {
+          TVM_FFI_THROW(ValueError) << "the params hold no value for weight '" << name << "'";
+        }
+        ffi::Tensor value = (*it).second;
+        CheckTensor(value, shape, dtype, "weight '" + name + "'");
+        Tensor dst = Empty(shape, dtype, device_);
+        CopyInto(value, dst);
+        tensors_[i] = dst;
+      } else if (place == "storage") {
+        if (ref < 0 || ref >= static_cast<int64_t>(storages_.size())) {
+          TVM_FFI_THROW(ValueError) << "tensor '" << name << "' names missing storage " << ref;
+        }
+        tensors_[i] = View(storages_[ref], shape, dtype, name);
+      } else if (place == "view") {
+        if (ref < 0 || ref >= static_cast<int64_t>(i) || !tensors_[ref].defined()) {
+          TVM_FFI_THROW(ValueError) << "view '" << name << "' must follow its base tensor " << ref;
+        }
+        tensors_[i] = View(tensors_[ref], shape, dtype, name);
+      } else {
+        TVM_FFI_THROW(ValueError) << "tensor '" << name << "' has unknown place '" << place << "'";
+      }
+    }
+    for (const ffi::Any& c : plan["calls"].cast<ffi::json::Array>()) {
+      auto call = c.cast<ffi::json::Object>();
+      Call out;
+      out.kernel = call["kernel"].cast<ffi::String>();
+      ffi::Optional<ffi::Function> f = lib_->GetFunction(out.kernel, /*query_imports=*/true);
+      // call_dps_packed targets (library dispatch) are global functions, not library kernels.
+      if (!f.has_value()) f = ffi::Function::GetGlobal(out.kernel);
+      if (!f.has_value()) {
+        TVM_FFI_THROW(ValueError) << "kernel '" << out.kernel << "' is not in the kernel library";
+      }
+      out.func = f.value();
+      for (const ffi::Any& a : call["args"].cast<ffi::json::Array>()) {
+        int64_t t = a.cast<int64_t>();
+        if (t < 0 || t >= static_cast<int64_t>(tensors_.size())) {
+          TVM_FFI_THROW(ValueError) << "call of '" << out.kernel << "' names missing tensor " << t;
+        }
+        out.args.emplace_back(tensors_[t]);
+      }
+      calls_.push_back(std::move(out));
+    }
+    for (const ffi::Any& s : plan["stages"].cast<ffi::json::Array>()) {
+      Stage stage;
+      for (const ffi::Any& g : s.cast<ffi::json::Object>()["groups"].cast<ffi::json::Array>()) {
+        Group group;
+        for (const ffi::Any& c : g.cast<ffi::json::Array>()) {
+          int64_t ci = c.cast<int64_t>();
+          if (ci < 0 || ci >= static_cast<int64_t>(calls_.size())) {
+            TVM_FFI_THROW(ValueError) << "a stage names missing call " << ci;
+          }
+          group.push_back(static_cast<int>(ci));
+        }
+        stage.push_back(std::move(group));
+      }
+      stages_.push_back(std::move(stage));
+    }
+    for (const ffi::Any& i : plan["inputs"].cast<ffi::json::Array>()) {
+      inputs_.push_back(i.cast<int64_t>());
+    }
+    for (const ffi::Any& o : plan["outputs"].cast<ffi::json::Array>()) {
+      outputs_.push_back(o.cast<int64_t>());
+    }
+  }
+
+  static void CheckTensor(const ffi::Tensor& value, const ffi::Shape& shape, DLDataType dtype,
+                          const std::string& what) {
+    if (value.dtype() != dtype) {
+      TVM_FFI_THROW(ValueError) << what << " has dtype " << ffi::DLDataTypeToString(value.dtype())
+                                << ", expected " << ffi::DLDataTypeToString(dtype);
+    }
+    ffi::ShapeView got = value.shape();
+    bool same = got.size() == shape.size();
+    for (size_t i = 0; same && i < shape.size(); ++i) same = got[i] == shape[i];
+    if (!same) {
+      std::ostringstream g;
+      g << "(";
+      for (size_t i = 0; i < got.size(); ++i) g << (i ? ", " : "") << got[i];
+      g << ")";
+      TVM_FFI_THROW(ValueError) << what << " has shape " << g.str() << ", expected " << shape;
+    }
+  }
+
+  void SetUpCuda() {
+    const CudaApi& api = CudaApi::Get();
+    DeviceAPI* dev_api = DeviceAPI::Get(device_);
+    for (int i = 0; i < num_streams_; ++i) streams_.push_back(dev_api->CreateStream(device_));
+    // events_[0] forks a stage from stream 0; events_[i] joins stream i back into stream 0;
+    // the last two time profiling runs.
+    constexpr unsigned kDisableTiming = 0x02;
+    for (int i = 0; i < num_streams_; ++i) {
+      void* e = nullptr;
+      api.Check(api.event_create(&e, kDisableTiming), "cudaEventCreateWithFlags");
+      events_.push_back(e);
+    }
+    for (int i = 0; i < 2; ++i) {
+      void* e = nullptr;
+      api.Check(api.event_create(&e, 0), "cudaEventCreateWithFlags");
+      timing_events_.push_back(e);
+    }
+  }
+
+  void SetInput(int64_t index, const ffi::Tensor& value) {
+    if (index < 0 || index >= static_cast<int64_t>(inputs_.size())) {
+      TVM_FFI_THROW(IndexError) << "input index " << index << " out of range (the model has "
+                                << inputs_.size() << " inputs)";
+    }
+    Tensor& dst = tensors_[inputs_[index]];
+    CheckTensor(value, ffi::Shape(dst.shape().begin(), dst.shape().end()), dst.dtype(),
+                "input '" + names_[inputs_[index]] + "'");
+    CopyInto(value, dst);
+  }
+
+  ffi::Tensor GetOutput(int64_t index) {
+    if (index < 0 || index >= static_cast<int64_t>(outputs_.size())) {
+      TVM_FFI_THROW(IndexError) << "output index " << index << " out of range (the model has "
+                                << outputs_.size() << " outputs)";
+    }
+    return tensors_[outputs_[index]];
+  }
+
+  void RunGroup(const Group& group) {
+    ffi::Any rv;
+    for (int ci : group) {
+      Call& call = calls_[ci];
+      call.func.CallPacked(call.args.data(), static_cast<int32_t>(call.args.size()), &rv);
+    }
+  }
+
+  void SetStream(void* stream) {
+    TVMFFIStreamHandle prev = nullptr;
+    TVM_FFI_CHECK_SAFE_CALL(
+        TVMFFIEnvSetStream(device_.device_type, device_.device_id, stream, &prev));
+  }
+
+  void RunStageCuda(const Stage& stage) {
+    const CudaApi& api = CudaApi::Get();
+    if (stage.size() > 1) {
+      api.Check(api.event_record(events_[0], streams_[0]), "cudaEventRecord");
+      for (size_t g = 1; g < stage.size(); ++g) {
+        api.Check(api.stream_wait_event(streams_[g], events_[0], 0), "cudaStreamWaitEvent");
+      }
+    }
+    for (size_t g = 0; g < stage.size(); ++g) {
+      SetStream(streams_[g]);
+      RunGroup(stage[g]);
+    }
+    SetStream(streams_[0]);
+    for (size_t g = 1; g < stage.size(); ++g) {
+      api.Check(api.event_record(events_[g], streams_[g]), "cudaEventRecord");
+      api.Check(api.stream_wait_event(streams_[0], events_[g], 0), "cudaStreamWaitEvent");
+    }
+  }
+
+  void RunStageCpu(const Stage& stage) {
+    if (stage.size() == 1) {
+      RunGroup(stage[0]);
+      return;
+    }
+    std::vector<std::function<void()>> jobs;
+    for (size_t g = 1; g < stage.size(); ++g) {
+      const Group* group = &stage[g];
+      jobs.emplace_back([this, group] { RunGroup(*group); });
+    }
+    pool_->Run(jobs, [this, &stage] { RunGroup(stage[0]); });
+  }
+
+  void RunStage(const Stage& stage) {
+    if (device_.device_type == kDLCUDA) {
+      RunStageCuda(stage);
+    } else {
+      RunStageCpu(stage);
+    }
+  }
+
+  /*! \brief Restores the calling thread's stream when a CUDA run ends (or throws). */
+  struct StreamGuard {
+    DLDevice dev;
+    void* prev;
+    StreamGuard(DLDevice d) : dev(d), prev(TVMFFIEnvGetStream(d.device_type, d.device_id)) {}
+    ~StreamGuard() {
+      TVMFFIStreamHandle ignored = nullptr;
+      TVMFFIEnvSetStream(dev.device_type, dev.device_id, prev, &ignored);
+    }
+  };
+
+  void Run() {
+    if (device_.device_type == kDLCUDA) {
+      StreamGuard guard(device_);
+      for (const Stage& stage : stages_) RunStage(stage);
+      const CudaApi& api = CudaApi::Get();
+      api.Check(api.stream_synchronize(streams_[0]), "cudaStreamSynchronize");
+    } else {
+      for (const Stage& stage : stages_) RunStage(stage);
+    }
+  }
+
+  ffi::Array<double> ProfileStage(const ffi::Array<ffi::Array<int64_t>>& groups, int64_t warmup,
+                                  int64_t number, int64_t repeat) {
+    if (groups.empty() || static_cast<int>(groups.size()) > num_streams_) {
+      TVM_FFI_THROW(ValueError) << "a profiled stage needs 1.." << num_streams_ << " groups, got "
+                                << groups.size();
+    }
+    if (number < 1 || repeat < 1 || warmup < 0) {
+      TVM_FFI_THROW(ValueError) << "profile_stage needs warmup >= 0, number >= 1, repeat >= 1";
+    }
+    Stage stage;
+    for (const auto& g : groups) {
+      Group group;
+      for (int64_t c : g) {
+        if (c < 0 || c >= static_cast<int64_t>(calls_.size())) {
+          TVM_FFI_THROW(ValueError) << "profile_stage names missing call " << c;
+        }
+        group.push_back(static_cast<int>(c));
+      }
+      stage.push_back(std::move(group));
+    }
+    std::vector<double> out;
+    if (device_.device_type == kDLCUDA) {
+      StreamGuard guard(device_);
+      const CudaApi& api = CudaApi::Get();
+      for (int64_t i = 0; i < warmup; ++i) RunStage(stage);
+      for (int64_t r = 0; r < repeat; ++r) {
+        api.Check(api.event_record(timing_events_[0], streams_[0]), "cudaEventRecord");
+        for (int64_t i = 0; i < number; ++i) RunStage(stage);
+        api.Check(api.event_record(timing_events_[1], streams_[0]), "cudaEventRecord");
+        api.Check(api.event_synchronize(timing_events_[1]), "cudaEventSynchronize");
+        float ms = 0;
+        api.Check(api.event_elapsed_time(&ms, timing_events_[0], timing_events_[1]),
+                  "cudaEventElapsedTime");
+        out.push_back(ms * 1e-3 / number);
+      }
+    } else {
+      for (int64_t i = 0; i < warmup; ++i) RunStage(stage);
+      for (int64_t r = 0; r < repeat; ++r) {
+        auto t0 = std::chrono::steady_clock::now();
+        for (int64_t i = 0; i < number; ++i) RunStage(stage);
+        auto t1 = std::chrono::steady_clock::now();
+        out.push_back(std::chrono::duration<double>(t1 - t0).count() / number);
+      }
+    }
+    return ffi::Array<double>(out.begin(), out.end());
+  }
+
+  ffi::Module lib_;
+  DLDevice device_;
+  std::vector<Tensor> storages_;
+  std::vector<Tensor> tensors_;
+  std::vector<std::string> names_;
+  std::vector<Call> calls_;
+  std::vector<Stage> stages_;
+  std::vector<int64_t> inputs_, outputs_;
+  int num_streams_ = 1;
+  std::unique_ptr<WorkerPool> pool_;
+  std::vector<void*> streams_, events_, timing_events_;
+};
+
+ffi::Module CreateExecutor(const ffi::String& plan_json, const ffi::Module& lib,
+                           const ffi::Map<ffi::String, ffi::Tensor>& params, DLDevice device) {
+  return ffi::Module(ffi::make_object<ExecutorObj>(plan_json, lib, params, device));
+}
+
+TVM_FFI_STATIC_INIT_BLOCK() {
+  namespace refl = tvm::ffi::reflection;
+  refl::GlobalDef().def("ios_tvm.runtime.create_executor", CreateExecutor);
+}
+
+}  // namespace ios_tvm
