@@ -14,9 +14,29 @@ from .search import SearchResult, SearchStats, greedy_schedule, search, sequenti
 
 __version__ = "0.1.0"
 
+# Compiler-side entry points import TVM's compiler; load them only when asked for, so that
+# the runtime side (ios_tvm.executor) works with TVM in runtime-only mode.
+_LAZY = {
+    "build": ("ios_tvm.build", "build"),
+    "BuildResult": ("ios_tvm.build", "BuildResult"),
+    "InterOperatorSchedule": ("ios_tvm.transform", "InterOperatorSchedule"),
+    "graph_from_model": ("ios_tvm.extract", "graph_from_model"),
+    "load": ("ios_tvm.executor", "load"),
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'ios_tvm' has no attribute {name!r}")
+
 __all__ = [
-    "SEARCH_STRATEGIES", "IosTvmError", "ModelLoadError", "OpGraph", "OpNode", "Schedule",
+    "SEARCH_STRATEGIES", "BuildResult", "InterOperatorSchedule", "IosTvmError", "ModelLoadError",
+    "OpGraph", "OpNode", "Schedule",
     "ScheduleError", "SearchConfig", "SearchResult", "SearchStats", "Stage", "TensorInfo",
-    "UnsupportedGraphError", "greedy_schedule", "search", "sequential_schedule",
-    "validate_schedule",
+    "UnsupportedGraphError", "build", "graph_from_model", "greedy_schedule", "load", "search",
+    "sequential_schedule", "validate_schedule",
 ]

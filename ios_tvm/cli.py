@@ -85,14 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Lower MODEL to fused TVM kernels, extract the operator graph "
                                    "and run the IOS search with the analytic cost model.")
     p.add_argument("model", help="an .onnx file or a built-in model name (sample)")
-    p.add_argument("--target", default="llvm", help="llvm, cuda, or a TVM target JSON (default llvm)")
+    p.add_argument("--target", default="llvm",
+                   help="llvm, cuda, or a TVM target JSON (default llvm)")
     p.add_argument("--input-shapes", help="sizes of dynamic inputs, e.g. 'x:1,3,224,224 y:1,10'")
     p.add_argument("--batch-size", type=int, default=1, help="batch of built-in models (default 1)")
     p.add_argument("--strategy", choices=SEARCH_STRATEGIES, default="concurrent",
                    help="schedule strategy (default concurrent)")
     p.add_argument("--max-groups", type=int, default=8, help="groups per stage, IOS s (default 8)")
     p.add_argument("--max-group-size", type=int, default=3, help="ops per group, IOS r (default 3)")
-    p.add_argument("--max-part-size", type=int, default=40, help="ops per searched part (default 40)")
+    p.add_argument("--max-part-size", type=int, default=40,
+                   help="ops per searched part (default 40)")
     p.add_argument("--device", default="v100", help="analytic cost preset: v100, h100, cpu")
     p.add_argument("--show-stages", action="store_true", help="print every stage")
     p.add_argument("--progress", action="store_true", help="progress bar over parts")

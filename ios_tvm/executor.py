@@ -122,8 +122,10 @@ class Executor:
         self._run()
 
     def get_output(self, index: int = 0) -> Any:
-        """Output ``index`` as a TVM tensor that aliases the executor's buffer (valid until
-        the next run)."""
+        """Output ``index`` as a TVM tensor aliasing the executor's buffer.
+
+        It stays valid until the next run; copy it (``.numpy()``) to keep it.
+        """
         return self._get_output(index)
 
     def __call__(self, *inputs: Any, **named: Any) -> list[np.ndarray]:

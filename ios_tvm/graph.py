@@ -298,7 +298,8 @@ class OpGraph:
     def from_json(cls, d: Mapping[str, Any]) -> OpGraph:
         """Build a graph from :meth:`to_json` output."""
         if d.get("format") != "ios_tvm.OpGraph":
-            raise UnsupportedGraphError(f"not an ios_tvm.OpGraph document (format={d.get('format')!r})")
+            raise UnsupportedGraphError(
+                f"not an ios_tvm.OpGraph document (format={d.get('format')!r})")
         tensors = {t["name"]: TensorInfo.from_json(t) for t in d["tensors"]}
         return cls([OpNode.from_json(n) for n in d["nodes"]], tensors, d["inputs"], d["outputs"])
 

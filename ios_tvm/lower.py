@@ -2,7 +2,8 @@
 
 Compiler side. :func:`make_plan` is a pure function of the graph and the schedule (no TVM);
 :func:`build_kernel_library` compiles every fused PrimFunc of the lowered module for the
-target; :func:`lower` puts both together with the weights into a :class:`~ios_tvm.executor.Artifact`.
+target; :func:`lower` puts both together with the weights into an
+:class:`~ios_tvm.executor.Artifact`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .schedule import Schedule, validate_schedule
 
 
 def make_plan(graph: OpGraph, schedule: Schedule, *, target: str = "llvm",
-              device_type: str = "cpu", reuse_memory: bool = True,
+              device_type: str = "cpu", reuse_memory: bool = True, min_streams: int = 1,
               meta: Mapping[str, Any] | None = None) -> Plan:
     """Build the execution plan of ``graph`` run by ``schedule``.
 
@@ -71,7 +72,7 @@ def make_plan(graph: OpGraph, schedule: Schedule, *, target: str = "llvm",
                  **(dict(meta) if meta else {})}
     inputs = tuple(index[t] for t in graph.inputs if graph.tensors[t].kind == "input")
     plan = Plan(target, device_type, tuple(tensors), storage.storage_nbytes, calls, stages,
-                inputs, tuple(index[t] for t in graph.outputs), plan_meta)
+                inputs, tuple(index[t] for t in graph.outputs), plan_meta, min_streams)
     plan.validate()
     return plan
 
@@ -103,10 +104,24 @@ def target_device_type(target: Any) -> str:
     raise IosTvmError(f"target kind {kind!r} is not supported (use llvm or cuda)")
 
 
+def weights_of(extraction: Any, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Values of every weight the plan loads: the module's constants plus the given params."""
+    weights: dict[str, Any] = {name: c.value for name, c in extraction.constants.items()}
+    for info in extraction.graph.tensors.values():
+        if info.kind == "param" and info.alias_of is None:
+            if params is None or info.name not in params:
+                raise IosTvmError(f"no value for weight parameter {info.name!r}; pass "
+                                  "params={name: array}")
+            weights[info.name] = params[info.name]
+    return weights
+
+
 def lower(extraction: Any, schedule: Schedule, *, params: Mapping[str, Any] | None = None,
-          reuse_memory: bool = True) -> Any:
-    """Compile ``extraction`` (from :func:`ios_tvm.extract.graph_from_model`) run by
-    ``schedule`` into an :class:`~ios_tvm.executor.Artifact`.
+          lib: Any | None = None, reuse_memory: bool = True, min_streams: int = 1,
+          meta: Mapping[str, Any] | None = None) -> Any:
+    """Compile a model's kernels and a schedule into an :class:`~ios_tvm.executor.Artifact`.
+
+    ``extraction`` comes from :func:`ios_tvm.extract.graph_from_model`.
 
     Parameters
     ----------
@@ -116,8 +131,14 @@ def lower(extraction: Any, schedule: Schedule, *, params: Mapping[str, Any] | No
         A valid schedule of ``extraction.graph``.
     params
         Values of weight *parameters* of the function (constants are taken from the module).
+    lib
+        An already built kernel library of ``extraction`` (built here when None).
     reuse_memory
         Share activation storage between tensors whose stage lifetimes do not overlap.
+    min_streams
+        Create at least this many streams / worker threads (for profiling any stage).
+    meta
+        Extra provenance stored in the plan.
     """
     from .executor import Artifact
 
@@ -125,15 +146,9 @@ def lower(extraction: Any, schedule: Schedule, *, params: Mapping[str, Any] | No
         raise IosTvmError(f"in-place kernel calls ({sorted(extraction.inplace)[:3]}) are not "
                           "supported by the ios-tvm executor yet")
     target = extraction.target
-    graph = extraction.graph
-    weights: dict[str, Any] = {name: const.value for name, const in extraction.constants.items()}
-    needed = [t for t in graph.tensors.values() if t.kind == "param" and t.alias_of is None]
-    for info in needed:
-        if params is None or info.name not in params:
-            raise IosTvmError(f"no value for weight parameter {info.name!r}; pass "
-                              "params={name: array}")
-        weights[info.name] = params[info.name]
-    plan = make_plan(graph, schedule, target=str(target), device_type=target_device_type(target),
-                     reuse_memory=reuse_memory)
-    lib = build_kernel_library(extraction.mod, target)
-    return Artifact(plan, lib, weights)
+    plan = make_plan(extraction.graph, schedule, target=str(target),
+                     device_type=target_device_type(target), reuse_memory=reuse_memory,
+                     min_streams=min_streams, meta=meta)
+    if lib is None:
+        lib = build_kernel_library(extraction.mod, target)
+    return Artifact(plan, lib, weights_of(extraction, params))

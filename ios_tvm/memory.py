@@ -108,8 +108,11 @@ def plan_storage(graph: OpGraph, schedule: Schedule, *, reuse: bool = True) -> S
 
 
 def check_storage(graph: OpGraph, schedule: Schedule, plan: StoragePlan) -> None:
-    """Raise if two tensors sharing a storage are ever live in the same stage, or if a
-    storage is smaller than a tensor placed in it."""
+    """Check a storage plan against the schedule's stage lifetimes.
+
+    Raises if two tensors sharing a storage are ever live in the same stage, or if a storage
+    is smaller than a tensor placed in it.
+    """
     life = stage_lifetimes(graph, schedule)
     missing = set(life) - set(plan.storage_of)
     if missing:

@@ -29,8 +29,11 @@ class PlanFormatError(IosTvmError, ValueError):
 
 @dataclass(frozen=True)
 class PlanTensor:
-    """A tensor of the plan; ``ref`` is the storage id for "storage", the base tensor id for
-    "view" and unused (-1) otherwise."""
+    """A tensor of the plan.
+
+    ``ref`` is the storage id for "storage", the base tensor id for "view" and unused (-1)
+    otherwise.
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -70,11 +73,13 @@ class Plan:
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    #: Streams (worker threads) to create even if no stage needs that many (for profiling).
+    min_streams: int = 1
 
     @property
     def num_streams(self) -> int:
-        """Most groups in one stage: the streams or worker threads the executor needs."""
-        return max((len(s.groups) for s in self.stages), default=1)
+        """Streams or worker threads the executor creates: the most groups in one stage."""
+        return max(self.min_streams, *(len(s.groups) for s in self.stages), 1)
 
     @property
     def activation_nbytes(self) -> int:
@@ -94,6 +99,7 @@ class Plan:
             "stages": [{"strategy": s.strategy, "groups": [list(g) for g in s.groups]}
                        for s in self.stages],
             "inputs": list(self.inputs), "outputs": list(self.outputs), "meta": dict(self.meta),
+            "min_streams": self.min_streams,
         }
 
     def dumps(self) -> str:
@@ -107,7 +113,8 @@ class Plan:
             raise PlanFormatError(f"not an {PLAN_FORMAT} document")
         if d.get("version") != PLAN_VERSION:
             raise PlanFormatError(f"plan version {d.get('version')!r} is not supported by this "
-                                  f"ios-tvm (it reads version {PLAN_VERSION}); rebuild the artifact")
+                                  f"ios-tvm (it reads version {PLAN_VERSION}); rebuild the "
+                                  "artifact")
         try:
             plan = cls(
                 str(d["target"]), str(d["device_type"]),
@@ -120,7 +127,7 @@ class Plan:
                 tuple(PlanStage(tuple(tuple(int(c) for c in g) for g in s["groups"]),
                                 s.get("strategy", "concurrent")) for s in d["stages"]),
                 tuple(int(x) for x in d["inputs"]), tuple(int(x) for x in d["outputs"]),
-                d.get("meta", {}))
+                d.get("meta", {}), int(d.get("min_streams", 1)))
         except (KeyError, TypeError, ValueError) as e:
             raise PlanFormatError(f"malformed plan: {type(e).__name__}: {e}") from e
         plan.validate()

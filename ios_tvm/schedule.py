@@ -53,7 +53,8 @@ class Stage:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Stage:
         """Inverse of :meth:`to_json`."""
-        return cls(tuple(tuple(int(op) for op in g) for g in d["groups"]), d.get("strategy", "concurrent"))
+        groups = tuple(tuple(int(op) for op in g) for g in d["groups"])
+        return cls(groups, d.get("strategy", "concurrent"))
 
 
 @dataclass(frozen=True)

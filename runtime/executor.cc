@@ -255,7 +255,7 @@ class ExecutorObj : public ffi::ModuleObj {
               const ffi::Map<ffi::String, ffi::Tensor>& params, DLDevice device)
       : lib_(lib), device_(device) {
     ParsePlan(plan_json, params);
-    int streams = 1;
+    int streams = std::max<int64_t>(1, min_streams_);
     for (const auto& stage : stages_) streams = std::max<int>(streams, stage.size());
     num_streams_ = streams;
     if (device_.device_type == kDLCUDA) {
@@ -409,6 +409,7 @@ class ExecutorObj : public ffi::ModuleObj {
       }
       stages_.push_back(std::move(stage));
     }
+    if (plan.count("min_streams")) min_streams_ = plan["min_streams"].cast<int64_t>();
     for (const ffi::Any& i : plan["inputs"].cast<ffi::json::Array>()) {
       inputs_.push_back(i.cast<int64_t>());
     }
@@ -605,6 +606,7 @@ class ExecutorObj : public ffi::ModuleObj {
   std::vector<Stage> stages_;
   std::vector<int64_t> inputs_, outputs_;
   int num_streams_ = 1;
+  int64_t min_streams_ = 1;
   std::unique_ptr<WorkerPool> pool_;
   std::vector<void*> streams_, events_, timing_events_;
 };

@@ -40,7 +40,8 @@ def test_views_are_not_nodes():
         "a_view": TensorInfo("a_view", (2, 4), alias_of="a"),
         "b": TensorInfo("b", (2, 4)),
     }
-    nodes = [OpNode("mm", "matmul", ("x", "w"), ("a",)), OpNode("relu", "relu", ("a_view",), ("b",))]
+    nodes = [OpNode("mm", "matmul", ("x", "w"), ("a",)),
+             OpNode("relu", "relu", ("a_view",), ("b",))]
     g = OpGraph(nodes, tensors, ["x"], ["b", "a_view"])
     assert g.preds == ((), (0,))
     assert g.source_node("a_view") == 0 and g.source_node("w") is None

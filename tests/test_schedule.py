@@ -63,7 +63,8 @@ def test_json_round_trip():
     [
         ("{not json", "not valid JSON"),
         ('{"format": "something"}', "not an ios_tvm.Schedule document"),
-        ('{"format": "ios_tvm.Schedule", "version": 99, "stages": []}', "version 99 is not supported"),
+        ('{"format": "ios_tvm.Schedule", "version": 99, "stages": []}',
+         "version 99 is not supported"),
         ('{"format": "ios_tvm.Schedule", "version": 1, "stages": [{"groups": [["a"]]}]}',
          "malformed schedule stage"),
         ('{"format": "ios_tvm.Schedule", "version": 1}', "malformed schedule stage"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from functools import lru_cache
+from functools import cache
 
 import pytest
 from hypothesis import given, settings
@@ -72,7 +72,7 @@ def brute_force(graph: OpGraph, cost, strategy: str, r: int, s: int, can_merge=N
     concurrent = strategy in ("concurrent", "both")
     merge = strategy in ("merge", "both") and can_merge is not None
 
-    @lru_cache(maxsize=None)
+    @cache
     def best(state: int) -> float:
         if state == 0:
             return 0.0

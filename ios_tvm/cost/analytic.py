@@ -82,6 +82,7 @@ class AnalyticCost:
         return d.launch_s + work / util
 
     def __call__(self, stage: Stage) -> float:
+        """Latency of ``stage`` in seconds."""
         d = self.device
         if stage.strategy == "merge":
             ops = stage.ops

@@ -40,6 +40,7 @@ class StageCostCache:
         self.counters = CostCounters()
 
     def __call__(self, stage: Stage) -> float:
+        """Latency of ``stage`` in seconds."""
         return self.lookup(stage.mask, stage.strategy, lambda: stage)
 
     def lookup(self, mask: int, strategy: str, make_stage: Callable[[], Stage]) -> float:

@@ -11,7 +11,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def sample_block(batch: int = 1, channels: int = 64, size: int = 28, seed: int = 0) -> onnx.ModelProto:
+def sample_block(batch: int = 1, channels: int = 64, size: int = 28,
+                 seed: int = 0) -> onnx.ModelProto:
     """Build the sample block as an ONNX model.
 
     Parameters
@@ -31,12 +32,13 @@ def sample_block(batch: int = 1, channels: int = 64, size: int = 28, seed: int =
     nodes = []
 
     def conv(name: str, src: str) -> str:
-        w = (rng.standard_normal((channels, channels, 3, 3)) / np.sqrt(9 * channels)).astype("float32")
+        w = rng.standard_normal((channels, channels, 3, 3)) / np.sqrt(9 * channels)
         b = (0.1 * rng.standard_normal(channels)).astype("float32")
-        inits.extend([numpy_helper.from_array(w, f"{name}.weight"),
+        inits.extend([numpy_helper.from_array(w.astype("float32"), f"{name}.weight"),
                       numpy_helper.from_array(b, f"{name}.bias")])
-        nodes.append(helper.make_node("Conv", [src, f"{name}.weight", f"{name}.bias"], [f"{name}.c"],
-                                      name=name, kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Conv", [src, f"{name}.weight", f"{name}.bias"],
+                                      [f"{name}.c"], name=name, kernel_shape=[3, 3],
+                                      pads=[1, 1, 1, 1]))
         nodes.append(helper.make_node("Relu", [f"{name}.c"], [name], name=f"{name}.relu"))
         return name
 
@@ -50,7 +52,8 @@ def sample_block(batch: int = 1, channels: int = 64, size: int = 28, seed: int =
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, channels, size, size])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3 * channels, size, size])],
         inits)
-    model = helper.make_model(graph, producer_name="ios_tvm", opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, producer_name="ios_tvm",
+                              opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
