@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .config import SearchConfig
+from .cost.base import StageCostCache
 from .cost.cache import MeasurementCache
 from .cost.measured import MeasuredCost, ProfileSettings, device_name
 from .errors import IosTvmError
@@ -186,6 +187,7 @@ def build(model: Any, target: Any = "llvm", *,
         raise IosTvmError(f"unknown cost {cost!r}; use 'measured', 'analytic' or a callable")
 
     t1 = time.perf_counter()
+    memo_cost = StageCostCache(memo_cost)
     result = search(extraction.graph, memo_cost, cfg, progress=progress)
     if measured is not None:
         measured.close()
@@ -197,10 +199,15 @@ def build(model: Any, target: Any = "llvm", *,
             "input_shapes": {n: list(extraction.graph.tensors[n].shape)
                              for n in extraction.graph.inputs
                              if extraction.graph.tensors[n].kind == "input"}}
-    meta = {"specialised_for": spec, "schedule_json": schedule.to_json()}
-    ios_art = lower(extraction, schedule, params=params, lib=lib, meta=meta)
-    seq_art = lower(extraction, seq, params=params, lib=lib,
-                    meta={**meta, "schedule_json": seq.to_json()})
+    cost_name = cost if isinstance(cost, str) else "custom"
+
+    def plan_meta(sch: Schedule) -> dict[str, Any]:
+        # What `ios-tvm show` draws: the schedule and its stage latencies (cached, not re-timed).
+        return {"specialised_for": spec, "schedule_json": sch.to_json(), "cost_model": cost_name,
+                "stage_seconds": [memo_cost(s) for s in sch.stages]}
+
+    ios_art = lower(extraction, schedule, params=params, lib=lib, meta=plan_meta(schedule))
+    seq_art = lower(extraction, seq, params=params, lib=lib, meta=plan_meta(seq))
     peak = {"ios": ios_art.plan.activation_nbytes, "sequential": seq_art.plan.activation_nbytes}
     latencies: dict[str, float] = {}
     if not measure:

@@ -74,6 +74,117 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_model(args: argparse.Namespace) -> Any:
+    from .models import BUILTIN_MODELS
+
+    if args.model in BUILTIN_MODELS:
+        return BUILTIN_MODELS[args.model](batch=args.batch_size)
+    if not Path(args.model).exists():
+        raise IosTvmError(f"model {args.model!r} is neither a file nor a built-in model "
+                          f"({', '.join(sorted(BUILTIN_MODELS))})")
+    return args.model
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from .build import build
+    from .cost.cache import MeasurementCache
+    from .cost.measured import ProfileSettings
+    from .frontend import parse_input_shapes
+
+    cfg = SearchConfig(strategy=args.strategy, max_groups=args.max_groups,
+                       max_group_size=args.max_group_size, max_part_size=args.max_part_size)
+    cache: Any = False if args.no_cache else (MeasurementCache(args.cache) if args.cache else True)
+    settings = ProfileSettings(args.warmup, args.number, args.repeat)
+    shapes = parse_input_shapes(args.input_shapes) if args.input_shapes else None
+    result = build(_resolve_model(args), args.target, input_shapes=shapes,
+                   config=cfg, cost=args.cost, cache=cache, settings=settings,
+                   progress=not args.quiet)
+    out = result.export(args.output)
+    (out / "build.json").write_text(json.dumps(result.summary(), indent=1))
+    lat = result.latencies
+    print(f"{args.model}: {result.artifact.plan.meta.get('num_kernels')} kernels, "
+          f"schedule {result.schedule.summary()}")
+    if lat:
+        print(f"{'plan':<12} {'median ms':>10} {'vs sequential':>14}")
+        for name in ("sequential", "ios", "relax_vm"):
+            if name in lat:
+                ratio = lat["sequential"] / lat[name]
+                print(f"{name:<12} {lat[name] * 1e3:>10.3f} {ratio:>13.2f}x")
+    print(f"chosen: {result.chosen} ({result.reason})")
+    print(f"search: {result.search_stats.stages_costed} stages costed, "
+          f"{result.stages_measured} measured, {result.stages_cached} from cache, "
+          f"{result.seconds.get('search', 0):.1f} s")
+    print(f"artifact written to {out}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .executor import load
+
+    executor = load(args.artifact)
+    try:
+        inputs = dict(np.load(args.inputs))
+    except (OSError, ValueError) as e:
+        raise IosTvmError(f"cannot read inputs {args.inputs}: {e}") from e
+    missing = [n for n in executor.input_names if n not in inputs]
+    if missing:
+        raise IosTvmError(f"{args.inputs} lacks input(s) {missing}; the model's inputs are "
+                          f"{executor.input_names}")
+    outputs = executor(**{n: inputs[n] for n in executor.input_names})
+    for name, value in zip(executor.output_names, outputs, strict=True):
+        print(f"{name}: shape {value.shape} dtype {value.dtype} "
+              f"mean {float(value.mean()):.6g} std {float(value.std()):.6g}")
+    if args.outputs:
+        tmp = Path(args.outputs + ".tmp.npz")
+        np.savez(tmp, **dict(zip(executor.output_names, outputs, strict=True)))
+        tmp.replace(args.outputs)
+        print(f"outputs written to {args.outputs}")
+    if args.benchmark:
+        stats = executor.benchmark(min_repeat_ms=100)
+        print(f"median {stats['median'] * 1e3:.3f} ms per run "
+              f"(min {stats['min'] * 1e3:.3f}, max {stats['max'] * 1e3:.3f})")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .executor import load_artifact
+    from .graph import OpGraph, OpNode, TensorInfo
+    from .schedule import Schedule
+
+    artifact = load_artifact(args.artifact)
+    plan = artifact.plan
+    meta = plan.meta
+    schedule = Schedule.from_json(meta["schedule_json"])
+    names = [c.node or c.kernel for c in plan.calls]
+    stage_s = meta.get("stage_seconds") or [0.0] * len(schedule.stages)
+    print(f"{args.artifact}: {len(plan.calls)} kernel calls, {schedule.summary()}")
+    print(f"target {plan.target}; specialised for {meta.get('specialised_for')}")
+    print(f"chosen plan: {meta.get('chosen')}; latencies (s): {meta.get('latencies_s')}")
+    print(f"activation memory: {plan.activation_nbytes / 2**20:.2f} MiB in "
+          f"{len(plan.storages)} storages; streams: {plan.num_streams}")
+    for i, stage in enumerate(schedule.stages):
+        groups = " | ".join(", ".join(names[op] for op in g) for g in stage.groups)
+        print(f"  stage {i:>3} {stage_s[i] * 1e3:8.3f} ms [{stage.strategy}]: {groups}")
+    if not args.no_pictures:
+        from .plot import plot_graph, plot_timeline
+
+        # Rebuild the kernel graph from the plan's calls (who writes and reads which tensor).
+        tensors = {t.name: TensorInfo(t.name, t.shape, t.dtype, "activation") for t in plan.tensors}
+        nodes = [OpNode(c.node or c.kernel, c.kernel,
+                        tuple(plan.tensors[a].name for a in c.args[:len(c.args) - c.num_outputs]),
+                        tuple(plan.tensors[a].name for a in c.args[len(c.args) - c.num_outputs:]))
+                 for c in plan.calls]
+        graph = OpGraph(nodes, tensors)
+        fmt = args.format
+        timeline = plot_timeline(schedule, stage_s, Path(args.artifact) / f"timeline.{fmt}",
+                                 names=names)
+        picture = plot_graph(graph, schedule, Path(args.artifact) / f"graph.{fmt}")
+        print(f"pictures: {timeline}, {picture}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ios-tvm``."""
     parser = argparse.ArgumentParser(
@@ -100,6 +211,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="progress bar over parts")
     p.add_argument("-o", "--output", help="write the schedule as JSON to this file")
     p.set_defaults(func=_cmd_schedule)
+
+    p = sub.add_parser("compile", help="build a model into an artifact run by the ios-tvm executor",
+                       description="Lower MODEL, search an IOS schedule costed by stage latencies "
+                                   "measured on the target, check the plan against the "
+                                   "sequential one and TVM's Relax VM, and write the artifact.")
+    p.add_argument("model", help="an .onnx file or a built-in model name (sample, ...)")
+    p.add_argument("--target", default="llvm", help="llvm, cuda, or a TVM target JSON")
+    p.add_argument("--input-shapes", help="sizes of dynamic inputs, e.g. 'x:1,3,224,224'")
+    p.add_argument("--batch-size", type=int, default=1, help="batch of built-in models")
+    p.add_argument("--strategy", choices=SEARCH_STRATEGIES, default="concurrent")
+    p.add_argument("--max-groups", type=int, default=8, help="groups per stage (default 8)")
+    p.add_argument("--max-group-size", type=int, default=3, help="ops per group (default 3)")
+    p.add_argument("--max-part-size", type=int, default=40, help="ops per searched part")
+    p.add_argument("--cost", choices=("measured", "analytic"), default="measured",
+                   help="stage cost model (default measured on this machine)")
+    p.add_argument("--cache", help="measurement cache file (default ~/.cache/ios_tvm/...)")
+    p.add_argument("--no-cache", action="store_true", help="measure everything afresh")
+    p.add_argument("--warmup", type=int, default=2, help="profiling warm-up runs (default 2)")
+    p.add_argument("--number", type=int, default=6, help="runs per timed repeat (default 6)")
+    p.add_argument("--repeat", type=int, default=6, help="timed repeats (default 6)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-o", "--output", required=True, help="artifact directory to write")
+    p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("run", help="run a compiled artifact on inputs from an .npz file")
+    p.add_argument("artifact", help="directory written by `ios-tvm compile`")
+    p.add_argument("--inputs", required=True, help=".npz file with one array per model input")
+    p.add_argument("--outputs", help="write the outputs to this .npz file")
+    p.add_argument("--benchmark", action="store_true", help="also time the plan")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("show", help="summarise an artifact's schedule and draw it")
+    p.add_argument("artifact", help="directory written by `ios-tvm compile`")
+    p.add_argument("--format", choices=("png", "svg", "pdf"), default="png")
+    p.add_argument("--no-pictures", action="store_true", help="text summary only")
+    p.set_defaults(func=_cmd_show)
     return parser
 
 
