@@ -32,6 +32,7 @@ from typing import Any
 from .config import SearchConfig
 from .cost.base import CostFn, StageCostCache
 from .graph import OpGraph
+from .native_search import MAX_NATIVE_OPS, native_search_enabled, solve_part_native
 from .partition import partition
 from .schedule import Schedule, Stage
 
@@ -233,7 +234,8 @@ class _PartSearch:
 
 
 def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
-           can_merge: MergePredicate | None = None, progress: bool = False) -> SearchResult:
+           can_merge: MergePredicate | None = None, progress: bool = False,
+           native: bool | None = None) -> SearchResult:
     """Find a schedule of ``graph`` minimising the summed stage cost.
 
     Parameters
@@ -249,6 +251,9 @@ def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
         concurrent stages.
     progress
         Show a progress bar over the parts.
+    native
+        Use the C++ DP for parts of at most 64 ops (same results, faster). Default: when the
+        native library loads and ``$IOS_TVM_NATIVE_SEARCH`` is not ``0``.
 
     Returns
     -------
@@ -280,12 +285,20 @@ def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
                 from tqdm import tqdm
 
                 iterator = tqdm(parts, desc="IOS search", unit="part")
+            use_native = native_search_enabled() if native is None else native
             for lo, hi in iterator:
-                part = _PartSearch(graph, lo, hi, cfg, memo_cost, can_merge)
-                stages.extend(part.stages())
-                total += part.memo[(1 << (hi - lo)) - 1]
-                stats.states += len(part.memo) - 1
-                stats.transitions += part.transitions
+                if use_native and hi - lo <= MAX_NATIVE_OPS:
+                    part_stages, part_total, part_states, part_transitions = solve_part_native(
+                        graph, lo, hi, cfg, memo_cost, can_merge)
+                else:
+                    part = _PartSearch(graph, lo, hi, cfg, memo_cost, can_merge)
+                    part_stages = part.stages()
+                    part_total = part.memo[(1 << (hi - lo)) - 1]
+                    part_states, part_transitions = len(part.memo) - 1, part.transitions
+                stages.extend(part_stages)
+                total += part_total
+                stats.states += part_states
+                stats.transitions += part_transitions
         finally:
             sys.setrecursionlimit(limit)
         meta["parts"] = [list(p) for p in parts]

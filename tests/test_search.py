@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 from ios_tvm import OpGraph, SearchConfig, Stage, search, sequential_schedule, validate_schedule
 from ios_tvm.cost import AnalyticCost, StageCostCache
 from ios_tvm.schedule import Schedule
+from ios_tvm._ffi import native_available
 from ios_tvm.search import greedy_schedule
+
+# Both DP implementations (Python and the C++ one in passes/) must be exactly optimal.
+IMPLEMENTATIONS = pytest.mark.parametrize("native", [
+    False, pytest.param(True, marks=pytest.mark.skipif(not native_available(),
+                                                       reason="native library not built"))])
 
 
 # -- random inputs -------------------------------------------------------------------------
@@ -132,14 +138,15 @@ def test_brute_force_matches_explicit_enumeration(graph, seed, r, s):
     assert brute_force(graph, cost, "concurrent", r, s) == pytest.approx(explicit, rel=1e-12)
 
 
+@IMPLEMENTATIONS
 @settings(max_examples=150)
 @given(graph=dags(), seed=st.integers(0, 10_000), r=st.integers(1, 4), s=st.integers(1, 4),
        strategy=st.sampled_from(["concurrent", "merge", "both"]))
-def test_dp_is_optimal(graph, seed, r, s, strategy):
+def test_dp_is_optimal(native, graph, seed, r, s, strategy):
     cost = RandomCost(seed)
     can_merge = merge_table(seed)
     cfg = SearchConfig(strategy=strategy, max_groups=s, max_group_size=r)
-    result = search(graph, cost, cfg, can_merge=can_merge)
+    result = search(graph, cost, cfg, can_merge=can_merge, native=native)
     expected = brute_force(graph, cost, strategy, r, s, can_merge)
     assert result.schedule.cost == pytest.approx(expected, rel=1e-9)
     # The schedule is valid, keeps the limits, and really costs what the DP says.
@@ -154,17 +161,19 @@ def test_dp_is_optimal(graph, seed, r, s, strategy):
     assert result.schedule.cost <= schedule_cost(sequential_schedule(graph), cost) * (1 + 1e-9)
 
 
+@IMPLEMENTATIONS
 @settings(max_examples=40)
 @given(graph=dags(max_nodes=10), seed=st.integers(0, 10_000))
-def test_dp_is_optimal_on_ten_ops(graph, seed):
+def test_dp_is_optimal_on_ten_ops(native, graph, seed):
     cost = RandomCost(seed)
-    result = search(graph, cost, SearchConfig(max_groups=8, max_group_size=3))
+    result = search(graph, cost, SearchConfig(max_groups=8, max_group_size=3), native=native)
     assert result.schedule.cost == pytest.approx(brute_force(graph, cost, "concurrent", 3, 8),
                                                  rel=1e-9)
     validate_schedule(graph, result.schedule, max_groups=8, max_group_size=3)
 
 
-def test_group_with_two_roots_sharing_a_descendant():
+@IMPLEMENTATIONS
+def test_group_with_two_roots_sharing_a_descendant(native):
     """IOS issue #10: {a, b, c} with a->c, b->c must be reachable as ONE group."""
     graph = OpGraph.from_edges(3, [(0, 2), (1, 2)])
     one_group = Stage(((0, 1, 2),))
@@ -172,7 +181,7 @@ def test_group_with_two_roots_sharing_a_descendant():
     def cost(stage: Stage) -> float:
         return 1.0 if stage == one_group else 10.0
 
-    result = search(graph, cost, SearchConfig(max_group_size=3))
+    result = search(graph, cost, SearchConfig(max_group_size=3), native=native)
     assert result.schedule.stages == (one_group,)
     assert result.schedule.cost == 1.0
 

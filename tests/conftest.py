@@ -1,0 +1,43 @@
+"""Shared pytest setup: ``--runslow``, the ``gpu``/``slow`` markers, hypothesis profiles."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Default: no per-example deadline (the first example pays for imports and JIT caches).
+settings.register_profile("default", deadline=None)
+# CI: the same examples on every run, so a red build reproduces.
+settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci" if os.environ.get("CI", "").lower() in ("1", "true") else "default")
+
+
+@functools.cache
+def has_cuda() -> bool:
+    """Whether a CUDA GPU is usable through TVM; memoised and never raises."""
+    try:
+        import tvm
+
+        return bool(tvm.cuda(0).exist)
+    except Exception:
+        return False
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    run_slow = config.getoption("--runslow")
+    skip_slow = pytest.mark.skip(reason="slow; run with --runslow")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords and not has_cuda():
+            item.add_marker(skip_gpu)
