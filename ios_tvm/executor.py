@@ -30,6 +30,8 @@ from .plan import Plan, PlanFormatError
 ARTIFACT_FORMAT = "ios_tvm.Artifact"
 ARTIFACT_VERSION = 1
 _FILES = ("plan.json", "kernels.so", "params.bin")
+#: DLPack device type -> the plan's device type name.
+_DEVICE_TYPES = {1: "cpu", 2: "cuda"}
 
 
 def _runtime() -> Any:
@@ -72,10 +74,22 @@ class Executor:
         Weights by tensor name (TVM tensors or numpy arrays).
     device
         Where to run; defaults to device 0 of the plan's device type.
+    cuda_graph
+        Replay the whole plan as one CUDA graph (default: on for CUDA plans, unless the plan's
+        ``meta["cuda_graph"]`` is false; ``True`` on a CPU plan raises ``ValueError``). The
+        first :meth:`run` runs the plan eagerly, captures every stream and the fork/join
+        events between them into one graph (``runtime/cuda_graph.cc``) and replays it; later
+        runs are a single graph launch. Inputs, weights, activations and outputs live in
+        fixed buffers, so replays stay valid; :meth:`set_input` copies into the input
+        buffers, and an input of another shape or dtype is rejected (plans are specialised
+        for static shapes; build another plan for another shape). A kernel that cannot be
+        captured (it synchronises, allocates memory, uses the legacy stream) makes that first
+        run raise ``RuntimeError`` naming it; the executor then stays usable in eager mode
+        (:attr:`cuda_graph` is False and :meth:`cuda_graph_stats` holds the error).
     """
 
     def __init__(self, plan: Plan, lib: Any, params: Mapping[str, Any],
-                 device: Any | None = None) -> None:
+                 device: Any | None = None, *, cuda_graph: bool | None = None) -> None:
         import tvm_ffi
 
         _ffi.load()
@@ -83,6 +97,11 @@ class Executor:
         self.plan = plan
         self.lib = lib
         self.device = device if device is not None else device_of(plan.device_type)
+        # (RPC session devices carry the session in the bits above 128.)
+        kind = _DEVICE_TYPES.get(self.device.dlpack_device_type() % 128)
+        if kind != plan.device_type:
+            raise ValueError(f"the plan runs on {plan.device_type!r} devices (target "
+                             f"{plan.target}), not on {self.device}")
         values = {k: v if isinstance(v, rt.Tensor) else rt.tensor(np.asarray(v))
                   for k, v in params.items()}
         create = tvm_ffi.get_global_func("ios_tvm.runtime.create_executor")
@@ -93,6 +112,35 @@ class Executor:
         self._profile = self._module["profile_stage"]
         self.input_names = [plan.tensors[i].name for i in plan.inputs]
         self.output_names = [plan.tensors[i].name for i in plan.outputs]
+        if cuda_graph is None:
+            cuda_graph = kind == "cuda" and plan.meta.get("cuda_graph", True) is not False
+        if cuda_graph:
+            self.set_cuda_graph(True)
+
+    # -- CUDA graph mode -----------------------------------------------------------------------
+    def set_cuda_graph(self, enabled: bool) -> None:
+        """Turn CUDA graph mode on (the next run captures) or off (drops the graph).
+
+        Raises ``ValueError`` when turned on for an executor that does not run on CUDA.
+        """
+        if enabled and self.plan.device_type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA plan and device; this plan runs on "
+                             f"{self.plan.device_type!r} (target {self.plan.target})")
+        self._module["set_cuda_graph"](bool(enabled))
+
+    @property
+    def cuda_graph(self) -> bool:
+        """Whether runs replay a CUDA graph (False after a failed capture)."""
+        return bool(self.cuda_graph_stats()["enabled"])
+
+    def cuda_graph_stats(self) -> dict[str, Any]:
+        """The CUDA graph state.
+
+        Keys: ``enabled``, ``captured``, ``captures``, ``launches``, ``nodes`` (of the captured
+        graph) and ``error`` (why the last capture failed, or "").
+        """
+        stats = self._module["cuda_graph_stats"]()
+        return {str(k): (str(v) if isinstance(v, str) else v) for k, v in stats.items()}
 
     # -- running -----------------------------------------------------------------------------
     def set_input(self, key: int | str, value: Any) -> None:
@@ -104,6 +152,12 @@ class Executor:
         rt = _runtime()
         if not isinstance(value, rt.Tensor):
             value = rt.tensor(np.ascontiguousarray(value))
+        spec = self.plan.tensors[self.plan.inputs[index]]
+        shape, dtype = tuple(int(d) for d in value.shape), str(value.dtype)
+        if dtype != spec.dtype:
+            raise ValueError(f"input {spec.name!r} has dtype {dtype}, expected {spec.dtype}")
+        if shape != spec.shape:
+            raise ValueError(f"input {spec.name!r} has shape {shape}, expected {spec.shape}")
         self._set_input(index, value)
 
     def _input_index(self, key: int | str) -> int:
@@ -111,7 +165,11 @@ class Executor:
             if key not in self.input_names:
                 raise KeyError(f"no input named {key!r}; inputs are {self.input_names}")
             return self.input_names.index(key)
-        return int(key)
+        index = int(key)
+        if not 0 <= index < len(self.input_names):
+            raise IndexError(f"input index {index} out of range: the model has "
+                             f"{len(self.input_names)} input(s) {self.input_names}")
+        return index
 
     def run(self, *inputs: Any, **named: Any) -> None:
         """Run the plan once (after setting any inputs given); returns when it has finished."""
@@ -164,6 +222,40 @@ class Executor:
         return list(self._profile([list(map(int, g)) for g in groups], warmup, number, repeat))
 
 
+def _target_dict(target: Any) -> dict[str, Any] | None:
+    """A target as a dict: a mapping, JSON text (``str(tvm.target.Target)``) or a bare kind."""
+    if isinstance(target, Mapping):
+        return dict(target)
+    text = str(target).strip()
+    if text.startswith("{"):
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError:
+            return None
+        return d if isinstance(d, dict) else None
+    return {"kind": text} if text and " " not in text else None
+
+
+def _subset(want: Any, have: Any) -> bool:
+    if isinstance(want, Mapping):
+        return isinstance(have, Mapping) and all(
+            k in have and _subset(v, have[k]) for k, v in want.items())
+    return bool(want == have)
+
+
+def target_matches(built: str, expected: str | Mapping[str, Any] | Any) -> bool:
+    """Whether an artifact built for ``built`` (the plan's target, JSON text) is for ``expected``.
+
+    ``expected`` is a kind name (``"llvm"``, ``"cuda"``), a target dict or its JSON text, or a
+    ``tvm.target.Target``; every key it gives must match (e.g. ``{"kind": "cuda", "arch":
+    "sm_90"}``). Works without the TVM compiler.
+    """
+    have, want = _target_dict(built), _target_dict(expected)
+    if have is None or want is None:
+        return str(built).strip() == str(expected).strip()
+    return _subset(want, have)
+
+
 # -- artifacts ---------------------------------------------------------------------------------
 @dataclass
 class Artifact:
@@ -179,10 +271,10 @@ class Artifact:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         tmp = {name: out / f".{name}.tmp" for name in (*_FILES, "manifest.json")}
+        # export_library picks the toolchain from the suffix; write then rename.
+        lib_tmp = out / ".kernels.tmp.so"
         try:
             tmp["plan.json"].write_text(json.dumps(self.plan.to_json(), indent=1))
-            # export_library picks the toolchain from the suffix; write then rename.
-            lib_tmp = out / ".kernels.tmp.so"
             self.lib.export_library(str(lib_tmp))
             lib_tmp.replace(tmp["kernels.so"])
             rt.save_param_dict_to_file(
@@ -195,27 +287,32 @@ class Artifact:
             for name, path in tmp.items():
                 path.replace(out / name)
         finally:
-            for path in tmp.values():
+            for path in (*tmp.values(), lib_tmp):
                 path.unlink(missing_ok=True)
         return out
 
-    def executor(self, device: Any | None = None) -> Executor:
-        """An :class:`Executor` for this artifact."""
-        return Executor(self.plan, self.lib, self.params, device)
+    def executor(self, device: Any | None = None, *,
+                 cuda_graph: bool | None = None) -> Executor:
+        """An :class:`Executor` for this artifact (``cuda_graph``: see :class:`Executor`)."""
+        return Executor(self.plan, self.lib, self.params, device, cuda_graph=cuda_graph)
 
 
 def load(directory: str | os.PathLike[str], device: Any | None = None, *,
-         expect_target: str | None = None) -> Executor:
+         expect_target: str | Mapping[str, Any] | None = None,
+         cuda_graph: bool | None = None) -> Executor:
     """Load an artifact directory written by :meth:`Artifact.export` and return its executor.
 
     Raises :class:`~ios_tvm.plan.PlanFormatError` naming the file at fault when the artifact
     is incomplete, truncated, of another version, or for another target/device.
+    ``expect_target`` is checked with :func:`target_matches`; ``cuda_graph`` as in
+    :class:`Executor` (default: on for CUDA artifacts).
     """
-    return load_artifact(directory, expect_target=expect_target).executor(device)
+    return load_artifact(directory, expect_target=expect_target).executor(
+        device, cuda_graph=cuda_graph)
 
 
 def load_artifact(directory: str | os.PathLike[str], *,
-                  expect_target: str | None = None) -> Artifact:
+                  expect_target: str | Mapping[str, Any] | None = None) -> Artifact:
     """Read an artifact directory (see :func:`load`) without creating an executor."""
     rt = _runtime()
     root = Path(directory)
@@ -231,7 +328,11 @@ def load_artifact(directory: str | os.PathLike[str], *,
     if manifest.get("version") != ARTIFACT_VERSION:
         raise PlanFormatError(f"{manifest_path}: artifact version {manifest.get('version')!r}, "
                               f"this ios-tvm reads version {ARTIFACT_VERSION}; rebuild it")
-    for name, size in manifest.get("files", {}).items():
+    sizes = manifest.get("files")
+    if not isinstance(sizes, Mapping) or any(name not in sizes for name in _FILES):
+        raise PlanFormatError(f"{manifest_path}: corrupt manifest (it must list the sizes of "
+                              f"{', '.join(_FILES)})")
+    for name, size in sizes.items():
         path = root / name
         if not path.is_file():
             raise PlanFormatError(f"{path}: missing from the artifact")
@@ -242,15 +343,20 @@ def load_artifact(directory: str | os.PathLike[str], *,
         plan = Plan.loads((root / "plan.json").read_text())
     except PlanFormatError as e:
         raise PlanFormatError(f"{root / 'plan.json'}: {e}") from e
-    if expect_target is not None and plan.target != expect_target:
-        raise PlanFormatError(f"{root}: built for target {plan.target!r}, not {expect_target!r}")
+    if expect_target is not None and not target_matches(plan.target, expect_target):
+        raise PlanFormatError(f"{root / 'plan.json'}: built for target {plan.target}, not "
+                              f"{expect_target}")
     if plan.device_type == "cuda":
         _load_cuda_runtime()
     try:
         lib = rt.load_module(str(root / "kernels.so"))
     except Exception as e:  # TVM raises RuntimeError/TVMError variants
         raise PlanFormatError(f"{root / 'kernels.so'}: cannot load the kernel library: {e}") from e
-    missing = [c.kernel for c in plan.calls if not lib.implements_function(c.kernel, True)]
+    import tvm_ffi
+
+    # call_dps_packed targets (library dispatch) are global functions, as in the executor.
+    missing = [c.kernel for c in plan.calls if not lib.implements_function(c.kernel, True)
+               and tvm_ffi.get_global_func(c.kernel, allow_missing=True) is None]
     if missing:
         raise PlanFormatError(f"{root / 'kernels.so'}: kernel(s) {sorted(set(missing))[:3]} "
                               "named by the plan are missing")
