@@ -27,7 +27,7 @@ from .errors import IosTvmError
 from .executor import Artifact, Executor
 from .lower import build_kernel_library, lower, target_device_type
 from .schedule import Schedule
-from .search import SearchStats, search, sequential_schedule
+from .search import SearchResult, SearchStats, search, sequential_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,10 @@ class BuildResult:
 
     ``chosen`` is ``"ios"`` or ``"sequential"``; ``latencies`` holds median seconds per run of
     ``ios``, ``sequential`` and ``relax_vm`` (when measured); ``reason`` explains the choice.
+    On CUDA both executor modes are timed: ``ios_eager``, ``ios_graph``, ``sequential_eager``
+    and ``sequential_graph`` (one CUDA graph launch per run), with ``ios`` and ``sequential``
+    the mode the artifact runs in, and ``relax_vm_graph`` (the Relax VM with
+    ``relax.backend.use_cuda_graph``).
     """
 
     artifact: Artifact
@@ -89,8 +93,13 @@ def _random_inputs(plan: Any, seed: int = 0) -> list[np.ndarray]:
 
 
 def relax_vm_latency(extraction: Any, inputs: list[np.ndarray], settings: ProfileSettings,
-                     params: dict[str, Any] | None = None) -> float:
-    """Median seconds per run of TVM's Relax VM on the same fused kernels."""
+                     params: dict[str, Any] | None = None, *, cuda_graph: bool = False) -> float:
+    """Median seconds per run of TVM's Relax VM on the same fused kernels.
+
+    ``cuda_graph`` compiles with the PassContext option ``relax.backend.use_cuda_graph``, so
+    that ``RewriteCUDAGraph`` lifts the static part of the function into one graph that the
+    VM captures on its first call (on a single stream) and replays afterwards.
+    """
     import tvm
     from tvm import relax
 
@@ -99,7 +108,8 @@ def relax_vm_latency(extraction: Any, inputs: list[np.ndarray], settings: Profil
                else relax.backend.cpu_generic.pipeline)
     rest = tvm.transform.Sequential([*backend.dataflow_lower_passes(target),
                                      *backend.finalize_passes(target)])
-    exe = tvm.compile(extraction.mod, target=target, relax_pipeline=rest)
+    with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": bool(cuda_graph)}):
+        exe = tvm.compile(extraction.mod, target=target, relax_pipeline=rest)
     dev = tvm.cuda(0) if target.kind.name == "cuda" else tvm.cpu(0)
     vm = relax.VirtualMachine(exe, dev)
     args = [tvm.runtime.tensor(x, dev) for x in inputs]
@@ -118,7 +128,9 @@ def build(model: Any, target: Any = "llvm", *,
           cost: Any = "measured", cache: MeasurementCache | str | bool | None = True,
           settings: ProfileSettings | None = None, margin: float = 0.03,
           compare_vm: bool = True, measure: bool | None = None,
-          progress: bool = False) -> BuildResult:
+          progress: bool = False, rpc_tracker: str | tuple[str, int] | None = None,
+          rpc_key: str | None = None, rpc_servers: int | None = None,
+          cuda_graph: bool | None = None) -> BuildResult:
     """Compile ``model`` for ``target`` with an IOS schedule run by the ios-tvm executor.
 
     Parameters
@@ -126,6 +138,8 @@ def build(model: Any, target: Any = "llvm", *,
     model
         An ONNX path or ``ModelProto``, a Relax ``IRModule`` (already lowered and scheduled by
         :class:`~ios_tvm.transform.InterOperatorSchedule`, or not), or an ``nn.Module``.
+        A schedule recorded on the module is run as is (not searched again; still guarded
+        against the sequential plan when measured).
     target
         ``"llvm"``, ``"cuda"``, a target dict or ``tvm.target.Target``.
     input_shapes
@@ -133,7 +147,9 @@ def build(model: Any, target: Any = "llvm", *,
     params
         Values of weight parameters (nn.Module / IRModule with weight params).
     config
-        Search strategy and pruning.
+        Search strategy and pruning. ``merge`` and ``both`` also consider merging convs
+        (matmuls) that share an input into one kernel (IOS-Merge, :mod:`ios_tvm.merge`);
+        merged kernels are generated, checked and measured on demand.
     cost
         ``"measured"`` (default; stage latencies timed on the target), ``"analytic"``, or a
         ``stage -> seconds`` callable.
@@ -147,14 +163,33 @@ def build(model: Any, target: Any = "llvm", *,
     compare_vm
         Also time TVM's Relax VM on the same kernels (reported, not used for the choice).
     measure
-        Time whole plans (default: when the target's device is present).
+        Time whole plans (default: when the target's device is present, or over RPC).
     progress
         Progress bars while measuring and searching.
+    rpc_tracker, rpc_key
+        Measure on remote devices through TVM's RPC tracker (``"HOST:PORT"``) instead of
+        locally: stages are enumerated first, measured in one batch spread over every free
+        server of ``rpc_key`` (:class:`~ios_tvm.cost.rpc.RPCProfiler`), then searched; the
+        whole IOS and sequential plans are timed on one of those servers. TVM's Relax VM is
+        not timed remotely (``latencies`` has no ``relax_vm`` then). Measurements are cached
+        under the device name ``rpc:<key>:<device type>`` (plus the GPU's name on CUDA).
+    rpc_servers
+        The most servers to use (default: every free one).
+    cuda_graph
+        Run the artifact as one CUDA graph per run (see :class:`~ios_tvm.executor.Executor`).
+        Default: on for CUDA targets, unless a plan's kernels cannot be captured (then a
+        warning, and eager runs). On CUDA both modes are timed and the IOS/sequential choice
+        compares the mode that ships. ``True`` on a CPU target raises.
     """
     from .extract import graph_from_model, resolve_target
 
     cfg = config or SearchConfig()
     settings = settings or ProfileSettings()
+    if (rpc_tracker is None) != (rpc_key is None):
+        raise IosTvmError("remote profiling needs both rpc_tracker (HOST:PORT) and rpc_key")
+    remote = rpc_tracker is not None
+    if not (cost in ("measured", "analytic") or callable(cost)):
+        raise IosTvmError(f"unknown cost {cost!r}; use 'measured', 'analytic' or a callable")
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     load_kwargs = {"params": params} if params is not None else {}
@@ -162,39 +197,113 @@ def build(model: Any, target: Any = "llvm", *,
     tgt = resolve_target(target)
     extraction.target = extraction.target or tgt
     device_type = target_device_type(extraction.target)
-    lib = build_kernel_library(extraction.mod, extraction.target)
-    times["lower_and_compile"] = time.perf_counter() - t0
+    if cuda_graph and device_type != "cuda":
+        raise IosTvmError(f"cuda_graph=True needs a CUDA target, not {extraction.target}")
     if measure is None:
-        measure = _device_present(device_type)
+        measure = remote or _device_present(device_type)
     if cost == "measured" and not measure:
         raise IosTvmError(f"cost='measured' needs a {device_type} device on this machine; use "
-                          "cost='analytic' (or profile remotely over RPC)")
+                          "cost='analytic' (or profile remotely over RPC: rpc_tracker, "
+                          "rpc_key)")
+    lib = build_kernel_library(extraction.mod, extraction.target)
+    times["lower_and_compile"] = time.perf_counter() - t0
+    profiler = None
+    if remote:
+        from .cost.measured import profiling_artifact
+        from .cost.rpc import RPCProfiler
 
+        assert rpc_key is not None and rpc_tracker is not None
+        profiler = RPCProfiler(profiling_artifact(extraction, max_groups=cfg.max_groups,
+                                                  lib=lib),
+                               rpc_tracker, rpc_key, num_servers=rpc_servers,
+                               settings=settings)
+    try:
+        return _search_and_choose(extraction, lib, device_type, cfg, cost, cache, settings,
+                                  margin, compare_vm, measure, progress, params, profiler,
+                                  times, t0, cuda_graph=cuda_graph)
+    finally:
+        if profiler is not None:
+            profiler.close()
+
+
+def _search_and_choose(extraction: Any, lib: Any, device_type: str, cfg: SearchConfig,
+                       cost: Any, cache: MeasurementCache | str | bool | None,
+                       settings: ProfileSettings, margin: float, compare_vm: bool,
+                       measure: bool, progress: bool, params: dict[str, Any] | None,
+                       profiler: Any, times: dict[str, float], t0: float, *,
+                       cuda_graph: bool | None = None) -> BuildResult:
+    """The search and the never-slower choice of :func:`build` (``profiler``: RPC or None)."""
+    from .schedule import validate_schedule
+    from .transform import schedule_of
+
+    recorded = schedule_of(extraction.mod, extraction.func_name)
+    if recorded is not None:
+        try:
+            validate_schedule(extraction.graph, recorded)
+        except IosTvmError as e:
+            logger.warning("ignoring the schedule recorded on the module: %s", e)
+            recorded = None
+    # IOS-Merge: merge stages are candidates of the search and built by the lowering.
+    merging = cfg.strategy in ("merge", "both") or (
+        recorded is not None and any(s.strategy == "merge" for s in recorded.stages))
+    merges = None
+    if merging:
+        from .merge import MergeCompiler
+
+        if profiler is not None and cost == "measured" and recorded is None:
+            raise IosTvmError(f"strategy {cfg.strategy!r} measures merged kernels on this "
+                              "machine's device; remote (RPC) profiling supports the "
+                              "sequential, greedy and concurrent strategies")
+        merges = MergeCompiler(extraction, lib=lib, params=params)
     memo_cost: Any
     measured = None
-    if cost == "measured":
+    if recorded is not None:
+        # Scheduled by InterOperatorSchedule already: run that schedule (still guarded).
+        from .cost import AnalyticCost
+
+        memo_cost = AnalyticCost(extraction.graph, "cpu" if device_type == "cpu" else "h100")
+    elif cost == "measured":
         store = _open_cache(cache)
-        measured = MeasuredCost(extraction, max_groups=cfg.max_groups, cache=store,
-                                settings=settings, lib=lib, progress=progress)
+        if profiler is not None:
+            from .cost.measured import candidate_stages
+
+            measured = MeasuredCost(extraction, max_groups=cfg.max_groups, cache=store,
+                                    settings=settings, profiler=profiler,
+                                    device=profiler.device_name(), progress=progress)
+            t1 = time.perf_counter()
+            measured.prefetch(candidate_stages(extraction.graph, cfg))
+            times["prefetch"] = time.perf_counter() - t1
+        else:
+            measured = MeasuredCost(extraction, max_groups=cfg.max_groups, cache=store,
+                                    settings=settings, lib=lib, progress=progress,
+                                    merges=merges)
         memo_cost = measured
     elif cost == "analytic":
         from .cost import AnalyticCost
 
         memo_cost = AnalyticCost(extraction.graph, "cpu" if device_type == "cpu" else "h100")
-    elif callable(cost):
-        memo_cost = cost
     else:
-        raise IosTvmError(f"unknown cost {cost!r}; use 'measured', 'analytic' or a callable")
+        memo_cost = cost
 
     t1 = time.perf_counter()
     memo_cost = StageCostCache(memo_cost)
-    result = search(extraction.graph, memo_cost, cfg, progress=progress)
+    if recorded is not None:
+        result = SearchResult(recorded)
+    else:
+        from .merge import merge_predicate
+
+        result = search(extraction.graph, memo_cost, cfg, progress=progress,
+                        can_merge=merge_predicate if merging else None)
     if measured is not None:
         measured.close()
     times["search"] = time.perf_counter() - t1
     schedule = result.schedule
     seq = sequential_schedule(extraction.graph)
-    spec = {"device": device_name(device_type) if measure else "unmeasured",
+    if profiler is not None:
+        where = profiler.device_name()
+    else:
+        where = device_name(device_type) if measure else "unmeasured"
+    spec = {"device": where,
             "target": str(extraction.target),
             "input_shapes": {n: list(extraction.graph.tensors[n].shape)
                              for n in extraction.graph.inputs
@@ -206,10 +315,13 @@ def build(model: Any, target: Any = "llvm", *,
         return {"specialised_for": spec, "schedule_json": sch.to_json(), "cost_model": cost_name,
                 "stage_seconds": [memo_cost(s) for s in sch.stages]}
 
-    ios_art = lower(extraction, schedule, params=params, lib=lib, meta=plan_meta(schedule))
+    ios_art = lower(extraction, schedule, params=params, lib=lib, meta=plan_meta(schedule),
+                    merges=merges)
     seq_art = lower(extraction, seq, params=params, lib=lib, meta=plan_meta(seq))
     peak = {"ios": ios_art.plan.activation_nbytes, "sequential": seq_art.plan.activation_nbytes}
     latencies: dict[str, float] = {}
+    # CUDA graph mode of the shipped plan (a plan that cannot be captured turns it off).
+    use_graph = device_type == "cuda" and cuda_graph is not False
     if not measure:
         chosen, art = "ios", ios_art
         reason = "not measured (no device here); shipping the searched plan"
@@ -217,13 +329,34 @@ def build(model: Any, target: Any = "llvm", *,
         t2 = time.perf_counter()
         inputs = _random_inputs(ios_art.plan)
         for name, art in (("ios", ios_art), ("sequential", seq_art)):
-            ex = art.executor()
-            ex.run(*inputs)
-            bench = ex.benchmark(warmup=settings.warmup, number=settings.number,
-                                 repeat=settings.repeat, min_repeat_ms=50)
-            latencies[name] = bench["median"]
-        if compare_vm:
+            if profiler is not None:
+                latencies[name] = profiler.benchmark_plan(art.plan, inputs, min_repeat_ms=50)
+                continue
+            if device_type != "cuda":
+                latencies[name] = _plan_latency(art, inputs, settings, False)
+                continue
+            latencies[f"{name}_eager"] = _plan_latency(art, inputs, settings, False)
+            if use_graph:
+                try:
+                    latencies[f"{name}_graph"] = _plan_latency(art, inputs, settings, True)
+                except RuntimeError as e:
+                    if cuda_graph:
+                        raise IosTvmError(f"the {name} plan cannot run as a CUDA graph: {e}"
+                                          ) from e
+                    logger.warning("the %s plan cannot run as a CUDA graph, running eagerly: "
+                                   "%s", name, e)
+                    use_graph = False
+        for name in ("ios", "sequential"):
+            if f"{name}_eager" in latencies:
+                latencies[name] = latencies[f"{name}_graph" if use_graph else f"{name}_eager"]
+        if compare_vm and profiler is None:
             latencies["relax_vm"] = relax_vm_latency(extraction, inputs, settings, params)
+            if device_type == "cuda":
+                try:
+                    latencies["relax_vm_graph"] = relax_vm_latency(
+                        extraction, inputs, settings, params, cuda_graph=True)
+                except Exception as e:  # reported only; TVM raises several error types
+                    logger.warning("Relax VM with use_cuda_graph failed: %s", e)
         times["measure_plans"] = time.perf_counter() - t2
         ios_t, seq_t = latencies["ios"], latencies["sequential"]
         if schedule.stages == seq.stages:
@@ -235,14 +368,26 @@ def build(model: Any, target: Any = "llvm", *,
         else:
             chosen, art = "sequential", seq_art
             reason = (f"IOS {ios_t * 1e3:.3f} ms vs sequential {seq_t * 1e3:.3f} ms on "
-                      f"{spec['device']}: not {margin:.0%} faster; keeping sequential")
+                      f"{where}: not {margin:.0%} faster; keeping sequential")
             logger.warning("%s", reason)
     art.plan.meta["latencies_s"] = dict(latencies)  # type: ignore[index]
     art.plan.meta["chosen"] = chosen  # type: ignore[index]
+    if device_type == "cuda":
+        art.plan.meta["cuda_graph"] = use_graph  # type: ignore[index]
     times["total"] = time.perf_counter() - t0
     return BuildResult(art, schedule if chosen == "ios" else seq, chosen, reason, latencies,
                        result.stats, measured.measured if measured else 0,
                        measured.cache_hits if measured else 0, times, peak)
+
+
+def _plan_latency(art: Artifact, inputs: list[np.ndarray], settings: ProfileSettings,
+                  cuda_graph: bool) -> float:
+    """Median seconds per run of a plan's executor (the first run also captures the graph)."""
+    ex = art.executor(cuda_graph=cuda_graph)
+    ex.run(*inputs)
+    bench = ex.benchmark(warmup=settings.warmup, number=settings.number,
+                         repeat=settings.repeat, min_repeat_ms=50)
+    return float(bench["median"])
 
 
 def _open_cache(cache: MeasurementCache | str | bool | None) -> MeasurementCache | None:

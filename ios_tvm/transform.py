@@ -43,7 +43,7 @@ def _make_cost(cost: CostSpec, extraction: Any, config: SearchConfig, device: st
     if callable(cost):
         try:
             made = cost(extraction)
-        except TypeError:
+        except Exception:  # a stage -> seconds callable fails on an Extraction in any way
             return cost
         return made if callable(made) else cost
     raise IosTvmError(f"unknown cost model {cost!r}; use 'analytic', 'measured' or a callable")
@@ -83,7 +83,11 @@ class InterOperatorSchedule:
             current = tvm.target.Target.current(allow_none=True)
             extraction.target = current
         cost = _make_cost(self.cost, extraction, self.config, self.device)
-        result = search(extraction.graph, cost, self.config)
+        from .merge import merge_predicate
+
+        merging = self.config.strategy in ("merge", "both")
+        result = search(extraction.graph, cost, self.config,
+                        can_merge=merge_predicate if merging else None)
         gv = mod.get_global_var(extraction.func_name)
         func = mod[gv].with_attr(SCHEDULE_ATTR, result.schedule.dumps())
         func = func.with_attr(STATS_ATTR, str(result.stats.to_json()))
@@ -136,6 +140,15 @@ def pipeline(target: Any = None, config: SearchConfig | None = None,
 
 
 def _register() -> None:
+    # Errors raised inside a pass cross TVM's FFI; registered classes keep their type there
+    # (otherwise an IosTvmError would surface as a RuntimeError).
+    import tvm_ffi
+
+    from .cost.cache import CacheError
+    from .errors import ModelLoadError, ScheduleError, UnsupportedGraphError
+
+    for cls in (IosTvmError, UnsupportedGraphError, ScheduleError, ModelLoadError, CacheError):
+        tvm_ffi.register_error(cls)
     if "ios_tvm" not in relax.pipeline.PIPELINE_MAP:
         relax.register_pipeline("ios_tvm")(
             lambda target=None, config=None, cost="analytic": pipeline(target, config, cost))

@@ -9,22 +9,32 @@ any stage can run without clobbering another's inputs.
 Measurements go through a :class:`~ios_tvm.cost.cache.MeasurementCache` keyed by device,
 target, TVM version and the stage's kernels (a hash of each kernel's TIR and shapes), so a
 rebuild measures nothing twice.
+
+A merge stage (IOS-Merge) is timed the same way on a one-call executor of its merged kernel,
+which a :class:`~ios_tvm.merge.MergeCompiler` generates, compiles and checks against the
+original kernels on demand; its key is ``merge:`` and the member kernels' keys. A merge
+whose merged kernel cannot be built or does not reproduce the originals costs infinity, so
+the search never picks it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
 import platform
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import IosTvmError
 from ..schedule import Stage
 from .cache import CACHE_VERSION, MeasurementCache
+
+logger = logging.getLogger(__name__)
 
 
 class StageProfiler(Protocol):
@@ -96,6 +106,38 @@ def kernel_keys(extraction: Any) -> list[str]:
     return keys
 
 
+def profiling_artifact(extraction: Any, *, max_groups: int = 8, lib: Any = None) -> Any:
+    """The artifact stages are profiled with.
+
+    The sequential plan of the model's kernels, every tensor in its own buffer (so any stage
+    can run without clobbering another's inputs) and ``max_groups`` worker threads / streams.
+    """
+    from ..lower import lower
+    from ..search import sequential_schedule
+
+    return lower(extraction, sequential_schedule(extraction.graph), lib=lib,
+                 reuse_memory=False, min_streams=max_groups)
+
+
+def candidate_stages(graph: Any, config: Any = None) -> list[Stage]:
+    """Every distinct stage the IOS search of ``graph`` with ``config`` will ask the cost of.
+
+    The DP visits every state and costs every ending whatever the costs are, so one search
+    with a constant cost model records exactly the stages a measured search needs; measure
+    them in one batch with :meth:`MeasuredCost.prefetch`.
+    """
+    from ..search import search
+
+    seen: dict[tuple[int, str], Stage] = {}
+
+    def record(stage: Stage) -> float:
+        seen.setdefault((stage.mask, stage.strategy), stage)
+        return 1.0
+
+    search(graph, record, config)
+    return list(seen.values())
+
+
 class MeasuredCost:
     """Stage cost measured on the target (see the module docstring).
 
@@ -115,25 +157,31 @@ class MeasuredCost:
         The already compiled kernel library (compiled here when None).
     progress
         Show a progress bar of stages measured.
+    merges
+        Generates and compiles merged kernels for merge stages (a
+        :class:`~ios_tvm.merge.MergeCompiler` of ``extraction``; created on the first merge
+        stage when None). Merge stages are timed on this machine's device.
     """
 
     def __init__(self, extraction: Any, *, max_groups: int = 8,
                  cache: MeasurementCache | None = None, profiler: StageProfiler | None = None,
                  settings: ProfileSettings | None = None, lib: Any = None,
-                 device: str | None = None, progress: bool = False) -> None:
-        from ..lower import lower, target_device_type
-        from ..search import sequential_schedule
+                 device: str | None = None, progress: bool = False,
+                 merges: Any = None) -> None:
+        from ..lower import target_device_type
 
         self.graph = extraction.graph
         self.settings = settings or ProfileSettings()
         self.cache = cache
         device_type = target_device_type(extraction.target)
         if profiler is None:
-            schedule = sequential_schedule(self.graph)
-            artifact = lower(extraction, schedule, lib=lib, reuse_memory=False,
-                             min_streams=max_groups)
+            artifact = profiling_artifact(extraction, max_groups=max_groups, lib=lib)
             profiler = LocalProfiler(artifact.executor(), self.settings)
+            lib = artifact.lib
         self.profiler = profiler
+        self._extraction = extraction
+        self._lib = lib
+        self.merges = merges
         self.keys = kernel_keys(extraction)
         import tvm
 
@@ -142,6 +190,9 @@ class MeasuredCost:
             "tvm": tvm.__version__, "cache_version": CACHE_VERSION,
             "settings": [self.settings.warmup, self.settings.number, self.settings.repeat]},
             sort_keys=True)
+        #: Latency by stage key, of every stage measured or read from the cache so far.
+        self.values: dict[str, float] = {}
+        self._fresh: set[str] = set()  # measured by prefetch, not yet asked for
         self.measured = 0
         self.cache_hits = 0
         self._bar: Any = None
@@ -156,24 +207,104 @@ class MeasuredCost:
         return f"{stage.strategy}:" + "|".join(groups)
 
     def __call__(self, stage: Stage) -> float:
-        """Latency of ``stage`` in seconds."""
-        if stage.strategy != "concurrent":
-            raise IosTvmError(f"the measured cost model cannot time {stage.strategy!r} stages "
-                              "yet (merged kernels come with IOS-Merge)")
+        """Latency of ``stage`` in seconds.
+
+        Served from :attr:`values` (stages measured or read before, including twins with the
+        same kernels), else from the cache, else measured.
+        """
+        if stage.strategy not in ("concurrent", "merge"):
+            raise IosTvmError(f"the measured cost model cannot time {stage.strategy!r} stages")
         key = self.stage_key(stage)
+        known = self.values.get(key)
+        if known is not None:
+            if key in self._fresh:  # measured by prefetch: already counted in `measured`
+                self._fresh.discard(key)
+            else:
+                self.cache_hits += 1
+            return known
         if self.cache is not None:
             hit = self.cache.get(self.context, key)
             if hit is not None:
                 self.cache_hits += 1
+                self.values[key] = hit
                 return hit
-        samples = [float(x) for x in self.profiler.profile([list(g) for g in stage.groups])]
+        if stage.strategy == "merge":
+            samples = self._profile_merge(stage)
+            if samples is None:
+                self.values[key] = math.inf  # not persisted: a later ios-tvm may merge them
+                return math.inf
+        else:
+            samples = self.profiler.profile([list(g) for g in stage.groups])
+        return self._record(key, samples)
+
+    def _profile_merge(self, stage: Stage) -> list[float] | None:
+        """Time the merged kernel of a merge stage; None if it cannot be built or is wrong."""
+        from ..merge import MergeCompiler, MergeError
+
+        if self.merges is None:
+            self.merges = MergeCompiler(self._extraction, lib=self._lib)
+        if not isinstance(self.profiler, LocalProfiler):
+            raise IosTvmError("merge stages are measured on this machine's device only; "
+                              "profile remotely with the concurrent strategy")
+        try:
+            self.merges.check(stage.ops)
+            executor = self.merges.artifact(stage.ops).executor()
+        except MergeError as e:
+            logger.warning("not merging ops %s: %s", list(stage.ops), e)
+            return None
+        s = self.settings
+        return executor.profile_stage([[0]], warmup=s.warmup, number=s.number, repeat=s.repeat)
+
+    def _record(self, key: str, samples: Sequence[float]) -> float:
+        samples = [float(x) for x in samples]
+        if not samples:
+            raise IosTvmError(f"the profiler returned no samples for stage {key}")
         value = statistics.median(samples)
+        if not math.isfinite(value) or value <= 0.0:
+            raise IosTvmError(f"the profiler measured {value!r} s for stage {key}")
         if self.cache is not None:
             self.cache.put(self.context, key, value, samples)
+        self.values[key] = value
         self.measured += 1
         if self._bar is not None:
             self._bar.update(1)
         return value
+
+    def prefetch(self, stages: Iterable[Stage]) -> int:
+        """Measure, in one batch, every stage of ``stages`` not known yet; returns how many.
+
+        Stages already in :attr:`values` or in the cache are not measured; twins (same
+        kernels) are measured once. With a profiler that has ``profile_many`` (e.g.
+        :class:`~ios_tvm.cost.rpc.RPCProfiler`) the batch is spread over its devices.
+        Non-concurrent stages are skipped. Later calls for these stages are table look-ups;
+        each prefetched measurement is counted once in :attr:`measured`, and cache reads
+        count in :attr:`cache_hits` when the search asks for them.
+        """
+        todo: dict[str, list[list[int]]] = {}
+        for stage in stages:
+            if stage.strategy != "concurrent":
+                continue
+            key = self.stage_key(stage)
+            if key in self.values or key in todo:
+                continue
+            if self.cache is not None:
+                hit = self.cache.get(self.context, key)
+                if hit is not None:
+                    self.values[key] = hit
+                    continue
+            todo[key] = [list(g) for g in stage.groups]
+        if not todo:
+            return 0
+        keys = list(todo)
+        many = getattr(self.profiler, "profile_many", None)
+        if many is not None:
+            results = many([todo[k] for k in keys])
+        else:
+            results = [self.profiler.profile(todo[k]) for k in keys]
+        for key, samples in zip(keys, results, strict=True):
+            self._record(key, samples)
+            self._fresh.add(key)
+        return len(keys)
 
     def close(self) -> None:
         """Finish the progress bar."""
