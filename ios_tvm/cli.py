@@ -36,6 +36,7 @@ def _load_graph(args: argparse.Namespace) -> Any:
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
     from .cost import AnalyticCost
+    from .merge import merge_predicate
     from .search import search
 
     extraction = _load_graph(args)
@@ -46,7 +47,9 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
     for strategy in dict.fromkeys(["sequential", "greedy", args.strategy]):
         cfg = SearchConfig(strategy=strategy, max_groups=args.max_groups,
                            max_group_size=args.max_group_size, max_part_size=args.max_part_size)
-        results[strategy] = search(graph, cost, cfg, progress=args.progress)
+        merging = strategy in ("merge", "both")
+        results[strategy] = search(graph, cost, cfg, progress=args.progress,
+                                   can_merge=merge_predicate if merging else None)
     base = results["sequential"].schedule.cost or 0.0
     print(f"{'strategy':<12} {'stages':>6} {'est. ms':>9} {'speedup':>8} {'search s':>9} "
           f"{'stages costed':>14}")
@@ -98,7 +101,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     shapes = parse_input_shapes(args.input_shapes) if args.input_shapes else None
     result = build(_resolve_model(args), args.target, input_shapes=shapes,
                    config=cfg, cost=args.cost, cache=cache, settings=settings,
-                   progress=not args.quiet)
+                   progress=not args.quiet, rpc_tracker=args.rpc_tracker,
+                   rpc_key=args.rpc_key, rpc_servers=args.rpc_servers)
     out = result.export(args.output)
     (out / "build.json").write_text(json.dumps(result.summary(), indent=1))
     lat = result.latencies
@@ -123,7 +127,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from .executor import load
 
-    executor = load(args.artifact)
+    executor = load(args.artifact, cuda_graph=False if args.no_cuda_graph else None)
     try:
         inputs = dict(np.load(args.inputs))
     except (OSError, ValueError) as e:
@@ -151,7 +155,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     from .executor import load_artifact
     from .graph import OpGraph, OpNode, TensorInfo
-    from .schedule import Schedule
+    from .schedule import Schedule, Stage
 
     artifact = load_artifact(args.artifact)
     plan = artifact.plan
@@ -159,28 +163,36 @@ def _cmd_show(args: argparse.Namespace) -> int:
     schedule = Schedule.from_json(meta["schedule_json"])
     names = [c.node or c.kernel for c in plan.calls]
     stage_s = meta.get("stage_seconds") or [0.0] * len(schedule.stages)
+    # The plan's stages list kernel calls (a merge stage: one call of its merged kernel); the
+    # schedule's list the model's ops. Draw and list what runs: the calls.
+    run = Schedule(tuple(Stage(s.groups, s.strategy) for s in plan.stages), schedule.cost)
+    members = {int(c): list(ms) for c, ms in (meta.get("merged_calls") or {}).items()}
     print(f"{args.artifact}: {len(plan.calls)} kernel calls, {schedule.summary()}")
     print(f"target {plan.target}; specialised for {meta.get('specialised_for')}")
     print(f"chosen plan: {meta.get('chosen')}; latencies (s): {meta.get('latencies_s')}")
     print(f"activation memory: {plan.activation_nbytes / 2**20:.2f} MiB in "
           f"{len(plan.storages)} storages; streams: {plan.num_streams}")
-    for i, stage in enumerate(schedule.stages):
-        groups = " | ".join(", ".join(names[op] for op in g) for g in stage.groups)
+    for i, stage in enumerate(run.stages):
+        groups = " | ".join(", ".join(f"{names[c]} = merge({' + '.join(members[c])})"
+                                      if c in members else names[c] for c in g)
+                            for g in stage.groups)
         print(f"  stage {i:>3} {stage_s[i] * 1e3:8.3f} ms [{stage.strategy}]: {groups}")
     if not args.no_pictures:
         from .plot import plot_graph, plot_timeline
 
         # Rebuild the kernel graph from the plan's calls (who writes and reads which tensor).
-        tensors = {t.name: TensorInfo(t.name, t.shape, t.dtype, "activation") for t in plan.tensors}
+        tensors = {t.name: TensorInfo(t.name, t.shape, t.dtype, "activation",
+                                      plan.tensors[t.ref].name if t.place == "view" else None)
+                   for t in plan.tensors}
         nodes = [OpNode(c.node or c.kernel, c.kernel,
                         tuple(plan.tensors[a].name for a in c.args[:len(c.args) - c.num_outputs]),
                         tuple(plan.tensors[a].name for a in c.args[len(c.args) - c.num_outputs:]))
                  for c in plan.calls]
         graph = OpGraph(nodes, tensors)
         fmt = args.format
-        timeline = plot_timeline(schedule, stage_s, Path(args.artifact) / f"timeline.{fmt}",
+        timeline = plot_timeline(run, stage_s, Path(args.artifact) / f"timeline.{fmt}",
                                  names=names)
-        picture = plot_graph(graph, schedule, Path(args.artifact) / f"graph.{fmt}")
+        picture = plot_graph(graph, run, Path(args.artifact) / f"graph.{fmt}")
         print(f"pictures: {timeline}, {picture}")
     return 0
 
@@ -231,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="profiling warm-up runs (default 2)")
     p.add_argument("--number", type=int, default=6, help="runs per timed repeat (default 6)")
     p.add_argument("--repeat", type=int, default=6, help="timed repeats (default 6)")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                   help="measure stages on the TVM RPC servers registered with this tracker")
+    p.add_argument("--rpc-key", help="device key of the RPC servers to use")
+    p.add_argument("--rpc-servers", type=int, help="use at most this many RPC servers")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-o", "--output", required=True, help="artifact directory to write")
     p.set_defaults(func=_cmd_compile)
@@ -240,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", required=True, help=".npz file with one array per model input")
     p.add_argument("--outputs", help="write the outputs to this .npz file")
     p.add_argument("--benchmark", action="store_true", help="also time the plan")
+    p.add_argument("--no-cuda-graph", action="store_true",
+                   help="on CUDA, launch kernels one by one instead of replaying one CUDA graph")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("show", help="summarise an artifact's schedule and draw it")

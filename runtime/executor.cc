@@ -8,10 +8,12 @@
  * slot owns a stream; a stage forks from stream 0 through an event, each group's kernels are
  * launched with the thread's current stream set to the group's stream, and stream 0 joins the
  * others through events: no host synchronisation inside a run. Streams and events are
- * created once, when the executor is built.
+ * created once, when the executor is built. In CUDA graph mode (set_cuda_graph) the first run
+ * captures exactly that sequence into one CUDA graph, later runs replay it with one launch
+ * (runtime/cuda_graph.h).
  *
  * The executor is a tvm-ffi Module with the functions set_input, get_output, run,
- * profile_stage, num_inputs, num_outputs and num_streams.
+ * profile_stage, num_inputs, num_outputs, num_streams, set_cuda_graph and cuda_graph_stats.
  */
 #include <dlfcn.h>
 #include <tvm/ffi/cast.h>
@@ -40,12 +42,18 @@
 #include <utility>
 #include <vector>
 
+#include "runtime/cuda_graph.h"
+
 namespace ios_tvm {
 namespace ffi = tvm::ffi;
 using tvm::runtime::DeviceAPI;
 using ffi::Tensor;
 
-constexpr int kPlanVersion = 1;
+/*! \brief Plan versions this executor runs (2 adds view byte offsets). */
+constexpr int kMinPlanVersion = 1;
+constexpr int kPlanVersion = 2;
+/*! \brief Alignment TVM kernels assume for tensor arguments (kAllocAlignment). */
+constexpr int64_t kViewAlignment = 64;
 
 /*! \brief Allocates a tensor's bytes through TVM's DeviceAPI (the wheel ships no Tensor::Empty
  * header we could use). */
@@ -59,13 +67,20 @@ struct DeviceAlloc {
   void FreeData(DLTensor* t) { DeviceAPI::Get(t->device)->FreeDataSpace(t->device, t->data); }
 };
 
-/*! \brief A view of another tensor's bytes (same start, any shape that fits); keeps the base
- * alive. */
+/*! \brief A view of another tensor's bytes starting `offset` bytes into them (any shape that
+ * fits); keeps the base alive. The offset is folded into the data pointer (TVM kernels require
+ * byte_offset 0); pointer arithmetic is valid for CPU and CUDA device pointers. */
 struct ViewAlloc {
   Tensor base;
+  int64_t offset = 0;
   void AllocData(DLTensor* t) {
-    t->data = base.data_ptr();
-    t->byte_offset = base.byte_offset();
+    if (offset == 0) {
+      t->data = base.data_ptr();
+      t->byte_offset = base.byte_offset();
+    } else {
+      t->data = static_cast<char*>(base.data_ptr()) + base.byte_offset() + offset;
+      t->byte_offset = 0;
+    }
   }
   void FreeData(DLTensor*) {}
 };
@@ -80,13 +95,19 @@ Tensor Empty(const ffi::Shape& shape, DLDataType dtype, DLDevice dev) {
   return Tensor::FromNDAlloc(DeviceAlloc(), shape, dtype, dev);
 }
 
-/*! \brief A view of `base` with another shape and dtype; checks it fits. */
-Tensor View(const Tensor& base, const ffi::Shape& shape, DLDataType dtype, const std::string& name) {
-  Tensor view = Tensor::FromNDAlloc(ViewAlloc{base}, shape, dtype, base.device());
-  if (NumBytes(view.GetDLTensorPtr()) > NumBytes(base.GetDLTensorPtr())) {
+/*! \brief A view of `base` with another shape and dtype, `offset` bytes in; checks it fits. */
+Tensor View(const Tensor& base, const ffi::Shape& shape, DLDataType dtype, const std::string& name,
+            int64_t offset = 0) {
+  if (offset < 0 || offset % kViewAlignment != 0) {
+    TVM_FFI_THROW(ValueError) << "view '" << name << "' has offset " << offset
+                              << ", not a non-negative multiple of " << kViewAlignment << " bytes";
+  }
+  Tensor view = Tensor::FromNDAlloc(ViewAlloc{base, offset}, shape, dtype, base.device());
+  if (NumBytes(view.GetDLTensorPtr()) + static_cast<size_t>(offset) >
+      NumBytes(base.GetDLTensorPtr())) {
     TVM_FFI_THROW(ValueError) << "tensor '" << name << "' (" << NumBytes(view.GetDLTensorPtr())
-                              << " bytes) does not fit its storage (" << NumBytes(base.GetDLTensorPtr())
-                              << " bytes)";
+                              << " bytes at offset " << offset << ") does not fit its storage ("
+                              << NumBytes(base.GetDLTensorPtr()) << " bytes)";
   }
   return view;
 }
@@ -302,6 +323,12 @@ class ExecutorObj : public ffi::ModuleObj {
     if (name == "num_streams") {
       return ffi::Function::FromTyped([self]() { return int64_t(self->num_streams_); });
     }
+    if (name == "set_cuda_graph") {
+      return ffi::Function::FromTyped([self](bool on) { self->SetCudaGraph(on); });
+    }
+    if (name == "cuda_graph_stats") {
+      return ffi::Function::FromTyped([self]() { return self->CudaGraphStats(); });
+    }
     return std::nullopt;
   }
 
@@ -328,9 +355,10 @@ class ExecutorObj : public ffi::ModuleObj {
       TVM_FFI_THROW(ValueError) << "not an ios_tvm.Plan document";
     }
     int64_t version = plan["version"].cast<int64_t>();
-    if (version != kPlanVersion) {
+    if (version < kMinPlanVersion || version > kPlanVersion) {
       TVM_FFI_THROW(ValueError) << "plan version " << version << " is not supported by this "
-                                << "executor (it runs version " << kPlanVersion << ")";
+                                << "executor (it runs versions " << kMinPlanVersion << " to "
+                                << kPlanVersion << ")";
     }
     // Activation storages: flat byte buffers that tensors view.
     for (const ffi::Any& nbytes : plan["storages"].cast<ffi::json::Array>()) {
@@ -369,7 +397,8 @@ class ExecutorObj : public ffi::ModuleObj {
         if (ref < 0 || ref >= static_cast<int64_t>(i) || !tensors_[ref].defined()) {
           TVM_FFI_THROW(ValueError) << "view '" << name << "' must follow its base tensor " << ref;
         }
-        tensors_[i] = View(tensors_[ref], shape, dtype, name);
+        int64_t offset = t.count("offset") ? t["offset"].cast<int64_t>() : 0;
+        tensors_[i] = View(tensors_[ref], shape, dtype, name, offset);
       } else {
         TVM_FFI_THROW(ValueError) << "tensor '" << name << "' has unknown place '" << place << "'";
       }
@@ -476,9 +505,15 @@ class ExecutorObj : public ffi::ModuleObj {
 
   void RunGroup(const Group& group) {
     ffi::Any rv;
+    const bool capturing = graph_ && graph_->capturing();  // CUDA graph capture: check each call
     for (int ci : group) {
       Call& call = calls_[ci];
+      if (capturing) capture_call_ = ci;
       call.func.CallPacked(call.args.data(), static_cast<int32_t>(call.args.size()), &rv);
+      if (capturing) {
+        graph_->CheckCapture(TVMFFIEnvGetStream(device_.device_type, device_.device_id));
+        capture_call_ = -1;
+      }
     }
   }
 
@@ -542,6 +577,7 @@ class ExecutorObj : public ffi::ModuleObj {
   void Run() {
     if (device_.device_type == kDLCUDA) {
       StreamGuard guard(device_);
+      if (graph_) return RunCudaGraph();
       for (const Stage& stage : stages_) RunStage(stage);
       const CudaApi& api = CudaApi::Get();
       api.Check(api.stream_synchronize(streams_[0]), "cudaStreamSynchronize");
@@ -597,6 +633,70 @@ class ExecutorObj : public ffi::ModuleObj {
     return ffi::Array<double>(out.begin(), out.end());
   }
 
+  // -- CUDA graph mode (runtime/cuda_graph.h) ---------------------------------------------------
+  /*! \brief Graph mode on (the next run captures the whole plan) or off (drops the graph). */
+  void SetCudaGraph(bool on) {
+    if (on && device_.device_type != kDLCUDA) {
+      TVM_FFI_THROW(ValueError) << "CUDA graphs need a CUDA device; this executor runs on "
+                                << (device_.device_type == kDLCPU ? std::string("the CPU")
+                                    : "device type " + std::to_string(device_.device_type));
+    }
+    graph_error_.clear();
+    if (!on) {
+      graph_.reset();
+    } else if (!graph_) {
+      graph_ = std::make_unique<CudaGraphRunner>(streams_[0]);
+    }
+  }
+
+  ffi::Map<ffi::String, ffi::Any> CudaGraphStats() const {
+    ffi::Map<ffi::String, ffi::Any> out;
+    out.Set("enabled", graph_ != nullptr);
+    out.Set("captured", graph_ != nullptr && graph_->captured());
+    out.Set("captures", graph_ ? graph_->captures() : int64_t(0));
+    out.Set("launches", graph_ ? graph_->launches() : int64_t(0));
+    out.Set("nodes", graph_ ? graph_->num_nodes() : int64_t(0));
+    out.Set("error", ffi::String(graph_error_));
+    return out;
+  }
+
+  /*! \brief A run in graph mode. The first one runs the plan eagerly (module loading, kernel
+   * attributes and workspace allocation happen on first calls and cannot be captured),
+   * captures it (the same launches, fork/join events and streams) and replays the graph; later
+   * ones only replay it: one cudaGraphLaunch on stream 0. A failed capture throws naming the
+   * kernel at fault and turns graph mode off, so later runs are eager. */
+  void RunCudaGraph() {
+    const CudaApi& api = CudaApi::Get();
+    if (!graph_->captured()) {
+      for (const Stage& stage : stages_) RunStage(stage);
+      api.Check(api.stream_synchronize(streams_[0]), "cudaStreamSynchronize");
+      capture_call_ = -1;
+      auto issue = [this] {
+        for (const Stage& stage : stages_) RunStage(stage);
+      };
+      auto where = [this] {
+        if (capture_call_ < 0) return std::string();
+        return "kernel '" + calls_[capture_call_].kernel + "' (call " +
+               std::to_string(capture_call_) + ")";
+      };
+      auto rejoin = [this, &api] {  // after a failure mid-stage: join the side streams
+        for (int g = 1; g < num_streams_; ++g) {
+          api.event_record(events_[g], streams_[g]);
+          api.stream_wait_event(streams_[0], events_[g], 0);
+        }
+      };
+      try {
+        graph_->Capture(issue, where, rejoin);
+      } catch (const ffi::Error& e) {
+        graph_error_ = e.message();
+        graph_.reset();
+        throw;
+      }
+    }
+    graph_->Launch();
+    api.Check(api.stream_synchronize(streams_[0]), "cudaStreamSynchronize");
+  }
+
   ffi::Module lib_;
   DLDevice device_;
   std::vector<Tensor> storages_;
@@ -609,6 +709,11 @@ class ExecutorObj : public ffi::ModuleObj {
   int64_t min_streams_ = 1;
   std::unique_ptr<WorkerPool> pool_;
   std::vector<void*> streams_, events_, timing_events_;
+  /*! \brief Graph mode: the captured plan (null when off), why the last capture failed, and
+   * the call being issued during a capture. */
+  std::unique_ptr<CudaGraphRunner> graph_;
+  std::string graph_error_;
+  int capture_call_ = -1;
 };
 
 ffi::Module CreateExecutor(const ffi::String& plan_json, const ffi::Module& lib,
