@@ -1,10 +1,135 @@
-"""Models that ship with ios-tvm, built as ONNX graphs with deterministic random weights."""
+"""Models that ship with ios-tvm, built as ONNX graphs with deterministic random weights.
+
+The IOS benchmark networks (Inception V3, RandWire, NASNet-A Large, SqueezeNet; topology as
+in IOS's own model files, §3 of the project's IOS brief), ResNet-50 as a control with little
+inter-operator parallelism, and the small sample block. Every builder has the signature
+``builder(batch: int = 1, seed: int = 0) -> onnx.ModelProto`` and returns an NCHW float32
+model (opset 17) with one input ``x`` and one output ``y``; convs have a bias and a fused
+activation, there is no BatchNorm and no classifier (the output is the global average pool,
+except for the sample block). Weights are scaled so that activations stay O(1) through the
+deep networks (see :mod:`ios_tvm.models._builder`).
+"""
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from .inception_v3 import inception_v3
+from .nasnet import nasnet_large
+from .randwire import randwire
+from .resnet import resnet50
 from .sample import sample_block
+from .squeezenet import squeezenet
 
-#: Built-in models by name: ``name -> builder(batch) -> onnx.ModelProto``.
-BUILTIN_MODELS = {"sample": sample_block}
+#: Built-in models by name: ``name -> builder(batch=1, seed=0) -> onnx.ModelProto``.
+BUILTIN_MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
+    "sample": sample_block,
+    "inception_v3": inception_v3,
+    "randwire": randwire,
+    "nasnet": nasnet_large,
+    "squeezenet": squeezenet,
+    "resnet50": resnet50,
+}
 
-__all__ = ["BUILTIN_MODELS", "sample_block"]
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Static facts about a built-in model.
+
+    Attributes
+    ----------
+    input_shape
+        Input ``x`` without the batch dimension, ``(C, H, W)``.
+    output_shape
+        Output ``y`` without the batch dimension.
+    units
+        Scheduling units in IOS's formulation (the paper's "#operators", brief §3 table;
+        for the sample block and ResNet-50 counted the same way).
+    convs
+        Convolutions in the ONNX graph (a separable unit counts two).
+    description
+        One line.
+    """
+
+    input_shape: tuple[int, int, int]
+    output_shape: tuple[int, int, int]
+    units: int
+    convs: int
+    description: str
+
+
+#: Facts about every entry of :data:`BUILTIN_MODELS`, by the same names.
+MODEL_INFO: dict[str, ModelInfo] = {
+    "sample": ModelInfo((64, 28, 28), (192, 28, 28), 5, 4,
+                        "IOS sample block: three 3x3 convs on the input, one more after the "
+                        "first, concat"),
+    "inception_v3": ModelInfo((3, 299, 299), (2048, 1, 1), 119, 94,
+                              "Inception V3 (torchvision layout, no BN/aux/FC), 11 "
+                              "Inception modules, up to 6 parallel branches"),
+    "randwire": ModelInfo((3, 224, 224), (1280, 1, 1), 120, 226,
+                          "RandWire-WS C=154: 4 random Watts-Strogatz stages of "
+                          "ReLU-SepConv units, sums of predecessors"),
+    "nasnet": ModelInfo((3, 331, 331), (3360, 1, 1), 374, 488,
+                        "NASNet-A Large (IOS variant): 2 stem cells, 18 normal/first and 2 "
+                        "reduction cells of ReLU-SepConv branches"),
+    "squeezenet": ModelInfo((3, 224, 224), (1000, 1, 1), 50, 30,
+                            "SqueezeNet 1.0 with complex bypass: 8 fire modules with 1x1 and "
+                            "3x3 expand branches"),
+    "resnet50": ModelInfo((3, 224, 224), (2048, 1, 1), 86, 53,
+                          "ResNet-50 (bottleneck v1.5, no BN/FC): a chain with residual adds, "
+                          "little parallelism (control)"),
+}
+
+
+def export_model(name: str, path: str | os.PathLike[str], batch: int = 1,
+                 seed: int = 0) -> Path:
+    """Build a built-in model and write it as an ONNX file, atomically.
+
+    The model is written to a temporary file in the destination directory and renamed over
+    ``path``, so a reader never sees a partial file.
+
+    Parameters
+    ----------
+    name
+        A key of :data:`BUILTIN_MODELS`.
+    path
+        Destination file.
+    batch
+        Batch size of the model's input.
+    seed
+        Seed of the random weights.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    if name not in BUILTIN_MODELS:
+        raise KeyError(f"unknown model {name!r}; built-in models: {', '.join(BUILTIN_MODELS)}")
+    model = BUILTIN_MODELS[name](batch=batch, seed=seed)
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # A unique sibling name (not mkstemp, whose 0600 mode would stick to the result).
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(model.SerializeToString())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+__all__ = [
+    "BUILTIN_MODELS", "MODEL_INFO", "ModelInfo", "export_model", "inception_v3", "nasnet_large",
+    "randwire", "resnet50", "sample_block", "squeezenet",
+]

@@ -1,0 +1,191 @@
+"""NASNet-A Large as in the IOS benchmark (``nasnet_large(stem_filters=96, filters=168)``).
+
+Topology (IOS brief §3.3, IOS ``models/nasnet.py``), with F = 168:
+
+stem conv(96, 3x3, s2, p0), no activation -> 96x165x165; cell_stem_0 (F/4) -> 168x83x83;
+cell_stem_1 (F/2) -> 336x42x42; [first cell, normal x5] at F (42x42); reduction (2F);
+[first, normal x5] at 2F (21x21); reduction (4F); [first, normal x5] at 4F (11x11); ReLU;
+global average pool -> ``y`` of shape ``(batch, 3360, 1, 1)`` (5 x 4F).
+
+Units: ``relu_conv`` = ReLU -> conv (no activation); ``sep(k, s)`` = ReLU -> depthwise kxk
+stride s -> pointwise 1x1 (no activations); ``branch(x, out, k, s)`` = sep(k, s) to the input's
+channels then sep(k, 1) to ``out`` (``branch_stem``: both to ``out``). Sums are ``Add`` nodes,
+concats ``Concat`` nodes. A cell reads ``x`` (previous cell) and ``x_prev`` (the one before):
+
+* normal(L, R): xl = relu_conv(x_prev, L), xr = relu_conv(x, R); c0 = branch5(xr) +
+  branch3(xl); c1 = branch5(xl) + branch3(xl); c2 = avg3(xr) + xl; c3 = avg3(xl) + avg3(xl);
+  c4 = branch3(xr) + xr; out = concat(c0..c4) (5R channels);
+* first(L, R): xl = concat(relu_conv(x_prev, L, s2), relu_conv(x_prev, L, s2)) (2L = R
+  channels), xr = relu_conv(x, R); the five combinations of the normal cell;
+  out = concat(xl, c0..c4) (6R channels). The first cell after a reduction reads the cell two
+  back as ``x_prev``;
+* reduction(L, R): xl, xr as in the normal cell; c0 = branch5s2(xr) + branch7s2(xl);
+  c1 = max3s2(xr) + branch7s2(xl); c2 = avg3s2(xr) + branch5s2(xl); c3 = avg3(c0) + c1;
+  c4 = branch3(c0) + max3s2(xr); out = concat(c1, c2, c3, c4) (4R channels);
+* cell_stem_0(F/4) on the stem output h: x1 = relu_conv(h); like a reduction cell with x1 for
+  xr and ``branch_stem`` on h for the xl branches, but c3 = avg3(c0) + c0;
+* cell_stem_1(F/2) on (cell_stem_0, h): xl = relu_conv(cell_stem_0), xr = relu_conv(h, s2) +
+  relu_conv(h, s2) (F/4 channels); then exactly a reduction cell (c3 = avg3(c0) + c1).
+
+488 convolutions; 374 IOS units. Pools are 3x3 with padding 1.
+
+IOS deviations from the reference NASNet that are kept (the brief states them): the normal
+cell's concat has five terms (the reference also concatenates xl, hence "4032"); cell_stem_0's
+c3 adds c0 (reference: c1); cell_stem_1's right path sums its two strided 1x1 convs
+(reference: concatenates them after a one-pixel shift). No BatchNorm, no factorised
+reduction paths or asymmetric padding, no classifier.
+
+Choices where the brief is silent or ambiguous:
+
+* first cell's c0 = branch5(xr) + branch3(**xl**), the combination of the normal cell, as the
+  brief says and as the reference NASNet does. (IOS's code applies that branch3 to xr, and so
+  does :func:`ios_tvm.benchgraphs.nasnet_large`; the op counts are the same.)
+* the reduction cell's concat reuses the ``c1`` sum (IOS re-sums ``c1l + c1r``; the values are
+  identical).
+* average pools exclude the padding (``count_include_pad=0``), as in the reference NASNet.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from ._builder import OnnxBuilder, Tensor
+
+__all__ = ["nasnet_large"]
+
+
+def _avg(b: OnnxBuilder, x: Tensor, stride: int, name: str) -> Tensor:
+    return b.avg_pool(x, 3, stride, 1, count_include_pad=False, name=name)
+
+
+def _branch(b: OnnxBuilder, x: Tensor, out: int, kernel: int, stride: int, name: str,
+            stem: bool = False) -> Tensor:
+    """Two separable units; the first keeps the input channels (goes to ``out`` if ``stem``)."""
+    mid = out if stem else x.channels
+    y = b.sep_conv(x, mid, kernel, stride, name=f"{name}/sep1")
+    return b.sep_conv(y, out, kernel, 1, name=f"{name}/sep2")
+
+
+def _reduction_body(b: OnnxBuilder, xl: Tensor, xr: Tensor, out: int, c3_adds_c0: bool = False,
+                    left_stem: bool = False) -> Tensor:
+    c0l = _branch(b, xr, out, 5, 2, "comb_iter_0_left")
+    c0r = _branch(b, xl, out, 7, 2, "comb_iter_0_right", stem=left_stem)
+    c0 = b.add([c0l, c0r], name="comb_iter_0")
+    c1l = b.max_pool(xr, 3, 2, 1, name="comb_iter_1_left")
+    c1r = _branch(b, xl, out, 7, 2, "comb_iter_1_right", stem=left_stem)
+    c1 = b.add([c1l, c1r], name="comb_iter_1")
+    c2l = _avg(b, xr, 2, "comb_iter_2_left")
+    c2r = _branch(b, xl, out, 5, 2, "comb_iter_2_right", stem=left_stem)
+    c2 = b.add([c2l, c2r], name="comb_iter_2")
+    c3r = _avg(b, c0, 1, "comb_iter_3_right")
+    c3 = b.add([c3r, c0 if c3_adds_c0 else c1], name="comb_iter_3")
+    c4l = _branch(b, c0, out, 3, 1, "comb_iter_4_left")
+    c4r = b.max_pool(xr, 3, 2, 1, name="comb_iter_4_right")
+    c4 = b.add([c4l, c4r], name="comb_iter_4")
+    return b.concat([c1, c2, c3, c4])
+
+
+def _stem0(b: OnnxBuilder, h: Tensor, f: int) -> Tensor:
+    x1 = b.relu_conv(h, f, name="conv_1x1")
+    # x1 plays the right input, the stem output h the left one (through branch_stem).
+    return _reduction_body(b, h, x1, f, c3_adds_c0=True, left_stem=True)
+
+
+def _stem1(b: OnnxBuilder, x: Tensor, h: Tensor, f: int) -> Tensor:
+    xl = b.relu_conv(x, f, name="conv_1x1")
+    xr1 = b.relu_conv(h, f // 2, stride=2, name="path_1")
+    xr2 = b.relu_conv(h, f // 2, stride=2, name="path_2")
+    xr = b.add([xr1, xr2], name="final_path")
+    # Roles swap with respect to a reduction cell: xl (from cell_stem_0) feeds the branches that
+    # read the right input there (branch5 of c0, the pools), the summed paths the others.
+    return _reduction_body(b, xr, xl, f)
+
+
+def _combinations(b: OnnxBuilder, xl: Tensor, xr: Tensor, left: int, right: int) -> list[Tensor]:
+    """c0..c4 of the normal and the first cell."""
+    c0l = _branch(b, xr, right, 5, 1, "comb_iter_0_left")
+    c0r = _branch(b, xl, left, 3, 1, "comb_iter_0_right")
+    c0 = b.add([c0l, c0r], name="comb_iter_0")
+    c1l = _branch(b, xl, left, 5, 1, "comb_iter_1_left")
+    c1r = _branch(b, xl, left, 3, 1, "comb_iter_1_right")
+    c1 = b.add([c1l, c1r], name="comb_iter_1")
+    c2l = _avg(b, xr, 1, "comb_iter_2_left")
+    c2 = b.add([c2l, xl], name="comb_iter_2")
+    c3l = _avg(b, xl, 1, "comb_iter_3_left")
+    c3r = _avg(b, xl, 1, "comb_iter_3_right")
+    c3 = b.add([c3l, c3r], name="comb_iter_3")
+    c4l = _branch(b, xr, right, 3, 1, "comb_iter_4_left")
+    c4 = b.add([c4l, xr], name="comb_iter_4")
+    return [c0, c1, c2, c3, c4]
+
+
+def _first(b: OnnxBuilder, x: Tensor, x_prev: Tensor, left: int, right: int) -> Tensor:
+    xl1 = b.relu_conv(x_prev, left, stride=2, name="path_1")
+    xl2 = b.relu_conv(x_prev, left, stride=2, name="path_2")
+    xl = b.concat([xl1, xl2], name="final_path")
+    xr = b.relu_conv(x, right, name="conv_1x1")
+    return b.concat([xl, *_combinations(b, xl, xr, xl.channels, right)])
+
+
+def _normal(b: OnnxBuilder, x: Tensor, x_prev: Tensor, left: int, right: int) -> Tensor:
+    xl = b.relu_conv(x_prev, left, name="conv_prev_1x1")
+    xr = b.relu_conv(x, right, name="conv_1x1")
+    return b.concat(_combinations(b, xl, xr, left, right))
+
+
+def _reduction(b: OnnxBuilder, x: Tensor, x_prev: Tensor, left: int, right: int) -> Tensor:
+    xl = b.relu_conv(x_prev, left, name="conv_prev_1x1")
+    xr = b.relu_conv(x, right, name="conv_1x1")
+    return _reduction_body(b, xl, xr, right)
+
+
+def nasnet_large(batch: int = 1, seed: int = 0, stem_filters: int = 96,
+                 filters: int = 168) -> onnx.ModelProto:
+    """Build IOS's NASNet-A Large (331x331 input) as an ONNX model.
+
+    Parameters
+    ----------
+    batch
+        Batch size of the input ``x`` of shape ``(batch, 3, 331, 331)``.
+    seed
+        Seed of the deterministic random weights.
+    stem_filters, filters
+        Channels of the stem conv and the cell width F (must be divisible by 4).
+
+    Returns
+    -------
+    onnx.ModelProto
+        Input ``x``, output ``y`` of shape ``(batch, 20 * filters, 1, 1)``
+        (``(batch, 3360, 1, 1)`` by default).
+    """
+    if filters % 4:
+        raise ValueError(f"filters must be divisible by 4, got {filters}")
+    f = filters
+    b = OnnxBuilder("nasnet_large", seed)
+    x0 = b.input(batch, 3, 331, 331)
+    with b.scope("conv0"):
+        h = b.conv(x0, stem_filters, 3, stride=2, act=None, name="conv")  # 165
+    with b.scope("cell_stem_0"):
+        s0 = _stem0(b, h, f // 4)  # 4 * F/4 = F channels, 83
+    with b.scope("cell_stem_1"):
+        s1 = _stem1(b, s0, h, f // 2)  # 4 * F/2 = 2F channels, 42
+    outs = [s0, s1]
+    cell = 0
+    for stage, mult in enumerate((1, 2, 4)):
+        if stage > 0:
+            with b.scope(f"reduction_cell_{stage - 1}"):
+                red = _reduction(b, outs[-1], outs[-2], mult * f, mult * f)
+            prev = outs[-2]  # the first cell after a reduction reads the cell two back
+            outs.append(red)
+        else:
+            prev = outs[-2]
+        with b.scope(f"cell_{cell}"):
+            outs.append(_first(b, outs[-1], prev, mult * f // 2, mult * f))
+        cell += 1
+        for _ in range(5):
+            with b.scope(f"cell_{cell}"):
+                outs.append(_normal(b, outs[-1], outs[-2], mult * f, mult * f))
+            cell += 1
+    x = b.relu(outs[-1], name="relu")
+    y = b.global_avg_pool(x, name="avgpool")
+    return b.finish(y)
