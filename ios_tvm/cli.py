@@ -102,7 +102,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     result = build(_resolve_model(args), args.target, input_shapes=shapes,
                    config=cfg, cost=args.cost, cache=cache, settings=settings,
                    progress=not args.quiet, rpc_tracker=args.rpc_tracker,
-                   rpc_key=args.rpc_key, rpc_servers=args.rpc_servers)
+                   rpc_key=args.rpc_key, rpc_servers=args.rpc_servers,
+                   database=args.database, cpu_schedule=not args.no_cpu_schedule)
     out = result.export(args.output)
     (out / "build.json").write_text(json.dumps(result.summary(), indent=1))
     lat = result.latencies
@@ -114,11 +115,32 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             if name in lat:
                 ratio = lat["sequential"] / lat[name]
                 print(f"{name:<12} {lat[name] * 1e3:>10.3f} {ratio:>13.2f}x")
+    if result.kernel_schedules:
+        print("kernel schedules: " + ", ".join(
+            f"{n} {how}" for how, n in sorted(result.kernel_schedules.items())))
     print(f"chosen: {result.chosen} ({result.reason})")
     print(f"search: {result.search_stats.stages_costed} stages costed, "
           f"{result.stages_measured} measured, {result.stages_cached} from cache, "
           f"{result.seconds.get('search', 0):.1f} s")
     print(f"artifact written to {out}")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .frontend import parse_input_shapes
+    from .tune import tune
+
+    shapes = parse_input_shapes(args.input_shapes) if args.input_shapes else None
+    result = tune(_resolve_model(args), args.target, args.trials, args.database,
+                  input_shapes=shapes, trials_per_iter=args.trials_per_iter,
+                  progress=not args.quiet, seed=args.seed, model_name=Path(args.model).stem)
+    print(f"{args.model}: {len(result.tasks)} kernels, budget {result.budget} trials, "
+          f"{result.trials_run} run now ({result.seconds:.0f} s); target {result.target}")
+    print(f"{'kernel':<40} {'calls':>5} {'trials':>7} {'best us':>9}")
+    for task in result.tasks:
+        best = f"{task.best_seconds * 1e6:9.1f}" if task.best_seconds is not None else "      n/a"
+        print(f"{task.name[:40]:<40} {task.weight:>5} {task.trials_after:>7} {best}")
+    print(f"database: {result.database} (compile with --database {result.database})")
     return 0
 
 
@@ -216,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="schedule strategy (default concurrent)")
     p.add_argument("--max-groups", type=int, default=8, help="groups per stage, IOS s (default 8)")
     p.add_argument("--max-group-size", type=int, default=3, help="ops per group, IOS r (default 3)")
-    p.add_argument("--max-part-size", type=int, default=40,
-                   help="ops per searched part (default 40)")
+    p.add_argument("--max-part-size", type=int, default=20,
+                   help="ops per searched part (default 20)")
     p.add_argument("--device", default="v100", help="analytic cost preset: v100, h100, cpu")
     p.add_argument("--show-stages", action="store_true", help="print every stage")
     p.add_argument("--progress", action="store_true", help="progress bar over parts")
@@ -235,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=SEARCH_STRATEGIES, default="concurrent")
     p.add_argument("--max-groups", type=int, default=8, help="groups per stage (default 8)")
     p.add_argument("--max-group-size", type=int, default=3, help="ops per group (default 3)")
-    p.add_argument("--max-part-size", type=int, default=40, help="ops per searched part")
+    p.add_argument("--max-part-size", type=int, default=20, help="ops per searched part")
     p.add_argument("--cost", choices=("measured", "analytic"), default="measured",
                    help="stage cost model (default measured on this machine)")
     p.add_argument("--cache", help="measurement cache file (default ~/.cache/ios_tvm/...)")
@@ -248,8 +270,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpc-key", help="device key of the RPC servers to use")
     p.add_argument("--rpc-servers", type=int, help="use at most this many RPC servers")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--database", metavar="DIR",
+                   help="MetaSchedule tuning database written by `ios-tvm tune` for this target")
+    p.add_argument("--no-cpu-schedule", action="store_true",
+                   help="keep TVM's unscheduled llvm kernels (no default CPU schedules)")
     p.add_argument("-o", "--output", required=True, help="artifact directory to write")
     p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("tune", help="tune a model's kernels with MetaSchedule into a database",
+                       description="Lower MODEL to fused kernels and tune them with MetaSchedule "
+                                   "(XGBoost cost model, local builder and runner) into a JSON "
+                                   "database; `ios-tvm compile --database DIR` then uses the "
+                                   "tuned kernels. Re-running resumes: only the trials the "
+                                   "database lacks are run.")
+    p.add_argument("model", help="an .onnx file or a built-in model name (sample, ...)")
+    p.add_argument("--target", default="llvm",
+                   help="llvm, a TVM target JSON such as '{\"kind\":\"llvm\",\"mcpu\":"
+                        "\"znver3\"}', or cuda (compile with the same target)")
+    p.add_argument("--input-shapes", help="sizes of dynamic inputs, e.g. 'x:1,3,224,224'")
+    p.add_argument("--batch-size", type=int, default=1, help="batch of built-in models")
+    p.add_argument("--trials", type=int, default=64,
+                   help="trial budget for the whole model (default 64)")
+    p.add_argument("--trials-per-iter", type=int, default=16,
+                   help="schedules measured per search round (default 16)")
+    p.add_argument("--database", metavar="DIR", required=True,
+                   help="database directory (created, or resumed when it exists)")
+    p.add_argument("--seed", type=int, help="random seed of the search")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("run", help="run a compiled artifact on inputs from an .npz file")
     p.add_argument("artifact", help="directory written by `ios-tvm compile`")

@@ -34,7 +34,7 @@ class SearchConfig:
     strategy: str = "concurrent"
     max_groups: int = 8
     max_group_size: int = 3
-    max_part_size: int = 40
+    max_part_size: int = 20
     greedy_max_streams: int = 10
 
     def __post_init__(self) -> None:
