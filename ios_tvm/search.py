@@ -302,6 +302,18 @@ def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
         finally:
             sys.setrecursionlimit(limit)
         meta["parts"] = [list(p) for p in parts]
+        if len(parts) > 1 and cfg.strategy in ("concurrent", "both"):
+            # Parts are searched apart, so stages never span a cut; on wide graphs cut at wide
+            # places the wavefront baseline (which ignores cuts) can then be cheaper. Keep the
+            # cheaper of the two under the same cost model, within the same stream limit.
+            greedy = greedy_schedule(graph, min(cfg.greedy_max_streams, cfg.max_groups))
+            greedy_total = sum(memo_cost(s) for s in greedy.stages)
+            if greedy_total < total:
+                logger.info("greedy schedule (%.4g s) beats the partitioned DP (%.4g s)",
+                            greedy_total, total)
+                meta["dp_cost"] = total
+                meta["chosen"] = "greedy"
+                stages, total = list(greedy.stages), greedy_total
     stats.cost_calls = memo_cost.counters.calls - calls0
     stats.stages_costed = memo_cost.counters.distinct - distinct0
     stats.seconds = time.perf_counter() - t0

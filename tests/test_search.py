@@ -283,3 +283,16 @@ def test_empty_graph():
     graph = OpGraph([], {})
     result = search(graph, lambda s: 1.0)
     assert result.schedule.stages == () and result.schedule.cost == 0.0
+
+
+@settings(max_examples=60)
+@given(graph=dags(max_nodes=14), seed=st.integers(0, 10_000), part=st.integers(2, 6))
+def test_partitioned_search_never_loses_to_greedy(graph, seed, part):
+    """Parts are searched apart; the result still costs no more than the wavefront baseline."""
+    cost = RandomCost(seed)
+    cfg = SearchConfig(max_groups=3, max_group_size=2, max_part_size=part)
+    result = search(graph, cost, cfg)
+    validate_schedule(graph, result.schedule, max_groups=3)
+    greedy = greedy_schedule(graph, 3)
+    assert result.schedule.cost <= schedule_cost(greedy, cost) * (1 + 1e-9)
+    assert result.schedule.cost == pytest.approx(schedule_cost(result.schedule, cost))
