@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ios_tvm import OpGraph, SearchConfig, Stage, search, sequential_schedule, validate_schedule
+from ios_tvm._ffi import native_available
 from ios_tvm.cost import AnalyticCost, StageCostCache
 from ios_tvm.schedule import Schedule
-from ios_tvm._ffi import native_available
 from ios_tvm.search import greedy_schedule
 
 # Both DP implementations (Python and the C++ one in passes/) must be exactly optimal.
