@@ -22,6 +22,7 @@ _LAZY = {
     "InterOperatorSchedule": ("ios_tvm.transform", "InterOperatorSchedule"),
     "graph_from_model": ("ios_tvm.extract", "graph_from_model"),
     "load": ("ios_tvm.executor", "load"),
+    "merge_predicate": ("ios_tvm.merge", "merge_predicate"),
 }
 
 
@@ -37,6 +38,6 @@ __all__ = [
     "SEARCH_STRATEGIES", "BuildResult", "InterOperatorSchedule", "IosTvmError", "ModelLoadError",
     "OpGraph", "OpNode", "Schedule",
     "ScheduleError", "SearchConfig", "SearchResult", "SearchStats", "Stage", "TensorInfo",
-    "UnsupportedGraphError", "build", "graph_from_model", "greedy_schedule", "load", "search",
-    "sequential_schedule", "validate_schedule",
+    "UnsupportedGraphError", "build", "graph_from_model", "greedy_schedule", "load",
+    "merge_predicate", "search", "sequential_schedule", "validate_schedule",
 ]

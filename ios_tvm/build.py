@@ -54,6 +54,7 @@ class BuildResult:
     stages_cached: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     peak_bytes: dict[str, int] = field(default_factory=dict)
+    kernel_schedules: dict[str, int] = field(default_factory=dict)
     _executor: Executor | None = None
 
     @property
@@ -77,7 +78,8 @@ class BuildResult:
                 "latency_ms": {k: v * 1e3 for k, v in self.latencies.items()},
                 "schedule": self.schedule.summary(), "search": self.search_stats.to_json(),
                 "stages_measured": self.stages_measured, "stages_cached": self.stages_cached,
-                "seconds": self.seconds, "peak_activation_bytes": self.peak_bytes}
+                "seconds": self.seconds, "peak_activation_bytes": self.peak_bytes,
+                "kernel_schedules": self.kernel_schedules}
 
 
 def _random_inputs(plan: Any, seed: int = 0) -> list[np.ndarray]:
@@ -130,7 +132,8 @@ def build(model: Any, target: Any = "llvm", *,
           compare_vm: bool = True, measure: bool | None = None,
           progress: bool = False, rpc_tracker: str | tuple[str, int] | None = None,
           rpc_key: str | None = None, rpc_servers: int | None = None,
-          cuda_graph: bool | None = None) -> BuildResult:
+          cuda_graph: bool | None = None, database: Any = None,
+          cpu_schedule: bool = True) -> BuildResult:
     """Compile ``model`` for ``target`` with an IOS schedule run by the ios-tvm executor.
 
     Parameters
@@ -180,6 +183,15 @@ def build(model: Any, target: Any = "llvm", *,
         Default: on for CUDA targets, unless a plan's kernels cannot be captured (then a
         warning, and eager runs). On CUDA both modes are timed and the IOS/sequential choice
         compares the mode that ships. ``True`` on a CPU target raises.
+    database
+        A MetaSchedule tuning database directory (:func:`ios_tvm.tune.tune`, ``ios-tvm
+        tune``) tuned for ``target``: its kernels replace the untuned ones in both the IOS
+        and the sequential plan (and in the Relax VM comparison). A corrupt database or one
+        tuned for another target raises :class:`~ios_tvm.errors.IosTvmError`.
+    cpu_schedule
+        Give llvm kernels the database lacks ios-tvm's default CPU schedules (parallel,
+        vectorised; :mod:`ios_tvm.cpu_schedule`); False keeps TVM's unscheduled kernels.
+        ``BuildResult.kernel_schedules`` counts what each kernel got.
     """
     from .extract import graph_from_model, resolve_target
 
@@ -193,7 +205,8 @@ def build(model: Any, target: Any = "llvm", *,
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     load_kwargs = {"params": params} if params is not None else {}
-    extraction = graph_from_model(model, target, input_shapes=input_shapes, **load_kwargs)
+    extraction = graph_from_model(model, target, input_shapes=input_shapes,
+                                  cpu_schedule=cpu_schedule, database=database, **load_kwargs)
     tgt = resolve_target(target)
     extraction.target = extraction.target or tgt
     device_type = target_device_type(extraction.target)
@@ -218,9 +231,15 @@ def build(model: Any, target: Any = "llvm", *,
                                rpc_tracker, rpc_key, num_servers=rpc_servers,
                                settings=settings)
     try:
-        return _search_and_choose(extraction, lib, device_type, cfg, cost, cache, settings,
-                                  margin, compare_vm, measure, progress, params, profiler,
-                                  times, t0, cuda_graph=cuda_graph)
+        result = _search_and_choose(extraction, lib, device_type, cfg, cost, cache, settings,
+                                    margin, compare_vm, measure, progress, params, profiler,
+                                    times, t0, cuda_graph=cuda_graph)
+        from .cpu_schedule import schedule_report
+
+        report = schedule_report(extraction.mod)
+        if report is not None:
+            result.kernel_schedules = report.counts
+        return result
     finally:
         if profiler is not None:
             profiler.close()

@@ -34,6 +34,36 @@ _FILES = ("plan.json", "kernels.so", "params.bin")
 _DEVICE_TYPES = {1: "cpu", 2: "cuda"}
 
 
+def default_cpu_threads() -> int:
+    """Give TVM's CPU kernels every core this process may use, unless the user said otherwise.
+
+    TVM sizes each thread's pool from ``TVM_NUM_THREADS`` (else ``OMP_NUM_THREADS``, else half
+    the hardware threads: a single thread on a 2-core machine). This sets ``TVM_NUM_THREADS``
+    to the number of CPUs in the process's affinity mask when neither variable is set (and
+    ``IOS_TVM_THREAD_SHARE`` is not ``0``), before any pool exists; the executor then lowers
+    each thread's share for concurrent stages (runtime/executor.cc, ``KernelThreads``).
+
+    Returns
+    -------
+    int
+        The thread count TVM's pools will use.
+    """
+    for var in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    if os.environ.get("IOS_TVM_THREAD_SHARE") != "0":
+        os.environ["TVM_NUM_THREADS"] = str(cores)
+    return cores
+
+
+default_cpu_threads()
+
+
 def _runtime() -> Any:
     import tvm.runtime
 

@@ -268,7 +268,15 @@ def _run_pass(p: tvm.transform.Pass, mod: tvm.IRModule) -> tvm.IRModule:
     return tvm.transform.Sequential([p])(mod)
 
 
-def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm") -> tvm.IRModule:
+def _scheduled_kernels(mod: tvm.IRModule) -> set[str]:
+    from .cpu_schedule import is_scheduled
+
+    return {gv.name_hint for gv, f in mod.functions.items()
+            if isinstance(f, tvm.tirx.PrimFunc) and is_scheduled(f)}
+
+
+def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm", *,
+                     cpu_schedule: bool = True, database: Any = None) -> tvm.IRModule:
     """Lower a Relax module to fused kernels the way TVM's default pipeline does.
 
     Runs ``relax.pipeline.library_dispatch_passes(target)`` and
@@ -278,6 +286,10 @@ def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm") -> tvm.IRMo
     active (as the "zero" pipeline does, before dlight so tuned kernels are kept), then
     ``RewriteDataflowReshape``. All under ``with target:`` (dlight requires it).
 
+    For llvm targets, kernels still unscheduled after that (TVM gives CPU kernels no
+    schedule: single-threaded scalar loops) then get ios-tvm's default CPU schedules
+    (:func:`ios_tvm.cpu_schedule.apply_default_schedules`: parallel, vectorised).
+
     Parameters
     ----------
     mod
@@ -285,18 +297,44 @@ def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm") -> tvm.IRMo
     target
         ``"llvm"``, ``"cuda"`` (= ``{"kind": "cuda", "arch": "sm_90"}`` with an llvm host), a
         target dict, a tag, or a ``tvm.target.Target``.
+    cpu_schedule
+        Apply the default CPU schedules (llvm targets); False keeps TVM's own unscheduled
+        kernels (what ``tvm.compile`` would run, and what MetaSchedule tunes).
+    database
+        A MetaSchedule database to apply: a directory written by :func:`ios_tvm.tune.tune`
+        (validated; must be tuned for this target) or a ``ms.Database``. Default: the
+        database of an enclosing ``with database:``, if any.
 
     Returns
     -------
     tvm.IRModule
         The entry function is a dataflow of ``call_tir`` on fused PrimFuncs; the module
-        attribute :data:`KERNEL_INFO_ATTR` holds per-kernel op provenance and FLOPs as JSON.
+        attribute :data:`KERNEL_INFO_ATTR` holds per-kernel op provenance, FLOPs and schedule
+        (``"tuned"``, a default-schedule rule, ``"unscheduled"``, ...) as JSON, and
+        :data:`ios_tvm.cpu_schedule.CPU_SCHEDULE_ATTR` the schedule report
+        (:func:`ios_tvm.cpu_schedule.schedule_report`).
+
+    Raises
+    ------
+    IosTvmError
+        ``database`` is a corrupt directory or was tuned for another target.
     """
     tgt = resolve_target(target)
     from tvm.s_tir import meta_schedule as ms
 
+    from .cpu_schedule import apply_default_schedules, schedule_report
+
+    if database is None:
+        db = ms.Database.current()
+    elif isinstance(database, ms.database.Database):
+        db = database
+    else:
+        from .tune import open_database
+
+        db = open_database(database, tgt)
     prov = _Provenance()
     flops: dict[str, float] = {}
+    tuned: set[str] = set()
     with tgt:
         passes = [*relax.pipeline.library_dispatch_passes(tgt),
                   *relax.pipeline.legalize_passes(tgt)]
@@ -311,12 +349,17 @@ def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm") -> tvm.IRMo
                 prov.after_fuse_ops(mod)
             elif name == "FuseTIR":
                 prov.after_fuse_tir(mod)
-                if ms.Database.current() is not None:
-                    mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+                if db is not None:
+                    was = _scheduled_kernels(mod)
+                    with db:
+                        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+                    tuned = _scheduled_kernels(mod) - was
                 # Logical FLOPs, before GPU schedules pad the loops.
                 flops = {gv.name_hint: kernel_flops(f) for gv, f in mod.functions.items()
                          if isinstance(f, tvm.tirx.PrimFunc)}
         mod = _run_pass(relax.transform.RewriteDataflowReshape(), mod)
+        mod = apply_default_schedules(mod, tgt, tuned=tuned, enabled=cpu_schedule)
+    how = schedule_report(mod)
     kernels: dict[str, dict[str, Any]] = {}
     for gv, f in mod.functions.items():
         if isinstance(f, tvm.tirx.PrimFunc):
@@ -325,6 +368,8 @@ def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm") -> tvm.IRMo
                 info["pattern"] = int(f.attrs["op_pattern"])
             if gv.name_hint in flops:
                 info["flops"] = flops[gv.name_hint]
+            if how is not None and gv.name_hint in how.kernels:
+                info["schedule"] = how.kernels[gv.name_hint]
             kernels[gv.name_hint] = info
     record = {"target": str(tgt), "kernels": kernels}
     return mod.with_attr(KERNEL_INFO_ATTR, json.dumps(record))
@@ -796,13 +841,15 @@ def extract_graph(mod: tvm.IRModule, func_name: str | None = None) -> Extraction
 
 
 def graph_from_model(model: Any, target: TargetLike = "llvm",
-                     input_shapes: ShapeDict | None = None, **load_kwargs: Any) -> Extraction:
+                     input_shapes: ShapeDict | None = None, *, cpu_schedule: bool = True,
+                     database: Any = None, **load_kwargs: Any) -> Extraction:
     """Load, lower and extract in one call: ``extract_graph(lower_to_kernels(load_model()))``.
 
-    ``load_kwargs`` go to :func:`ios_tvm.frontend.load_model` (``dtype``, ``params``, ``seed``).
+    ``cpu_schedule`` and ``database`` go to :func:`lower_to_kernels`; ``load_kwargs`` to
+    :func:`ios_tvm.frontend.load_model` (``dtype``, ``params``, ``seed``).
     """
     mod = load_model(model, input_shapes, **load_kwargs)
     tgt = resolve_target(target)
-    ex = extract_graph(lower_to_kernels(mod, tgt))
+    ex = extract_graph(lower_to_kernels(mod, tgt, cpu_schedule=cpu_schedule, database=database))
     ex.target = tgt
     return ex

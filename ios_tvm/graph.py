@@ -47,6 +47,9 @@ class TensorInfo:
     kind: str = "activation"
     #: For a view: the tensor whose storage it shares (no kernel produces it).
     alias_of: str | None = None
+    #: For a view: where its bytes start in the base tensor (e.g. a channel slice of a merged
+    #: kernel's output; see :mod:`ios_tvm.merge`).
+    offset: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -62,13 +65,15 @@ class TensorInfo:
                              "kind": self.kind}
         if self.alias_of is not None:
             d["alias_of"] = self.alias_of
+        if self.offset:
+            d["offset"] = self.offset
         return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> TensorInfo:
         """Inverse of :meth:`to_json`."""
         return cls(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"], d["kind"],
-                   d.get("alias_of"))
+                   d.get("alias_of"), int(d.get("offset", 0)))
 
 
 @dataclass(frozen=True, slots=True)

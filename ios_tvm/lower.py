@@ -3,7 +3,9 @@
 Compiler side. :func:`make_plan` is a pure function of the graph and the schedule (no TVM);
 :func:`build_kernel_library` compiles every fused PrimFunc of the lowered module for the
 target; :func:`lower` puts both together with the weights into an
-:class:`~ios_tvm.executor.Artifact`.
+:class:`~ios_tvm.executor.Artifact`. Merge stages (IOS-Merge) become one call of a merged
+kernel each (:mod:`ios_tvm.merge`): its weights are merged here, at build time, and its
+kernel is compiled into a module that imports the model's kernel library.
 """
 
 from __future__ import annotations
@@ -14,21 +16,36 @@ from typing import Any
 from .errors import IosTvmError
 from .graph import OpGraph
 from .memory import plan_storage
+from .merge import MergedKernel, rewrite_merges
 from .plan import Plan, PlanCall, PlanStage, PlanTensor
 from .schedule import Schedule, validate_schedule
 
 
 def make_plan(graph: OpGraph, schedule: Schedule, *, target: str = "llvm",
               device_type: str = "cpu", reuse_memory: bool = True, min_streams: int = 1,
-              meta: Mapping[str, Any] | None = None) -> Plan:
+              meta: Mapping[str, Any] | None = None,
+              merges: Mapping[tuple[int, ...], MergedKernel] | None = None) -> Plan:
     """Build the execution plan of ``graph`` run by ``schedule``.
 
     Every node becomes one kernel call (its inputs then its outputs, the order TVM's
     destination-passing kernels take), activation tensors get storages from the
     concurrency-safe planner, graph inputs their own buffers, constants and params become
-    weights loaded by name, and views point at their base tensor.
+    weights loaded by name, and views point at their base tensor (at a byte offset for the
+    slices of a merged output).
+
+    The ops of a merge stage become one call of their merged kernel (``merges[ops]``, see
+    :func:`ios_tvm.merge.rewrite_merges`); the plan's stage keeps the strategy ``"merge"``.
     """
     validate_schedule(graph, schedule)
+    summary = schedule.summary()
+    strategies = tuple(s.strategy for s in schedule.stages)
+    if "merge" in strategies:
+        if merges is None:
+            raise IosTvmError("the schedule has merge stages: pass their merged kernels "
+                              "(merges=...; ios_tvm.lower.lower builds them)")
+        rewritten = rewrite_merges(graph, schedule, merges)
+        graph, schedule = rewritten.graph, rewritten.schedule
+        validate_schedule(graph, schedule)
     storage = plan_storage(graph, schedule, reuse=reuse_memory)
     # Bases before views, so the executor can build views in one pass.
     order: list[str] = []
@@ -55,7 +72,8 @@ def make_plan(graph: OpGraph, schedule: Schedule, *, target: str = "llvm",
     for name in order:
         info = graph.tensors[name]
         if info.alias_of is not None:
-            tensors.append(PlanTensor(name, info.shape, info.dtype, "view", index[info.alias_of]))
+            tensors.append(PlanTensor(name, info.shape, info.dtype, "view", index[info.alias_of],
+                                      info.offset))
         elif info.kind == "input":
             tensors.append(PlanTensor(name, info.shape, info.dtype, "input"))
         elif info.kind in ("const", "param"):
@@ -67,9 +85,14 @@ def make_plan(graph: OpGraph, schedule: Schedule, *, target: str = "llvm",
             raise IosTvmError(f"tensor {name!r} is read but nothing writes it")
     calls = tuple(PlanCall(node.kernel, tuple(index[t] for t in (*node.inputs, *node.outputs)),
                            len(node.outputs), node.name) for node in graph.nodes)
-    stages = tuple(PlanStage(s.groups, s.strategy) for s in schedule.stages)
-    plan_meta = {"schedule": schedule.summary(), "num_kernels": len(graph.nodes),
-                 **(dict(meta) if meta else {})}
+    stages = tuple(PlanStage(s.groups, strategy)
+                   for s, strategy in zip(schedule.stages, strategies, strict=True))
+    plan_meta: dict[str, Any] = {"schedule": summary, "num_kernels": len(graph.nodes)}
+    merged = {str(i): list(n.attrs["members"]) for i, n in enumerate(graph.nodes)
+              if n.attrs.get("op") == "merge" and "members" in n.attrs}
+    if merged:
+        plan_meta["merged_calls"] = merged  # call id -> the kernels merged into it
+    plan_meta.update(meta or {})
     inputs = tuple(index[t] for t in graph.inputs if graph.tensors[t].kind == "input")
     plan = Plan(target, device_type, tuple(tensors), storage.storage_nbytes, calls, stages,
                 inputs, tuple(index[t] for t in graph.outputs), plan_meta, min_streams)
@@ -118,7 +141,7 @@ def weights_of(extraction: Any, params: Mapping[str, Any] | None = None) -> dict
 
 def lower(extraction: Any, schedule: Schedule, *, params: Mapping[str, Any] | None = None,
           lib: Any | None = None, reuse_memory: bool = True, min_streams: int = 1,
-          meta: Mapping[str, Any] | None = None) -> Any:
+          meta: Mapping[str, Any] | None = None, merges: Any = None) -> Any:
     """Compile a model's kernels and a schedule into an :class:`~ios_tvm.executor.Artifact`.
 
     ``extraction`` comes from :func:`ios_tvm.extract.graph_from_model`.
@@ -139,6 +162,10 @@ def lower(extraction: Any, schedule: Schedule, *, params: Mapping[str, Any] | No
         Create at least this many streams / worker threads (for profiling any stage).
     meta
         Extra provenance stored in the plan.
+    merges
+        A :class:`~ios_tvm.merge.MergeCompiler` of ``extraction`` for the merge stages
+        (created here when None and the schedule has any). Each merged kernel is checked
+        against the original kernels when the device is present.
     """
     from .executor import Artifact
 
@@ -146,9 +173,28 @@ def lower(extraction: Any, schedule: Schedule, *, params: Mapping[str, Any] | No
         raise IosTvmError(f"in-place kernel calls ({sorted(extraction.inplace)[:3]}) are not "
                           "supported by the ios-tvm executor yet")
     target = extraction.target
+    merge_ops = [s.ops for s in schedule.stages if s.strategy == "merge"]
+    kernels: dict[tuple[int, ...], MergedKernel] = {}
+    if merge_ops:
+        from .merge import MergeCompiler
+
+        if merges is None:
+            merges = MergeCompiler(extraction, lib=lib, params=params)
+        kernels = {ops: merges.kernel(ops) for ops in merge_ops}
     plan = make_plan(extraction.graph, schedule, target=str(target),
                      device_type=target_device_type(target), reuse_memory=reuse_memory,
-                     min_streams=min_streams, meta=meta)
+                     min_streams=min_streams, meta=meta, merges=kernels)
     if lib is None:
-        lib = build_kernel_library(extraction.mod, target)
-    return Artifact(plan, lib, weights_of(extraction, params))
+        lib = merges.base_library() if merge_ops else build_kernel_library(extraction.mod,
+                                                                           target)
+    weights = weights_of(extraction, params)
+    if merge_ops:
+        if merges.lib is None:
+            merges.lib = lib
+        for ops, kernel in kernels.items():
+            merges.check(ops)
+            weights.update(merges.weights(kernel))
+        lib = merges.module(list(kernels.values()), base=lib)
+        used = {t.name for t in plan.tensors if t.place == "param"}
+        weights = {k: v for k, v in weights.items() if k in used}
+    return Artifact(plan, lib, weights)

@@ -17,7 +17,15 @@ from typing import Any
 from .errors import IosTvmError
 
 PLAN_FORMAT = "ios_tvm.Plan"
-PLAN_VERSION = 1
+#: The newest plan version this ios-tvm writes and reads. Version 2 adds view byte offsets
+#: (``"offset"``); a plan without any is still written as version 1, so older executors keep
+#: running it, while one with offsets is refused by them instead of silently misread.
+PLAN_VERSION = 2
+#: The oldest plan version this ios-tvm reads.
+MIN_PLAN_VERSION = 1
+#: Byte alignment TVM kernels assume for every tensor argument (``kAllocAlignment``; LLVM
+#: emits aligned vector loads), so a view's offset must be a multiple of it.
+VIEW_ALIGNMENT = 64
 #: Where a tensor's bytes live: a graph input buffer, a weight from the params file,
 #: an activation storage, or a view of another tensor (same bytes, other shape).
 TENSOR_PLACES = ("input", "param", "storage", "view")
@@ -32,7 +40,8 @@ class PlanTensor:
     """A tensor of the plan.
 
     ``ref`` is the storage id for "storage", the base tensor id for "view" and unused (-1)
-    otherwise.
+    otherwise. ``offset`` (views only) is where the view's bytes start in its base, a multiple
+    of :data:`VIEW_ALIGNMENT`; e.g. one conv's channel slice of a merged conv's output.
     """
 
     name: str
@@ -40,6 +49,30 @@ class PlanTensor:
     dtype: str
     place: str
     ref: int = -1
+    offset: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the tensor in bytes."""
+        return _nbytes(self.shape, self.dtype)
+
+
+#: Bits per element of the dtypes whose name does not end in their width.
+_ODD_DTYPE_BITS = {"bool": 8, "float8_e4m3fn": 8, "float8_e5m2": 8}
+
+
+def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
+    """Bytes of a dense tensor of ``shape`` and ``dtype`` (``float32``, ``int8``, ...)."""
+    bits = _ODD_DTYPE_BITS.get(dtype)
+    if bits is None:
+        digits = dtype[len(dtype.rstrip("0123456789")):]
+        if not digits:
+            raise PlanFormatError(f"unknown dtype {dtype!r}")
+        bits = int(digits)
+    n = (bits + 7) // 8
+    for d in shape:
+        n *= d
+    return n
 
 
 @dataclass(frozen=True)
@@ -82,6 +115,11 @@ class Plan:
         return max(self.min_streams, *(len(s.groups) for s in self.stages), 1)
 
     @property
+    def version(self) -> int:
+        """The plan version this plan needs: 2 if a view has a byte offset, else 1."""
+        return 2 if any(t.offset for t in self.tensors) else 1
+
+    @property
     def activation_nbytes(self) -> int:
         """Bytes of all activation storages."""
         return sum(self.storages)
@@ -89,10 +127,12 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
         return {
-            "format": PLAN_FORMAT, "version": PLAN_VERSION, "target": self.target,
+            "format": PLAN_FORMAT, "version": self.version, "target": self.target,
             "device_type": self.device_type,
             "tensors": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype,
-                         "place": t.place, "ref": t.ref} for t in self.tensors],
+                         "place": t.place, "ref": t.ref, **({"offset": t.offset} if t.offset
+                                                            else {})}
+                        for t in self.tensors],
             "storages": list(self.storages),
             "calls": [{"kernel": c.kernel, "args": list(c.args), "num_outputs": c.num_outputs,
                        "node": c.node} for c in self.calls],
@@ -111,15 +151,17 @@ class Plan:
         """Parse and validate a plan dict; raises :class:`PlanFormatError` naming the fault."""
         if not isinstance(d, Mapping) or d.get("format") != PLAN_FORMAT:
             raise PlanFormatError(f"not an {PLAN_FORMAT} document")
-        if d.get("version") != PLAN_VERSION:
-            raise PlanFormatError(f"plan version {d.get('version')!r} is not supported by this "
-                                  f"ios-tvm (it reads version {PLAN_VERSION}); rebuild the "
-                                  "artifact")
+        version = d.get("version")
+        if not (isinstance(version, int) and MIN_PLAN_VERSION <= version <= PLAN_VERSION):
+            raise PlanFormatError(f"plan version {version!r} is not supported by this "
+                                  f"ios-tvm (it reads versions {MIN_PLAN_VERSION} to "
+                                  f"{PLAN_VERSION}); rebuild the artifact")
         try:
             plan = cls(
                 str(d["target"]), str(d["device_type"]),
                 tuple(PlanTensor(t["name"], tuple(int(x) for x in t["shape"]), t["dtype"],
-                                 t["place"], int(t.get("ref", -1))) for t in d["tensors"]),
+                                 t["place"], int(t.get("ref", -1)), int(t.get("offset", 0)))
+                      for t in d["tensors"]),
                 tuple(int(x) for x in d["storages"]),
                 tuple(PlanCall(c["kernel"], tuple(int(a) for a in c["args"]),
                                int(c.get("num_outputs", 1)), c.get("node", ""))
@@ -151,6 +193,17 @@ class Plan:
                 raise PlanFormatError(f"tensor {i} ({t.name}): storage {t.ref} does not exist")
             if t.place == "view" and not 0 <= t.ref < nt:
                 raise PlanFormatError(f"tensor {i} ({t.name}): view of missing tensor {t.ref}")
+            if t.offset:
+                if t.place != "view":
+                    raise PlanFormatError(f"tensor {i} ({t.name}): only views have an offset")
+                if t.offset < 0 or t.offset % VIEW_ALIGNMENT:
+                    raise PlanFormatError(f"tensor {i} ({t.name}): view offset {t.offset} is not "
+                                          f"a non-negative multiple of {VIEW_ALIGNMENT} bytes")
+                base = self.tensors[t.ref]
+                if t.offset + t.nbytes > base.nbytes:
+                    raise PlanFormatError(
+                        f"tensor {i} ({t.name}): {t.nbytes} bytes at offset {t.offset} do not "
+                        f"fit its base {base.name!r} ({base.nbytes} bytes)")
         for ci, c in enumerate(self.calls):
             bad = [a for a in c.args if not 0 <= a < nt]
             if bad:

@@ -132,6 +132,15 @@ def pipeline(target: Any = None, config: SearchConfig | None = None,
                 passes = [*backend.library_dispatch_passes(tgt), relax.transform.LegalizeOps(),
                           relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
                           relax.transform.FuseOps(), relax.transform.FuseTIR()]
+                # Tuned kernels from a current MetaSchedule database first, then ios-tvm's
+                # default CPU schedules for the rest (as lower_to_kernels does).
+                from tvm.s_tir import meta_schedule as ms
+
+                from .cpu_schedule import CpuDefaultSchedule
+
+                if ms.Database.current() is not None:
+                    passes.append(relax.transform.MetaScheduleApplyDatabase())
+                passes.append(CpuDefaultSchedule(tgt))
             passes += [InterOperatorSchedule(config, cost),
                        *backend.dataflow_lower_passes(tgt), *backend.finalize_passes(tgt)]
             return tvm.transform.Sequential(passes)(mod)

@@ -16,6 +16,7 @@
  * profile_stage, num_inputs, num_outputs, num_streams, set_cuda_graph and cuda_graph_stats.
  */
 #include <dlfcn.h>
+#include <sched.h>
 #include <tvm/ffi/cast.h>
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/map.h>
@@ -32,6 +33,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -261,6 +263,69 @@ class WorkerPool {
   int pending_ = 0;
   bool stop_ = false;
   std::exception_ptr error_;
+};
+
+/*! \brief How many threads of TVM's CPU thread pool the kernels of each group use.
+ *
+ * TVM gives every OS thread that launches a parallel kernel its own pool (thread_local), sized
+ * when first used. Without care a stage of k concurrent groups runs k pools of all cores each
+ * (oversubscribed), and the pools' default affinity pins their workers to the same cores. So
+ * each executor thread configures its own pool before running a group: group g of a k-group
+ * stage gets total/k threads (the remainder to the first groups), a one-group stage all of
+ * them, through TVM's "runtime.config_threadpool" in "share all cores" mode over the CPUs this
+ * process may use (no pinning). total is TVM_NUM_THREADS if set, else the number of those CPUs
+ * (ios_tvm.executor sets TVM_NUM_THREADS to it by default, so that the caller's pool has that
+ * many workers). IOS_TVM_THREAD_SHARE=0 turns this off (TVM's own behaviour). */
+class KernelThreads {
+ public:
+  KernelThreads() {
+    const char* share = std::getenv("IOS_TVM_THREAD_SHARE");
+    if (share != nullptr && std::string(share) == "0") return;
+    config_ = ffi::Function::GetGlobal("runtime.config_threadpool");
+    if (!config_.has_value()) return;
+    std::vector<ffi::String> cpus;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+      for (int c = 0; c < CPU_SETSIZE; ++c) {
+        if (CPU_ISSET(c, &set)) cpus.push_back(ffi::String(std::to_string(c)));
+      }
+    }
+    if (cpus.empty()) {
+      unsigned n = std::max(1u, std::thread::hardware_concurrency());
+      for (unsigned c = 0; c < n; ++c) cpus.push_back(ffi::String(std::to_string(c)));
+    }
+    cpus_ = ffi::Array<ffi::String>(cpus.begin(), cpus.end());
+    total_ = static_cast<int>(cpus.size());
+    const char* env = std::getenv("TVM_NUM_THREADS");
+    if (env != nullptr && std::atoi(env) > 0) total_ = std::atoi(env);
+    enabled_ = true;
+  }
+
+  bool enabled() const { return enabled_; }
+  int total() const { return total_; }
+
+  /*! \brief Threads for group `group` of a stage with `groups` concurrent groups. */
+  int Share(int group, int groups) const {
+    if (groups <= 1) return total_;
+    int share = total_ / groups + (group < total_ % groups ? 1 : 0);
+    return std::max(share, 1);
+  }
+
+  /*! \brief Make the calling thread's kernels use `n` pool threads (a no-op when they do). */
+  void Use(int n) const {
+    thread_local int current = 0;
+    if (!enabled_ || n == current) return;
+    constexpr int kShareAllCores = -3;  // threading::ThreadGroup::kSpecifyThreadShareAllCore
+    (*config_)(kShareAllCores, n, cpus_);
+    current = n;
+  }
+
+ private:
+  ffi::Optional<ffi::Function> config_;
+  ffi::Array<ffi::String> cpus_;
+  int total_ = 1;
+  bool enabled_ = false;
 };
 
 struct Call {
@@ -543,17 +608,31 @@ class ExecutorObj : public ffi::ModuleObj {
   }
 
   void RunStageCpu(const Stage& stage) {
-    if (stage.size() == 1) {
+    const int k = static_cast<int>(stage.size());
+    if (k == 1) {
+      kernel_threads_.Use(kernel_threads_.Share(0, 1));
       RunGroup(stage[0]);
       return;
     }
     std::vector<std::function<void()>> jobs;
-    for (size_t g = 1; g < stage.size(); ++g) {
+    for (int g = 1; g < k; ++g) {
       const Group* group = &stage[g];
-      jobs.emplace_back([this, group] { RunGroup(*group); });
+      jobs.emplace_back([this, group, g, k] {
+        kernel_threads_.Use(kernel_threads_.Share(g, k));
+        RunGroup(*group);
+      });
     }
-    pool_->Run(jobs, [this, &stage] { RunGroup(stage[0]); });
+    pool_->Run(jobs, [this, &stage, k] {
+      kernel_threads_.Use(kernel_threads_.Share(0, k));
+      RunGroup(stage[0]);
+    });
   }
+
+  /*! \brief Gives the calling thread's kernels all threads again when a CPU run ends. */
+  struct KernelThreadsGuard {
+    const KernelThreads& threads;
+    ~KernelThreadsGuard() { threads.Use(threads.total()); }
+  };
 
   void RunStage(const Stage& stage) {
     if (device_.device_type == kDLCUDA) {
@@ -582,6 +661,7 @@ class ExecutorObj : public ffi::ModuleObj {
       const CudaApi& api = CudaApi::Get();
       api.Check(api.stream_synchronize(streams_[0]), "cudaStreamSynchronize");
     } else {
+      KernelThreadsGuard restore{kernel_threads_};
       for (const Stage& stage : stages_) RunStage(stage);
     }
   }
@@ -622,6 +702,7 @@ class ExecutorObj : public ffi::ModuleObj {
         out.push_back(ms * 1e-3 / number);
       }
     } else {
+      KernelThreadsGuard restore{kernel_threads_};
       for (int64_t i = 0; i < warmup; ++i) RunStage(stage);
       for (int64_t r = 0; r < repeat; ++r) {
         auto t0 = std::chrono::steady_clock::now();
@@ -708,6 +789,7 @@ class ExecutorObj : public ffi::ModuleObj {
   int num_streams_ = 1;
   int64_t min_streams_ = 1;
   std::unique_ptr<WorkerPool> pool_;
+  KernelThreads kernel_threads_;
   std::vector<void*> streams_, events_, timing_events_;
   /*! \brief Graph mode: the captured plan (null when off), why the last capture failed, and
    * the call being issued during a capture. */

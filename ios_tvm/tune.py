@@ -1,0 +1,631 @@
+"""MetaSchedule tuning of a model's fused kernels, as an opt-in step before compiling.
+
+Where this sits: ``ios-tvm tune MODEL --target T --trials N --database DIR`` (or :func:`tune`)
+lowers the model with :func:`~ios_tvm.extract.lower_to_kernels` *without* default schedules,
+extracts one MetaSchedule task per distinct fused kernel and tunes them one after another
+(XGBoost cost model, local builder and runner, evolutionary search) into a JSON database in
+``DIR``. Later compiles for the same target pass ``database=DIR``
+(``ios-tvm compile --database DIR``, :func:`ios_tvm.build.build`): ``lower_to_kernels``
+applies the database right after FuseTIR (``MetaScheduleApplyDatabase``), so the sequential
+plan, the IOS plan and the Relax VM comparison all run the tuned kernels; kernels the
+database lacks get the default CPU schedules (:mod:`ios_tvm.cpu_schedule`).
+
+Each kernel's first measured candidate is ios-tvm's default CPU schedule
+(:mod:`ios_tvm.cpu_schedule`), stored as an ordinary tuning record: the search starts from it
+and a tuned kernel is never slower than the default one.
+
+Resuming: the budget ``trials`` is for the whole model. Re-running counts the records the
+database already holds for each task and only spends what is left, skipping tasks that have
+their share. A database directory is validated line by line before MetaSchedule reads it
+(its C++ parser must not see a truncated file); a corrupt one raises
+:class:`~ios_tvm.errors.IosTvmError` naming the file and line. ``ios_tvm_tune.json`` in the
+directory records the target it was tuned for; applying it for another target is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import IosTvmError
+
+__all__ = [
+    "DATABASE_FILES", "META_FILE", "DatabaseInfo", "TaskResult", "TuneResult",
+    "open_database", "tune", "tuning_target", "validate_database",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The files of a MetaSchedule JSON database (one JSON document per line each).
+DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+#: ios-tvm's side file: which target the database was tuned for, and by what.
+META_FILE = "ios_tvm_tune.json"
+#: Target attributes that decide whether tuned kernels fit a compile target.
+_TARGET_KEYS = ("kind", "mcpu", "mtriple", "mattr", "arch", "mabi")
+
+
+# --------------------------------------------------------------------------------------------
+# targets
+# --------------------------------------------------------------------------------------------
+def tuning_target(target: Any) -> Any:
+    """The target MetaSchedule tunes for: ``target`` with ``num-cores`` set (llvm needs it).
+
+    ``num-cores`` is the number of CPUs this process may run on (``TVM_NUM_THREADS`` if set),
+    the thread count the kernels will use.
+    """
+    import tvm
+
+    from .extract import resolve_target
+
+    tgt = resolve_target(target)
+    if tgt.kind.name != "llvm":
+        return tgt
+    doc = dict(tgt.export())
+    if not doc.get("num-cores"):
+        doc["num-cores"] = _num_cores()
+    doc.pop("host", None)
+    return tvm.target.Target(doc)
+
+
+def _num_cores() -> int:
+    env = os.environ.get("TVM_NUM_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _target_key(target: Any) -> dict[str, Any]:
+    """The attributes of ``target`` that tuned kernels depend on (not num-cores, tags, host)."""
+    doc = dict(target.export()) if hasattr(target, "export") else dict(target)
+    out = {}
+    for key in _TARGET_KEYS:
+        value = doc.get(key)
+        if value not in (None, "", []):
+            out[key] = [str(v) for v in value] if isinstance(value, list | tuple) else str(value)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# database files
+# --------------------------------------------------------------------------------------------
+@dataclass
+class DatabaseInfo:
+    """What a database directory holds (after :func:`validate_database`).
+
+    Attributes
+    ----------
+    directory
+        The database directory.
+    workloads
+        Number of workload lines (distinct kernels).
+    records
+        Number of tuning-record lines (measured trials).
+    meta
+        The contents of ``ios_tvm_tune.json`` ({} if absent).
+    """
+
+    directory: Path
+    workloads: int = 0
+    records: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        """No records at all."""
+        return self.records == 0
+
+
+def validate_database(directory: str | os.PathLike[str]) -> DatabaseInfo:
+    """Check a MetaSchedule JSON database directory before anything parses it natively.
+
+    Every line of ``database_workload.json`` must be a JSON array ``[hash, module]`` and every
+    line of ``database_tuning_record.json`` a JSON array ``[workload index, record]`` whose
+    index names an existing workload. Missing files mean an empty database.
+
+    Raises
+    ------
+    IosTvmError
+        Naming the file and line of the first corrupt entry (e.g. a truncated last line), or
+        when ``directory`` is a file.
+    """
+    root = Path(directory)
+    if root.exists() and not root.is_dir():
+        raise IosTvmError(f"{root}: a tuning database must be a directory")
+    info = DatabaseInfo(root)
+    workload_path, record_path = (root / name for name in DATABASE_FILES)
+    for lineno, value in _json_lines(workload_path):
+        if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], str)):
+            raise IosTvmError(f"{workload_path}:{lineno}: corrupt tuning database: expected "
+                              "[hash, module] on every line")
+        info.workloads += 1
+    for lineno, value in _json_lines(record_path):
+        if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], int)
+                and isinstance(value[1], list)):
+            raise IosTvmError(f"{record_path}:{lineno}: corrupt tuning database: expected "
+                              "[workload index, record] on every line")
+        if not 0 <= value[0] < info.workloads:
+            raise IosTvmError(f"{record_path}:{lineno}: corrupt tuning database: record names "
+                              f"workload {value[0]}, but {workload_path.name} has "
+                              f"{info.workloads}")
+        info.records += 1
+    meta_path = root / META_FILE
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise IosTvmError(f"{meta_path}: corrupt ({e})") from e
+        if not isinstance(meta, dict):
+            raise IosTvmError(f"{meta_path}: corrupt (not a JSON object)")
+        info.meta = meta
+    return info
+
+
+def _json_lines(path: Path) -> list[tuple[int, Any]]:
+    if not path.is_file():
+        return []
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise IosTvmError(f"{path}: cannot read the tuning database: {e}") from e
+    out = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise IosTvmError(f"{path}:{lineno}: corrupt tuning database (truncated or edited? "
+                              f"{e.msg} at column {e.colno})") from e
+    return out
+
+
+def open_database(directory: str | os.PathLike[str], target: Any = None, *,
+                  create: bool = False) -> Any:
+    """Validate and open a MetaSchedule JSON database directory.
+
+    Parameters
+    ----------
+    directory
+        The database directory (written by :func:`tune`).
+    target
+        When given, the target the database will be applied for: it must match the target it
+        was tuned for (kind, mcpu, mtriple, mattr, arch; ``num-cores`` may differ).
+    create
+        Create the directory and empty tables if missing (for tuning); otherwise a missing
+        directory is an error.
+
+    Returns
+    -------
+    tvm.s_tir.meta_schedule.database.JSONDatabase
+
+    Raises
+    ------
+    IosTvmError
+        The directory is missing, corrupt (naming the file and line), or tuned for another
+        target.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    root = Path(directory)
+    if not root.exists():
+        if not create:
+            raise IosTvmError(f"{root}: no such tuning database (run `ios-tvm tune` first)")
+        root.mkdir(parents=True)
+    info = validate_database(root)
+    if target is not None and info.meta.get("target"):
+        want = _target_key(_resolve(target))
+        have = info.meta.get("target_key") or {}
+        if have and have != want:
+            raise IosTvmError(f"{root}: tuned for target {info.meta['target']}, not "
+                              f"{json.dumps(want)}; tune again for this target or use another "
+                              "--database")
+    try:
+        return ms.database.JSONDatabase(work_dir=str(root), allow_missing=True)
+    except Exception as e:  # the tables are valid JSON but not valid IR
+        first = str(e).strip().splitlines()
+        raise IosTvmError(f"{root}: MetaSchedule cannot read this tuning database: "
+                          f"{first[-1] if first else type(e).__name__}") from e
+
+
+def _resolve(target: Any) -> Any:
+    from .extract import resolve_target
+
+    return resolve_target(target)
+
+
+def _write_meta(root: Path, target: Any, model: str, update: Mapping[str, Any]) -> None:
+    path = root / META_FILE
+    meta: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            meta = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            meta = {}
+    meta.update({"format": "ios_tvm.TuneDatabase", "version": 1, "target": str(target),
+                 "target_key": _target_key(target)})
+    models = dict(meta.get("models", {}))
+    models[model] = {**models.get(model, {}), **dict(update)}
+    meta["models"] = models
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------------------------
+# tuning
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TaskResult:
+    """One tuned kernel.
+
+    Attributes
+    ----------
+    name
+        The task (kernel) name.
+    weight
+        Calls of this kernel per model run.
+    flops
+        Floating-point operations of one call.
+    trials_before, trials_after
+        Successful records in the database before and after this run.
+    best_seconds
+        Best measured latency (None if nothing succeeded).
+    """
+
+    name: str
+    weight: int
+    flops: float
+    trials_before: int
+    trials_after: int
+    best_seconds: float | None = None
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune` did.
+
+    Attributes
+    ----------
+    database
+        The database directory.
+    target
+        The target tuned for (JSON text).
+    budget
+        The model's trial budget.
+    trials_run
+        Trials measured in this run (0 when the database already had the budget).
+    tasks
+        Per-kernel results.
+    seconds
+        Wall time of this run.
+    """
+
+    database: Path
+    target: str
+    budget: int
+    trials_run: int
+    tasks: list[TaskResult]
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {"database": str(self.database), "target": self.target, "budget": self.budget,
+                "trials_run": self.trials_run, "seconds": self.seconds,
+                "tasks": [t.__dict__ for t in self.tasks]}
+
+
+def _allocate(budget: int, sizes: Sequence[float], floor: int) -> list[int]:
+    """Split ``budget`` trials over tasks in proportion to ``sizes``.
+
+    Every task gets at least ``floor`` while the budget allows (fewer trials than tasks: the
+    biggest tasks get one each).
+    """
+    n = len(sizes)
+    if n == 0 or budget <= 0:
+        return [0] * n
+    order = sorted(range(n), key=lambda i: -sizes[i])
+    if budget < n:
+        out = [0] * n
+        for i in order[:budget]:
+            out[i] = 1
+        return out
+    floor = max(1, min(floor, budget // n))
+    rest = budget - floor * n
+    total = sum(sizes) or 1.0
+    extra = [int(rest * size / total) for size in sizes]
+    for i in order[:rest - sum(extra)]:
+        extra[i] += 1
+    return [floor + e for e in extra]
+
+
+def _register_tensor_intrinsics(target_kind: str) -> None:
+    """Register only the tensor intrinsics ``target_kind`` can use, not all of TVM's.
+
+    MetaSchedule imports ``tvm.s_tir.tensor_intrin`` when it creates a tuning context (and in
+    every builder worker), which parses hundreds of TVMScript intrinsics for CUDA, ROCm,
+    Hexagon, RISC-V and Arm: over a minute on a 2-core machine, against 0.3 s for the x86 ones
+    an llvm x86 target can use. When that package is not loaded yet, a package object that
+    loads just the needed submodules stands in for it (other submodules still import on
+    demand through it).
+    """
+    import importlib
+    import sys
+    import types
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        return
+    import tvm.s_tir
+
+    pkg = types.ModuleType(name, "TVM tensor intrinsics (only those ios-tvm's target needs)")
+    pkg.__path__ = [str(Path(tvm.s_tir.__file__).parent / "tensor_intrin")]
+    pkg.__package__ = name
+    sys.modules[name] = pkg
+    tvm.s_tir.tensor_intrin = pkg  # type: ignore[attr-defined]
+    wanted = {"llvm": ("x86", "arm_cpu"), "cuda": ("cuda",), "rocm": ("rocm",)}
+    for sub in wanted.get(target_kind, ()):
+        try:
+            module = importlib.import_module(f"{name}.{sub}")
+        except Exception as e:  # an intrinsic set that fails to load only loses tensorization
+            logger.debug("tensor intrinsics %s not loaded: %s", sub, e)
+            continue
+        setattr(pkg, sub, module)
+
+
+def _build_candidate(mod: Any, target: Any, _params: Any) -> Any:
+    """MetaSchedule's default builder without its import of every tensor intrinsic."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    _register_tensor_intrinsics(target.kind.name)
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+def _search_strategy(trials_per_iter: int) -> Any:
+    """An evolutionary search sized for short budgets.
+
+    MetaSchedule's defaults evolve 512 candidates per round, which costs more than the trials
+    themselves on a small machine.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.search_strategy.EvolutionarySearch(
+        population_size=max(64, 8 * trials_per_iter), init_measured_ratio=0.2,
+        init_min_unmeasured=max(16, 2 * trials_per_iter), genetic_num_iters=3,
+        genetic_max_fail_count=5)
+
+
+def tune(model: Any, target: Any = "llvm", trials: int = 64,
+         database_dir: str | os.PathLike[str] = "ios_tvm_tuning", *,
+         input_shapes: Mapping[str, Sequence[int]] | None = None,
+         params: Mapping[str, Any] | None = None, trials_per_iter: int = 16,
+         min_task_trials: int | None = None, progress: bool = True, seed: int | None = None,
+         timeout_s: float = 30.0, runner: Any = "local", builder: Any = "local",
+         model_name: str | None = None) -> TuneResult:
+    """Tune ``model``'s fused kernels with MetaSchedule into ``database_dir``.
+
+    Parameters
+    ----------
+    model
+        Anything :func:`ios_tvm.frontend.load_model` accepts.
+    target
+        ``"llvm"`` (generic x86-64), a target dict such as ``{"kind": "llvm", "mcpu":
+        "znver3"}``, or ``"cuda"``. Compile with the same target to use the database.
+    trials
+        Trial budget for the whole model (measured schedules), shared by the kernels in
+        proportion to their FLOPs x calls, with at least ``min_task_trials`` each.
+    database_dir
+        The JSON database directory (created; resumed when it exists).
+    input_shapes, params
+        As for :func:`ios_tvm.build.build`.
+    trials_per_iter
+        Schedules measured per search iteration (MetaSchedule's ``num_trials_per_iter``).
+    min_task_trials
+        Trials each kernel gets at least (default ``trials_per_iter``, less if the budget is
+        too small).
+    progress
+        A tqdm bar over the kernels.
+    seed
+        Random seed of the search.
+    timeout_s
+        Build and run timeout of one trial.
+    runner, builder
+        MetaSchedule runner and builder (``"local"`` or instances, e.g. an RPC runner).
+    model_name
+        Name recorded in the database's side file (default: derived from ``model``).
+
+    Returns
+    -------
+    TuneResult
+
+    Raises
+    ------
+    IosTvmError
+        Bad arguments, a corrupt database directory, or a database tuned for another target.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    from .executor import default_cpu_threads
+    from .extract import kernel_flops, lower_to_kernels
+    from .frontend import load_model
+
+    if trials < 0:
+        raise IosTvmError(f"trials must be >= 0, not {trials}")
+    default_cpu_threads()  # measure with the thread count the kernels will run with
+    t0 = time.perf_counter()
+    tgt = tuning_target(target)
+    root = Path(database_dir)
+    database = open_database(root, tgt, create=True)
+    name = model_name or _model_name(model)
+    load_kwargs = {"params": params} if params is not None else {}
+    mod = load_model(model, input_shapes, **load_kwargs)
+    lowered = lower_to_kernels(mod, tgt, cpu_schedule=False)
+    extracted = ms.relax_integration.extract_tasks(lowered, tgt)
+    extracted = [t for t in extracted
+                 if not t.dispatched[0]["main"].attrs.get("tirx.is_scheduled", False)]
+    if not extracted:
+        raise IosTvmError("the model has no kernels to tune")
+    # What the database already holds, per task.
+    before = [_record_count(database, t.dispatched[0]) for t in extracted]
+    sizes = [max(kernel_flops(t.dispatched[0]["main"]), 1.0) * int(t.weight) for t in extracted]
+    floor = trials_per_iter if min_task_trials is None else min_task_trials
+    shares = _allocate(trials, sizes, floor)
+    todo = [(i, shares[i] - before[i]) for i in range(len(extracted)) if shares[i] > before[i]]
+    _write_meta(root, tgt, name, {"budget": trials})
+    trials_run = 0
+    if todo:
+        _run_tasks(ms, extracted, todo, root, tgt, database, name, trials_per_iter,
+                   timeout_s, runner, builder, progress, seed)
+        trials_run = sum(n for _, n in todo)
+    results = []
+    for i, task in enumerate(extracted):
+        after = _record_count(database, task.dispatched[0])
+        results.append(TaskResult(task.task_name, int(task.weight), sizes[i] / int(task.weight),
+                                  before[i], after, _best(database, task.dispatched[0])))
+    _write_meta(root, tgt, name, {"budget": trials,
+                                  "trials": sum(r.trials_after for r in results),
+                                  "kernels": len(results)})
+    return TuneResult(root, str(tgt), trials, trials_run, results, time.perf_counter() - t0)
+
+
+def _run_tasks(ms: Any, extracted: list[Any], todo: list[tuple[int, int]], root: Path,
+               tgt: Any, database: Any, name: str, trials_per_iter: int, timeout_s: float,
+               runner: Any, builder: Any, progress: bool, seed: int | None) -> None:
+    """Tune ``extracted[i]`` for ``n`` trials, for each ``(i, n)`` in ``todo``, in order."""
+    with _quiet_metaschedule():
+        _register_tensor_intrinsics(tgt.kind.name)
+        builder_obj = ms.builder.LocalBuilder(timeout_sec=timeout_s, f_build=_build_candidate) \
+            if builder == "local" else builder
+        runner_obj = ms.runner.LocalRunner(
+            timeout_sec=timeout_s,
+            evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20,
+                                                       enable_cpu_cache_flush=False)) \
+            if runner == "local" else runner
+        cores = int(tgt.attrs.get("num-cores", _num_cores())) if tgt.kind.name == "llvm" \
+            else _num_cores()
+        cost_model = ms.cost_model.XGBModel(num_tuning_cores=cores, tree_method="auto")
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=sum(n for _, n in todo), desc=f"tuning {name}", unit="trial")
+        try:
+            for index, need in todo:
+                task = extracted[index]
+                if bar is not None:
+                    bar.set_postfix_str(task.task_name[:40])
+                if _record_count(database, task.dispatched[0]) == 0 and _seed_default_schedule(
+                        ms, task.dispatched[0], tgt, database, builder_obj, runner_obj):
+                    need -= 1
+                    if bar is not None:
+                        bar.update(1)
+                    if need <= 0:
+                        continue
+                # MetaSchedule's console handler takes its logger's level when a task's loggers
+                # are made (and leaves the logger at DEBUG): keep iteration logs in logs/.
+                logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+                contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                    [task], work_dir=str(root), num_threads=cores,
+                    strategy=_search_strategy(trials_per_iter),
+                    seed=None if seed is None else seed + index)
+                if contexts:
+                    ms.tune.tune_tasks(
+                        tasks=contexts, task_weights=weights, work_dir=str(root),
+                        max_trials_global=need, max_trials_per_task=need,
+                        num_trials_per_iter=min(trials_per_iter, need), builder=builder_obj,
+                        runner=runner_obj, database=database, cost_model=cost_model,
+                        task_scheduler="round-robin")
+                if bar is not None:
+                    bar.update(need)
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _seed_default_schedule(ms: Any, mod: Any, tgt: Any, database: Any, builder: Any,
+                           runner: Any) -> bool:
+    """Measure ios-tvm's default schedule of workload ``mod`` and store it as a tuning record.
+
+    The record's trace replays the rule's schedule, so the database's best is never worse than
+    the default schedule (a tiny budget cannot make a tuned build slower than an untuned one),
+    and the evolutionary search starts from it. Returns False (and stores nothing) when no
+    rule applies or the candidate fails to build or run.
+    """
+    import shutil
+
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    from .cpu_schedule import default_schedule_trace
+
+    sch, how = default_schedule_trace(mod["main"], tgt)
+    if sch is None:
+        logger.debug("no default schedule to seed: %s", how)
+        return False
+    (built,) = builder.build([ms.builder.BuilderInput(sch.mod, tgt)])
+    if built.error_msg:
+        logger.debug("default schedule does not build: %s", built.error_msg)
+        return False
+    args_info = ArgInfo.from_prim_func(mod["main"])
+    try:
+        device = "cpu" if tgt.kind.name == "llvm" else tgt.kind.name
+        (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, device, args_info)])
+        result = future.result()
+    finally:
+        shutil.rmtree(os.path.dirname(built.artifact_path), ignore_errors=True)
+    if result.error_msg or not result.run_secs:
+        logger.debug("default schedule does not run: %s", result.error_msg)
+        return False
+    workload = database.commit_workload(mod)
+    database.commit_tuning_record(ms.database.TuningRecord(
+        sch.trace, workload, [float(x) for x in result.run_secs], tgt, args_info))
+    return True
+
+
+def _model_name(model: Any) -> str:
+    if isinstance(model, str | os.PathLike):
+        return Path(model).stem
+    graph = getattr(model, "graph", None)
+    if graph is not None and getattr(graph, "name", ""):
+        return str(graph.name)
+    return type(model).__name__
+
+
+def _record_count(database: Any, mod: Any) -> int:
+    """Successful records of workload ``mod`` in ``database`` (0 if it is not there)."""
+    if not database.has_workload(mod):
+        return 0
+    workload = database.commit_workload(mod)
+    return len(database.get_top_k(workload, 1 << 30))
+
+
+def _best(database: Any, mod: Any) -> float | None:
+    if not database.has_workload(mod):
+        return None
+    top = database.get_top_k(database.commit_workload(mod), 1)
+    if not top or top[0].run_secs is None or not len(top[0].run_secs):
+        return None
+    secs = [float(s) for s in top[0].run_secs]
+    value = sum(secs) / len(secs)
+    return value if math.isfinite(value) else None
+
+
+class _quiet_metaschedule:  # noqa: N801 (used as a context manager)
+    """Keep MetaSchedule's per-iteration INFO logging off the console (it goes to its logs/)."""
+
+    def __enter__(self) -> None:
+        self._level = logging.getLogger("tvm.s_tir.meta_schedule").level
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(self._level)
