@@ -20,7 +20,10 @@ get nothing. The rules here, in the order they are tried:
     not depend on (conv2d: output channels; matmul: rows), so each loaded vector is reused
     ``T`` times and each broadcast weight ``V`` times. The ``T x V`` accumulator is a local
     cache (registers after LLVM's SROA); the epilogue (bias, ReLU, residual add, ...) is
-    inlined into its write-back where TVM allows it, else computed per tile.
+    inlined into its write-back where TVM allows it, else computed per tile. When there are
+    several row tiles, the parallel loop runs over output tiles and the row tiles run inside
+    it, on an input panel packed once per tile (the conv's padding block moved there, or a
+    copy of the input): contiguous loads instead of one strided row per input channel.
 ``reduction``
     dlight's CPU ``Reduction`` rule (softmax, layer norm, mean: row reductions with no window
     reads), which parallelises rows and vectorises the elementwise parts.
@@ -74,6 +77,8 @@ PARALLEL_MIN_EXTENT = 64
 #: Accumulator vector registers a contraction tile may use (x86 has 16 ymm registers with
 #: AVX2; keep room for the loaded vector and the broadcast operand).
 ACCUMULATOR_REGISTERS = 8
+#: Version of these rules; a tuning database seeded with older rules is seeded again.
+RULES_VERSION = 2
 #: Dtypes whose loops are vectorised.
 _VECTOR_DTYPES = ("float16", "float32", "float64", "int32", "int64")
 
@@ -421,12 +426,24 @@ def _schedule_contraction(sch: s_tir.Schedule, info: Any, target: tvm.target.Tar
             rows_inner.append(n)
         else:
             outer.append(loops[i])
-    sch.reorder(*outer, *[loops[i] for i in reduce_], *rows_inner, *vec_inner)
-    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-    sch.reverse_compute_at(write_back, fused, preserve_unit_loops=False)
+    # Rows outermost-but-serial when packing: every row tile of one output tile reuses the
+    # packed input panel (loaded once, contiguous), instead of streaming strided input rows.
+    rows_outer = outer[spatial.index(rows)] if rows is not None and r_factor > 1 else None
+    rows_tiles = (_int(iters[rows].dom) // r_factor) if rows_outer is not None else 1
+    pack = rows_outer is not None and rows_tiles > 1
+    par = [o for o in outer if o is not rows_outer] if pack else outer
+    serial = [rows_outer] if pack else []
+    if not par:
+        par, serial = outer, []
+        pack = False
+    sch.reorder(*par, *serial, *[loops[i] for i in reduce_], *rows_inner, *vec_inner)
+    fused = sch.fuse(*par) if len(par) > 1 else par[0]
+    sch.reverse_compute_at(write_back, serial[0] if serial else fused, preserve_unit_loops=False)
     work = _work(sch, block_rv) or 0
     if work >= PARALLEL_MIN_MACS and (_int(sch.get(fused).extent) or 0) > 1:
         sch.parallel(fused)
+    if pack:
+        _pack_inputs(sch, block_rv, out, iters[vec].var, fused, target)
     for loop in rows_inner:
         sch.unroll(loop)
     for loop in vec_inner:
@@ -442,6 +459,39 @@ def _schedule_contraction(sch: s_tir.Schedule, info: Any, target: tvm.target.Tar
     for loop in wb_loops:
         if (_int(sch.get(loop).extent) or 0) <= ACCUMULATOR_REGISTERS:
             _try(sch.unroll, loop)
+
+
+def _pack_inputs(sch: s_tir.Schedule, block_rv: Any, out: Any, vvar: Any, loop: Any,
+                 target: tvm.target.Target) -> None:
+    """Compute the reads that walk the vector axis once per output tile, under ``loop``.
+
+    A producer block in the kernel (the padding of a conv) is moved there with compute_at;
+    a read of a parameter gets a cache_read copy. Either way the tile's input panel is a
+    small contiguous buffer (CompactBufferAllocation shrinks it to the tile's region).
+    """
+    block = sch.get(block_rv)
+    for index, read in enumerate(block.reads):
+        if read.source.same_as(out) or not any(_contains(e, vvar) for e in _index_exprs(read)):
+            continue
+        producers = [p for p in sch.get_producers(block_rv)
+                     if any(w.source.same_as(read.source) for w in sch.get(p).writes)]
+        if producers:
+            target_block = producers[0]
+            if not _try(sch.compute_at, target_block, loop, preserve_unit_loops=False):
+                continue
+        else:
+            try:
+                target_block = sch.cache_read(block_rv, index, "global")
+            except Exception as e:
+                logger.debug("no packed copy of %s: %s", read.source.name, e)
+                continue
+            if not _try(sch.compute_at, target_block, loop, preserve_unit_loops=False):
+                continue
+        inner = sch.get_loops(target_block)
+        if inner:
+            ext = _int(sch.get(inner[-1]).extent) or 0
+            if not _has_if_then_else(sch.get(target_block)) and ext >= 4:
+                _try(sch.vectorize, inner[-1])
 
 
 def _inline_epilogue(sch: s_tir.Schedule, producer: Any) -> None:
@@ -484,7 +534,11 @@ def _schedule_block_generic(sch: s_tir.Schedule, info: Any,
     if any(_int(it.dom) is None for it in iters):
         return False
     loops = [it.loop_rv for it in iters]
-    if len(sch.get_loops(block_rv)) != len(loops):
+    if not all(_alive(sch, lp) for lp in loops):
+        return False  # moved by another rule (compute_at): scheduled with that loop nest
+    current = sch.get_loops(block_rv)
+    if len(current) != len(loops) or not all(
+            sch.get(a).same_as(sch.get(b)) for a, b in zip(current, loops, strict=True)):
         return False
     spatial = [loops[i] for i, it in enumerate(iters) if it.kind == "S"]
     reduce_ = [loops[i] for i, it in enumerate(iters) if it.kind == "R"]
@@ -538,10 +592,10 @@ def _schedule_block_generic(sch: s_tir.Schedule, info: Any,
     return applied
 
 
-def _alive(sch: s_tir.Schedule, block_rv: Any) -> bool:
-    """Whether ``block_rv`` still names a block (not inlined away)."""
+def _alive(sch: s_tir.Schedule, rv: Any) -> bool:
+    """Whether a block or loop random variable still names something (not inlined away)."""
     try:
-        sch.get(block_rv)
+        sch.get(rv)
     except Exception:
         return False
     return True

@@ -243,6 +243,18 @@ def _resolve(target: Any) -> Any:
     return resolve_target(target)
 
 
+def _write_root_meta(root: Path, update: Mapping[str, Any]) -> None:
+    path = root / META_FILE
+    try:
+        meta = json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        meta = {}
+    meta.update(update)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(path)
+
+
 def _write_meta(root: Path, target: Any, model: str, update: Mapping[str, Any]) -> None:
     path = root / META_FILE
     meta: dict[str, Any] = {}
@@ -482,12 +494,20 @@ def tune(model: Any, target: Any = "llvm", trials: int = 64,
     floor = trials_per_iter if min_task_trials is None else min_task_trials
     shares = _allocate(trials, sizes, floor)
     todo = [(i, shares[i] - before[i]) for i in range(len(extracted)) if shares[i] > before[i]]
+    # Seeds from older default rules: measure the current default schedule as well (once).
+    from .cpu_schedule import RULES_VERSION
+
+    reseed = any(before) and validate_database(root).meta.get("default_rules") != RULES_VERSION
+    if reseed:
+        listed = {i for i, _ in todo}
+        todo += [(i, 0) for i in range(len(extracted)) if i not in listed]
     _write_meta(root, tgt, name, {"budget": trials})
     trials_run = 0
     if todo:
         _run_tasks(ms, extracted, todo, root, tgt, database, name, trials_per_iter,
-                   timeout_s, runner, builder, progress, seed)
+                   timeout_s, runner, builder, progress, seed, reseed)
         trials_run = sum(n for _, n in todo)
+    _write_root_meta(root, {"default_rules": RULES_VERSION})
     results = []
     for i, task in enumerate(extracted):
         after = _record_count(database, task.dispatched[0])
@@ -501,8 +521,13 @@ def tune(model: Any, target: Any = "llvm", trials: int = 64,
 
 def _run_tasks(ms: Any, extracted: list[Any], todo: list[tuple[int, int]], root: Path,
                tgt: Any, database: Any, name: str, trials_per_iter: int, timeout_s: float,
-               runner: Any, builder: Any, progress: bool, seed: int | None) -> None:
-    """Tune ``extracted[i]`` for ``n`` trials, for each ``(i, n)`` in ``todo``, in order."""
+               runner: Any, builder: Any, progress: bool, seed: int | None,
+               reseed: bool) -> None:
+    """Tune ``extracted[i]`` for ``n`` trials, for each ``(i, n)`` in ``todo``, in order.
+
+    Each task's first candidate is the default schedule when it has no records yet (or
+    ``reseed``: the default rules changed since the database was seeded).
+    """
     with _quiet_metaschedule():
         _register_tensor_intrinsics(tgt.kind.name)
         builder_obj = ms.builder.LocalBuilder(timeout_sec=timeout_s, f_build=_build_candidate) \
@@ -525,13 +550,14 @@ def _run_tasks(ms: Any, extracted: list[Any], todo: list[tuple[int, int]], root:
                 task = extracted[index]
                 if bar is not None:
                     bar.set_postfix_str(task.task_name[:40])
-                if _record_count(database, task.dispatched[0]) == 0 and _seed_default_schedule(
-                        ms, task.dispatched[0], tgt, database, builder_obj, runner_obj):
+                if (reseed or _record_count(database, task.dispatched[0]) == 0) and \
+                        _seed_default_schedule(ms, task.dispatched[0], tgt, database,
+                                               builder_obj, runner_obj) and need > 0:
                     need -= 1
                     if bar is not None:
                         bar.update(1)
-                    if need <= 0:
-                        continue
+                if need <= 0:
+                    continue
                 # MetaSchedule's console handler takes its logger's level when a task's loggers
                 # are made (and leaves the logger at DEBUG): keep iteration logs in logs/.
                 logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)

@@ -217,7 +217,10 @@ def test_search_large_graphs_at_ios_granularity(name: str, part_size: int, state
     assert out["cost"] < out["seq"]
 
 
-@pytest.mark.slow
-def test_search_kernel_randwire_stage() -> None:
-    g = randwire()
-    _check_search(g, "concurrent")
+def test_search_randwire_stage_dag() -> None:
+    g = randwire_stage_graph("ws-16-4-0.75-2")
+    cost = AnalyticCost(g, "v100")
+    result = search(g, cost, SearchConfig(max_part_size=16))
+    validate_schedule(g, result.schedule, max_groups=8, max_group_size=3)
+    assert result.stats.parts == 1
+    assert result.schedule.cost < search(g, cost, SearchConfig(strategy="sequential")).schedule.cost

@@ -121,6 +121,21 @@ def test_tuning_resumes(tuned: Path) -> None:
     assert validate_database(tuned).records == records
 
 
+def test_changed_default_rules_are_measured_again(tuned: Path, tmp_path: Path) -> None:
+    """A database seeded by older default rules gets the current default schedule too."""
+    copy = tmp_path / "db"
+    shutil.copytree(tuned, copy)
+    meta_path = copy / "ios_tvm_tune.json"
+    meta = json.loads(meta_path.read_text())
+    meta["default_rules"] = 0
+    meta_path.write_text(json.dumps(meta))
+    records = validate_database(copy).records
+    again = tune(tiny_conv(), TARGET, trials=TRIALS, database_dir=copy, progress=False)
+    assert again.trials_run == 0
+    assert validate_database(copy).records == records + 1
+    assert validate_database(copy).meta["default_rules"] != 0
+
+
 def test_database_for_another_target_is_refused(tuned: Path) -> None:
     with pytest.raises(IosTvmError, match="tuned for target"):
         lower_to_kernels(load_model(tiny_conv()), "llvm", database=tuned)
