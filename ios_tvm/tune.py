@@ -447,7 +447,7 @@ def tune(model: Any, target: Any = "llvm", trials: int = 64,
         Trials each kernel gets at least (default ``trials_per_iter``, less if the budget is
         too small).
     progress
-        A tqdm bar over the kernels.
+        A tqdm bar over the kernels (tasks) being tuned.
     seed
         Random seed of the search.
     timeout_s
@@ -544,36 +544,37 @@ def _run_tasks(ms: Any, extracted: list[Any], todo: list[tuple[int, int]], root:
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=sum(n for _, n in todo), desc=f"tuning {name}", unit="trial")
+            bar = tqdm(total=len(todo), desc=f"tuning {name}", unit="kernel")
+        done = 0
         try:
             for index, need in todo:
                 task = extracted[index]
                 if bar is not None:
-                    bar.set_postfix_str(task.task_name[:40])
+                    bar.set_postfix_str(f"{task.task_name[:32]} ({need} trials; {done} done)")
                 if (reseed or _record_count(database, task.dispatched[0]) == 0) and \
                         _seed_default_schedule(ms, task.dispatched[0], tgt, database,
                                                builder_obj, runner_obj) and need > 0:
                     need -= 1
-                    if bar is not None:
-                        bar.update(1)
-                if need <= 0:
-                    continue
-                # MetaSchedule's console handler takes its logger's level when a task's loggers
-                # are made (and leaves the logger at DEBUG): keep iteration logs in logs/.
-                logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-                contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                    [task], work_dir=str(root), num_threads=cores,
-                    strategy=_search_strategy(trials_per_iter),
-                    seed=None if seed is None else seed + index)
-                if contexts:
-                    ms.tune.tune_tasks(
-                        tasks=contexts, task_weights=weights, work_dir=str(root),
-                        max_trials_global=need, max_trials_per_task=need,
-                        num_trials_per_iter=min(trials_per_iter, need), builder=builder_obj,
-                        runner=runner_obj, database=database, cost_model=cost_model,
-                        task_scheduler="round-robin")
+                    done += 1
+                if need > 0:
+                    # MetaSchedule's console handler takes its logger's level when a task's
+                    # loggers are made (and leaves the logger at DEBUG): keep iteration logs in
+                    # logs/.
+                    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+                    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                        [task], work_dir=str(root), num_threads=cores,
+                        strategy=_search_strategy(trials_per_iter),
+                        seed=None if seed is None else seed + index)
+                    if contexts:
+                        ms.tune.tune_tasks(
+                            tasks=contexts, task_weights=weights, work_dir=str(root),
+                            max_trials_global=need, max_trials_per_task=need,
+                            num_trials_per_iter=min(trials_per_iter, need),
+                            builder=builder_obj, runner=runner_obj, database=database,
+                            cost_model=cost_model, task_scheduler="round-robin")
+                    done += need
                 if bar is not None:
-                    bar.update(need)
+                    bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
