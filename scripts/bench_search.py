@@ -203,6 +203,8 @@ def run_one(graph: OpGraph, cost: AnalyticCost, cfg: SearchConfig, timeout: floa
                                   if s.strategy == "concurrent" and len(s.groups) > 1),
             merged_stages=sum(1 for s in sched.stages if s.strategy == "merge"),
             max_groups_used=sched.max_groups,
+            # search() falls back to the greedy schedule when that beats the partitioned DP.
+            chosen=sched.meta.get("chosen", "dp"),
         )
     if prof is not None:
         buf = io.StringIO()
@@ -243,7 +245,8 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
             _fmt_int(r.get("states")), _fmt_int(r.get("transitions")),
             _fmt_int(r.get("stages_costed")),
             (f">{r['seconds']:.0f} TIMEOUT" if r["timed_out"] else f"{r['seconds']:.2f}"),
-            _fmt_ms(dp), _fmt_ms(seq), _fmt_ms(greedy),
+            _fmt_ms(dp) + ("*" if r.get("chosen") == "greedy" else ""), _fmt_ms(seq),
+            _fmt_ms(greedy),
             "-" if dp is None else f"{seq / dp:.2f}x",
             "-" if dp is None else f"{greedy / dp:.2f}x",
             tmark,
@@ -253,6 +256,8 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
     print("  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True)))
     for line in lines:
         print("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)))
+    if any(r.get("chosen") == "greedy" for r in rows):
+        print("* the greedy schedule beat the partitioned DP and was returned instead")
 
 
 def _default_out() -> Path:
