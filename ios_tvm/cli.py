@@ -174,6 +174,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench
+    from .cost.cache import MeasurementCache
+    from .cost.measured import ProfileSettings
+    from .frontend import parse_input_shapes
+
+    cfg = SearchConfig(max_groups=args.max_groups, max_group_size=args.max_group_size,
+                       max_part_size=args.max_part_size)
+    cache: Any = False if args.no_cache else (MeasurementCache(args.cache) if args.cache else True)
+    shapes = parse_input_shapes(args.input_shapes) if args.input_shapes else None
+    report = bench(args.model, args.target, batch_size=args.batch_size, input_shapes=shapes,
+                   strategies=args.strategies, cost=args.cost, config=cfg, cache=cache,
+                   database=args.database, rounds=args.rounds, min_ms=args.min_ms,
+                   settings=ProfileSettings(args.warmup, args.number, args.repeat),
+                   onnxruntime=not args.no_onnxruntime, relax_vm=not args.no_relax_vm,
+                   greedy=not args.no_greedy, progress=not args.quiet)
+    print(report.table())
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps({"benchmark": "ios-tvm bench", "command": sys.argv,
+                                   "models": {report.model: report.to_json()}}, indent=1))
+        tmp.replace(out)
+        print(f"results written to {out}")
+    if args.plot:
+        from .plot import plot_speedups
+
+        rows = {report.model: {k: v / 1e3 for k, v in report.median_ms.items()}}
+        print(f"speed-up chart: {plot_speedups(rows, args.plot, title=report.target)}")
+    return 0
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     from .executor import load_artifact
     from .graph import OpGraph, OpNode, TensorInfo
@@ -307,6 +340,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cuda-graph", action="store_true",
                    help="on CUDA, launch kernels one by one instead of replaying one CUDA graph")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "bench", help="time a model every way: IOS vs sequential vs greedy vs Relax VM vs ORT",
+        description="Lower MODEL once, search IOS schedules (one per --strategies), and time "
+                    "the IOS plans, the sequential and greedy plans of the same kernels, "
+                    "TVM's Relax VM and ONNX Runtime side by side (round-robin, medians). "
+                    "Prints a table; --output writes JSON, --plot a speed-up chart.")
+    p.add_argument("model", help="an .onnx file or a built-in model name (sample, squeezenet, "
+                                 "inception_v3, randwire, nasnet, resnet50)")
+    p.add_argument("--target", default="host",
+                   help="host (llvm for this CPU; default), llvm, cuda, or a TVM target JSON")
+    p.add_argument("--input-shapes", help="sizes of dynamic inputs, e.g. 'x:1,3,224,224'")
+    p.add_argument("--batch-size", type=int, default=1, help="batch of built-in models")
+    p.add_argument("--strategies", nargs="+", default=["concurrent"],
+                   choices=("concurrent", "merge", "both"),
+                   help="IOS strategies to search and time (default: concurrent)")
+    p.add_argument("--max-groups", type=int, default=8, help="groups per stage (default 8)")
+    p.add_argument("--max-group-size", type=int, default=3, help="ops per group (default 3)")
+    p.add_argument("--max-part-size", type=int, default=20, help="ops per searched part")
+    p.add_argument("--cost", choices=("measured", "analytic"), default="measured",
+                   help="stage costs for the search (default: measured here)")
+    p.add_argument("--cache", help="measurement cache file (default ~/.cache/ios_tvm/...)")
+    p.add_argument("--no-cache", action="store_true", help="measure everything afresh")
+    p.add_argument("--database", metavar="DIR", help="MetaSchedule database from `ios-tvm tune`")
+    p.add_argument("--warmup", type=int, default=2, help="stage profiling warm-up runs")
+    p.add_argument("--number", type=int, default=6, help="stage profiling runs per repeat")
+    p.add_argument("--repeat", type=int, default=6, help="stage profiling repeats")
+    p.add_argument("--rounds", type=int, default=7, help="whole-run timing rounds (default 7)")
+    p.add_argument("--min-ms", type=float, default=100.0,
+                   help="least time per variant per round (default 100)")
+    p.add_argument("--no-onnxruntime", action="store_true", help="skip ONNX Runtime")
+    p.add_argument("--no-relax-vm", action="store_true", help="skip TVM's Relax VM")
+    p.add_argument("--no-greedy", action="store_true", help="skip the greedy plan")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-o", "--output", help="write the results as JSON to this file")
+    p.add_argument("--plot", help="draw the speed-up chart to this file (.png/.svg/.pdf)")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("show", help="summarise an artifact's schedule and draw it")
     p.add_argument("artifact", help="directory written by `ios-tvm compile`")

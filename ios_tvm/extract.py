@@ -64,8 +64,10 @@ TargetLike = Union[str, Mapping[str, Any], "tvm.target.Target"]  # noqa: UP007 (
 # targets and lowering
 # --------------------------------------------------------------------------------------------
 def resolve_target(target: TargetLike) -> tvm.target.Target:
-    """Turn ``"llvm"``, ``"cuda"``, a tag, a target dict or a Target into a ``Target``.
+    """Turn a name (``llvm``, ``host``, ``cuda``, a tag), a dict or a Target into a ``Target``.
 
+    ``"host"`` is llvm for this machine's CPU (``mcpu`` as LLVM detects it); a bare ``"llvm"``
+    is generic x86-64 (SSE2 only), much slower on any recent CPU.
     ``"cuda"`` means ``{"kind": "cuda", "arch": "sm_90"}``; a CUDA target without a host gets an
     llvm host. TVM 0.27 rejects the old CLI strings (``"cuda -arch=sm_90"``), so a string with
     spaces is parsed here into a dict (``-key=value`` options).
@@ -89,6 +91,11 @@ def resolve_target(target: TargetLike) -> tvm.target.Target:
             tgt = tvm.target.Target(d)
         elif text == "cuda":
             tgt = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
+        elif text == "host":
+            from tvm.target import codegen
+
+            tgt = tvm.target.Target({"kind": "llvm",
+                                     "mcpu": str(codegen.llvm_get_system_cpu())})
         else:
             tgt = tvm.target.Target(text)
     else:

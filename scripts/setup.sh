@@ -69,7 +69,7 @@ if ! command -v cmake >/dev/null 2>&1; then
   build_reqs+=("cmake>=3.18")
 fi
 run_quiet "$PY" -m pip install -q "${build_reqs[@]}"
-run_quiet "$PY" -m pip install -q --no-build-isolation -e ".[dev,test,rpc,plot,learned]"
+run_quiet "$PY" -m pip install -q --no-build-isolation -e ".[dev,test,rpc,plot,learned,notebook]"
 if ! native_loads; then
   "$PY" -c "import ios_tvm._ffi as f; f.load()"  # show why
   exit 1

@@ -1,0 +1,498 @@
+"""Benchmarking one model: every way ios-tvm (and its peers) can run it, timed side by side.
+
+:func:`bench` lowers the model once and then runs the same fused kernels as
+
+* ``sequential``: the ios-tvm executor, one kernel per stage in order;
+* ``greedy``: IOS's wavefront baseline (every ready kernel concurrently);
+* ``ios/<strategy>``: the plan IOS's dynamic program finds, for each strategy asked for
+  (``concurrent``, ``merge``, ``both``), costed by stage latencies measured on the target (or
+  the analytic model);
+* ``relax_vm``: TVM's own Relax VM build of the same kernels;
+* ``onnxruntime``: ONNX Runtime on the same ONNX model (when the model is ONNX and
+  ``onnxruntime`` is installed).
+
+On CUDA every executor plan and the Relax VM are timed twice: eager and replayed as a CUDA
+graph (``.../graph``; the VM with ``relax.backend.use_cuda_graph``).
+
+All runners are timed round-robin (``rounds`` rounds, each runner for at least ``min_ms``
+per round; the median of the rounds is reported), so load drift on a shared machine hits
+every variant alike. Every output is compared with ONNX Runtime's (or, without it, the
+sequential plan's) and the largest absolute error is recorded. The report also holds the
+search time, the stages measured, the schedule's shape and each plan's peak activation
+memory next to the sequential plan's.
+
+The runtime side is not involved beyond :class:`~ios_tvm.executor.Executor`; this is the
+compiler side's view of a model, used by ``ios-tvm bench`` and ``scripts/bench.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import SearchConfig
+from .errors import IosTvmError
+
+logger = logging.getLogger(__name__)
+
+#: IOS strategies :func:`bench` accepts (the baselines are always run).
+IOS_STRATEGIES = ("concurrent", "merge", "both")
+
+
+# -- machine and timing (shared by scripts/bench*.py) ---------------------------------------------
+def machine_info() -> dict[str, Any]:
+    """Facts about this machine worth keeping next to a timing: CPU, cores, load, versions."""
+    import tvm
+
+    info: dict[str, Any] = {
+        "host": platform.node(), "platform": platform.platform(),
+        "python": platform.python_version(), "cpus": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "tvm": tvm.__version__, "TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS"),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    try:
+        import onnxruntime as ort
+
+        info["onnxruntime"] = ort.__version__
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        if tvm.cuda(0).exist:
+            info["gpu"] = str(tvm.cuda(0).device_name)
+    except Exception:  # no CUDA runtime at all
+        pass
+    return info
+
+
+def host_target() -> dict[str, Any]:
+    """The llvm target of this machine's CPU (a bare ``"llvm"`` is generic x86-64, SSE2 only)."""
+    from tvm.target import codegen
+
+    return {"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu())}
+
+
+def time_rounds(runners: Mapping[str, Callable[[], Any]], rounds: int, min_ms: float, *,
+                warmup: int = 2, pause_ms: float = 50.0,
+                progress: bool = False) -> dict[str, list[float]]:
+    """Seconds per run of each runner: one sample per round, runners interleaved.
+
+    Each runner is called ``warmup`` times first (allocations, caches, thread pools), then in
+    every round it runs back to back for at least ``min_ms`` and the mean of that round is
+    its sample. Runners must return only when their work has finished.
+
+    Before each runner's turn the process sleeps ``pause_ms``: ONNX Runtime's worker threads
+    keep spinning for a while after a run, and without the pause they take the cores from
+    whichever runner comes next (on the 2-core CI machine that made the next runner 4x
+    slower).
+    """
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    out: dict[str, list[float]] = {k: [] for k in runners}
+    iterator: Any = range(rounds)
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, desc="timing", unit="round", leave=False)
+    for _ in iterator:
+        for name, run in runners.items():
+            if pause_ms > 0:
+                time.sleep(pause_ms / 1e3)
+            n, elapsed = 0, 0.0
+            t0 = time.perf_counter()
+            while n < 1 or elapsed * 1e3 < min_ms:
+                run()
+                n += 1
+                elapsed = time.perf_counter() - t0
+            out[name].append(elapsed / n)
+    return out
+
+
+# -- the report ------------------------------------------------------------------------------------
+@dataclass
+class BenchReport:
+    """What :func:`bench` measured for one model (times in milliseconds, memory in bytes).
+
+    ``median_ms[variant]`` is the median over rounds; ``samples_ms`` every round;
+    ``speedup_vs_sequential[variant] = median_ms["sequential"] / median_ms[variant]`` (on CUDA
+    the baseline is the eager sequential plan); ``max_abs_err[variant]`` against
+    ``reference`` (``"onnxruntime"`` or ``"sequential"``). ``search[plan]`` describes each
+    plan's schedule (``schedule_json``, the cost model's ``stage_ms``, and for IOS plans the
+    search time and stages measured). ``shipped`` is the IOS variant that
+    :func:`ios_tvm.build` would ship for each strategy: IOS when it beats sequential by the
+    build's margin, sequential otherwise (``shipped_ms`` its time).
+    """
+
+    model: str
+    target: str
+    input_shapes: dict[str, list[int]]
+    kernels: int
+    median_ms: dict[str, float] = field(default_factory=dict)
+    samples_ms: dict[str, list[float]] = field(default_factory=dict)
+    speedup_vs_sequential: dict[str, float] = field(default_factory=dict)
+    max_abs_err: dict[str, float] = field(default_factory=dict)
+    reference: str = "sequential"
+    search: dict[str, dict[str, Any]] = field(default_factory=dict)
+    peak_activation_bytes: dict[str, int] = field(default_factory=dict)
+    shipped: dict[str, str] = field(default_factory=dict)
+    shipped_ms: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (plain data only)."""
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    def table(self) -> str:
+        """A plain-text table, fastest first, with ratios to sequential and ONNX Runtime."""
+        ort = self.median_ms.get("onnxruntime")
+        seq = self.median_ms.get("sequential")
+        head = (f"{'variant':<22} {'median ms':>10} {'vs seq':>7} {'vs ORT':>7} "
+                f"{'peak MiB':>9} {'max err':>9}  schedule")
+        lines = [f"{self.model} on {self.target}: {self.kernels} kernels, inputs "
+                 f"{self.input_shapes}", head, "-" * len(head)]
+        for name, ms in sorted(self.median_ms.items(), key=lambda kv: kv[1]):
+            vs_seq = f"{seq / ms:.2f}x" if seq else ""
+            vs_ort = f"{ms / ort:.2f}" if ort else ""
+            plan = _plan_of(name)
+            peak = self.peak_activation_bytes.get(plan)
+            peak_s = f"{peak / 2**20:.2f}" if peak is not None else ""
+            err = self.max_abs_err.get(name)
+            err_s = f"{err:.1e}" if err is not None else ""
+            info = self.search.get(plan, {})
+            sched = info.get("schedule", "")
+            lines.append(f"{name:<22} {ms:>10.3f} {vs_seq:>7} {vs_ort:>7} {peak_s:>9} "
+                         f"{err_s:>9}  {sched}")
+        for strategy, what in self.shipped.items():
+            lines.append(f"shipped by build for {strategy}: {what} "
+                         f"({self.shipped_ms[strategy]:.3f} ms)")
+        for plan, info in self.search.items():
+            if "search_seconds" in info:
+                lines.append(f"search {plan}: {info['search_seconds']:.2f} s, "
+                             f"{info['stages_costed']} stages costed, "
+                             f"{info['stages_measured']} measured")
+        lines.append("(vs seq > 1: faster than the sequential plan; vs ORT < 1: faster than "
+                     "ONNX Runtime; max err vs " + self.reference + ")")
+        return "\n".join(lines)
+
+
+def _plan_of(variant: str) -> str:
+    """The plan a variant runs (``ios/concurrent/graph`` -> ``ios/concurrent``)."""
+    return variant[:-len("/graph")] if variant.endswith("/graph") else variant
+
+
+# -- the benchmark ---------------------------------------------------------------------------------
+def resolve_model(model: Any, batch_size: int = 1) -> tuple[str, Any]:
+    """A display name and the model: a zoo name becomes its ONNX ModelProto at ``batch_size``."""
+    from .models import BUILTIN_MODELS
+
+    if isinstance(model, str) and model in BUILTIN_MODELS:
+        return model, BUILTIN_MODELS[model](batch=batch_size)
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.exists():
+            raise IosTvmError(f"model {str(model)!r} is neither a file nor a built-in model "
+                              f"({', '.join(sorted(BUILTIN_MODELS))})")
+        return path.stem, str(path)
+    return type(model).__name__, model
+
+
+def _onnx_proto(model: Any) -> Any:
+    """The ONNX ModelProto of ``model`` if it is one (or an .onnx path), else None."""
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - onnx is a dependency
+        return None
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, str) and model.endswith(".onnx"):
+        return onnx.load(model)
+    return None
+
+
+def _ort_runner(proto: Any, inputs: Mapping[str, np.ndarray],
+                device_type: str) -> tuple[Callable[[], Any], list[np.ndarray]] | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        logger.info("onnxruntime is not installed; no ONNX Runtime baseline")
+        return None
+    providers = ["CPUExecutionProvider"]
+    if device_type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    elif device_type == "cuda":
+        logger.warning("onnxruntime has no CUDA provider here; its baseline runs on the CPU")
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=providers)
+    feed = {i.name: inputs[i.name] for i in sess.get_inputs()}
+    return (lambda: sess.run(None, feed)), sess.run(None, feed)
+
+
+def _relax_vm_runner(extraction: Any, inputs: list[np.ndarray], params: Any, *,
+                     cuda_graph: bool) -> tuple[Callable[[], Any], list[np.ndarray]]:
+    import tvm
+    from tvm import relax
+
+    from .lower import target_device_type
+
+    target = extraction.target
+    cuda = target_device_type(target) == "cuda"
+    backend = relax.backend.cuda.pipeline if cuda else relax.backend.cpu_generic.pipeline
+    rest = tvm.transform.Sequential([*backend.dataflow_lower_passes(target),
+                                     *backend.finalize_passes(target)])
+    with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": bool(cuda_graph)}):
+        exe = tvm.compile(extraction.mod, target=target, relax_pipeline=rest)
+    dev = tvm.cuda(0) if cuda else tvm.cpu(0)
+    vm = relax.VirtualMachine(exe, dev)
+    args = [tvm.runtime.tensor(x, dev) for x in inputs]
+    for name in extraction.params[len(inputs):]:
+        if params is None or name not in params:
+            raise IosTvmError(f"no value for weight parameter {name!r}")
+        args.append(tvm.runtime.tensor(np.asarray(params[name]), dev))
+    fn = vm[extraction.func_name]
+
+    def run() -> Any:
+        out = fn(*args)
+        dev.sync()
+        return out
+
+    out = run()
+    outs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
+    return run, [o.numpy() for o in outs]
+
+
+def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
+          input_shapes: dict[str, tuple[int, ...]] | None = None,
+          params: dict[str, Any] | None = None,
+          strategies: Sequence[str] = ("concurrent",), cost: str = "measured",
+          config: SearchConfig | None = None, cache: Any = True, database: Any = None,
+          rounds: int = 7, min_ms: float = 100.0, settings: Any = None,
+          onnxruntime: bool = True, relax_vm: bool = True, greedy: bool = True,
+          margin: float = 0.03, progress: bool = False, name: str | None = None,
+          seed: int = 0) -> BenchReport:
+    """Time ``model`` every way (see the module docstring) and return a :class:`BenchReport`.
+
+    Parameters
+    ----------
+    model
+        A built-in model name (:data:`ios_tvm.models.BUILTIN_MODELS`, built at
+        ``batch_size``), an ONNX path or ``ModelProto``, a Relax ``IRModule`` or an
+        ``nn.Module``.
+    target
+        ``"llvm"``, ``"cuda"``, a target dict or ``tvm.target.Target``. The target's device
+        must be on this machine.
+    input_shapes, params
+        Sizes of dynamic inputs and values of weight parameters, as for
+        :func:`ios_tvm.build`.
+    strategies
+        IOS strategies to search and time (``concurrent``, ``merge``, ``both``); the
+        sequential and greedy plans are always timed (greedy unless ``greedy=False``).
+    cost
+        ``"measured"`` (stage latencies timed here, cached in ``cache``) or ``"analytic"``.
+    config
+        Search limits (``max_groups``, ``max_group_size``, ``max_part_size``); its
+        ``strategy`` is replaced by each of ``strategies``.
+    cache, database, settings
+        As for :func:`ios_tvm.build`: measurement cache, MetaSchedule database,
+        :class:`~ios_tvm.cost.measured.ProfileSettings` for stage measurement.
+    rounds, min_ms
+        Whole-run timing: rounds of the round-robin, least time per runner per round.
+    onnxruntime, relax_vm, greedy
+        Include these baselines.
+    margin
+        The build's never-slower margin, for ``BenchReport.shipped``.
+    """
+    from .build import _open_cache, _random_inputs
+    from .cost import AnalyticCost
+    from .cost.base import StageCostCache
+    from .cost.measured import MeasuredCost, ProfileSettings
+    from .extract import graph_from_model, resolve_target
+    from .lower import build_kernel_library, lower, target_device_type
+    from .search import greedy_schedule, search, sequential_schedule
+
+    bad = [s for s in strategies if s not in IOS_STRATEGIES]
+    if bad:
+        raise IosTvmError(f"unknown IOS strategy {bad[0]!r}; choose from {IOS_STRATEGIES}")
+    if cost not in ("measured", "analytic"):
+        raise IosTvmError(f"unknown cost {cost!r}; use 'measured' or 'analytic'")
+    if rounds < 1:
+        raise IosTvmError(f"rounds must be at least 1, not {rounds}")
+    display, loaded = resolve_model(model, batch_size)
+    name = name or display
+    base_cfg = config or SearchConfig()
+    settings = settings or ProfileSettings()
+    seconds: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    load_kwargs = {"params": params} if params is not None else {}
+    extraction = graph_from_model(loaded, target, input_shapes=input_shapes, database=database,
+                                  **load_kwargs)
+    extraction.target = extraction.target or resolve_target(target)
+    device_type = target_device_type(extraction.target)
+    if device_type == "cuda":
+        import tvm
+
+        if not tvm.cuda(0).exist:
+            raise IosTvmError("benchmarking a CUDA target needs a CUDA GPU on this machine")
+    lib = build_kernel_library(extraction.mod, extraction.target)
+    seconds["lower_and_compile"] = time.perf_counter() - t0
+    graph = extraction.graph
+
+    # -- schedules: sequential, greedy, IOS per strategy (one shared cost) ------------------------
+    merging = any(s in ("merge", "both") for s in strategies)
+    merges = None
+    if merging:
+        from .merge import MergeCompiler
+
+        merges = MergeCompiler(extraction, lib=lib, params=params)
+    measured = None
+    if cost == "measured":
+        measured = MeasuredCost(extraction, max_groups=base_cfg.max_groups,
+                                cache=_open_cache(cache), settings=settings, lib=lib,
+                                progress=progress, merges=merges)
+        stage_cost = StageCostCache(measured)
+    else:
+        stage_cost = StageCostCache(AnalyticCost(graph, "cpu" if device_type == "cpu"
+                                                 else "h100"))
+    schedules: dict[str, Any] = {"sequential": sequential_schedule(graph)}
+    if greedy:
+        schedules["greedy"] = greedy_schedule(graph, base_cfg.greedy_max_streams)
+    search_info: dict[str, dict[str, Any]] = {}
+    try:
+        for strategy in strategies:
+            cfg = SearchConfig(**{**base_cfg.to_json(), "strategy": strategy})
+            before = measured.measured if measured else 0
+            t1 = time.perf_counter()
+            can_merge = None
+            if strategy in ("merge", "both"):
+                from .merge import merge_predicate
+
+                can_merge = merge_predicate
+            result = search(graph, stage_cost, cfg, can_merge=can_merge, progress=progress)
+            key = f"ios/{strategy}"
+            schedules[key] = result.schedule
+            search_info[key] = {
+                "search_seconds": time.perf_counter() - t1,
+                "stages_costed": result.stats.stages_costed,
+                "stages_measured": (measured.measured - before) if measured else 0,
+                "states": result.stats.states, "parts": result.stats.parts,
+                "estimated_ms": (result.schedule.cost or 0.0) * 1e3,
+                "config": cfg.to_json()}
+        for key, sch in schedules.items():
+            stage_ms = [stage_cost(s) * 1e3 for s in sch.stages]
+            info = search_info.setdefault(key, {})
+            info.setdefault("estimated_ms", sum(stage_ms))
+            info["stage_ms"] = stage_ms
+            info["schedule_json"] = sch.to_json()
+            info["schedule"] = sch.summary()
+            info["stages"] = len(sch.stages)
+            info["max_groups"] = max(len(s.groups) for s in sch.stages)
+    finally:
+        if measured is not None:
+            measured.close()
+    seconds["search_total"] = sum(i.get("search_seconds", 0.0) for i in search_info.values())
+
+    # -- runners -----------------------------------------------------------------------------------
+    t2 = time.perf_counter()
+    executors: dict[str, Any] = {}
+    peak: dict[str, int] = {}
+    for key, sch in schedules.items():
+        art = lower(extraction, sch, params=params, lib=lib, merges=merges)
+        peak[key] = art.plan.activation_nbytes
+        executors[key] = art
+    inputs = _random_inputs(executors["sequential"].plan, seed)
+    input_names = executors["sequential"].plan
+    names = [input_names.tensors[i].name for i in input_names.inputs]
+    runners: dict[str, Callable[[], Any]] = {}
+    outputs: dict[str, list[np.ndarray]] = {}
+    modes = [False, True] if device_type == "cuda" else [False]
+    for key, art in executors.items():
+        for graph_mode in modes:
+            variant = f"{key}/graph" if graph_mode else key
+            ex = art.executor(cuda_graph=graph_mode) if device_type == "cuda" else art.executor()
+            try:
+                outputs[variant] = ex(*inputs)
+                outputs[variant] = ex(*inputs)  # a CUDA graph replays from the second run
+            except RuntimeError as e:
+                logger.warning("%s cannot run: %s", variant, e)
+                continue
+            runners[variant] = ex._run
+    if relax_vm:
+        for graph_mode in modes:
+            variant = "relax_vm/graph" if graph_mode else "relax_vm"
+            try:
+                runners[variant], outputs[variant] = _relax_vm_runner(
+                    extraction, inputs, params, cuda_graph=graph_mode)
+            except Exception as e:  # reported only; TVM raises several error types
+                logger.warning("%s failed: %s", variant, e)
+    reference = "sequential"
+    proto = _onnx_proto(loaded) if onnxruntime else None
+    if proto is not None:
+        ort = _ort_runner(proto, dict(zip(names, inputs, strict=True)), device_type)
+        if ort is not None:
+            runners["onnxruntime"], outputs["onnxruntime"] = ort
+            reference = "onnxruntime"
+    seconds["prepare_runners"] = time.perf_counter() - t2
+
+    ref = outputs[reference]
+    errors = {}
+    for variant, outs in outputs.items():
+        if len(outs) != len(ref):
+            raise IosTvmError(f"{variant} returned {len(outs)} outputs, {reference} {len(ref)}")
+        errors[variant] = max(float(np.max(np.abs(np.asarray(o, "float64") -
+                                                  np.asarray(r, "float64"))))
+                              if np.size(r) else 0.0 for o, r in zip(outs, ref, strict=True))
+    scale = max(1.0, max(float(np.max(np.abs(r))) for r in ref if np.size(r)))
+    wrong = {k: e for k, e in errors.items() if e > 1e-3 * scale}
+    if wrong:
+        logger.warning("%s: outputs differ from %s: %s", name, reference, wrong)
+
+    t3 = time.perf_counter()
+    samples = time_rounds(runners, rounds, min_ms, progress=progress)
+    seconds["timing"] = time.perf_counter() - t3
+    median = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
+    seq_ms = median["sequential"]
+    shipped, shipped_ms = {}, {}
+    for strategy in strategies:
+        key = f"ios/{strategy}"
+        for suffix in ("/graph", "") if device_type == "cuda" else ("",):
+            if key + suffix in median:
+                ios_ms, base = median[key + suffix], median.get("sequential" + suffix, seq_ms)
+                win = (schedules[key].stages != schedules["sequential"].stages
+                       and ios_ms <= base * (1 - margin))
+                shipped[strategy + suffix] = "ios" if win else "sequential"
+                shipped_ms[strategy + suffix] = ios_ms if win else base
+    return BenchReport(
+        model=name, target=str(extraction.target),
+        input_shapes={n: list(x.shape) for n, x in zip(names, inputs, strict=True)},
+        kernels=len(graph.nodes),
+        median_ms=median, samples_ms={k: [s * 1e3 for s in v] for k, v in samples.items()},
+        speedup_vs_sequential={k: seq_ms / v for k, v in median.items()},
+        max_abs_err=errors, reference=reference, search=search_info,
+        peak_activation_bytes=peak, shipped=shipped, shipped_ms=shipped_ms, seconds=seconds,
+        settings={"strategies": list(strategies), "cost": cost, "rounds": rounds,
+                  "min_ms": min_ms, "batch_size": batch_size, "margin": margin,
+                  "config": base_cfg.to_json(), "database": str(database) if database else None,
+                  "profile": [settings.warmup, settings.number, settings.repeat]},
+        machine=machine_info())
+

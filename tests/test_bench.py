@@ -1,0 +1,135 @@
+"""The benchmark harness: ios_tvm.bench, ``ios-tvm bench`` and scripts/bench.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ios_tvm.bench import BenchReport, bench, time_rounds
+from ios_tvm.cli import main
+from ios_tvm.errors import IosTvmError
+from ios_tvm.schedule import Schedule
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def sample_report() -> BenchReport:
+    return bench("sample", "llvm", strategies=("concurrent", "merge"), cost="analytic",
+                 cache=False, rounds=2, min_ms=1.0)
+
+
+def test_report_times_every_variant_on_the_same_outputs(sample_report: BenchReport) -> None:
+    r = sample_report
+    assert set(r.median_ms) == {"sequential", "greedy", "ios/concurrent", "ios/merge",
+                                "relax_vm", "onnxruntime"}
+    assert all(len(v) == 2 for v in r.samples_ms.values())
+    assert r.reference == "onnxruntime"
+    assert r.max_abs_err["onnxruntime"] == 0.0
+    assert max(r.max_abs_err.values()) < 1e-3
+    assert r.speedup_vs_sequential["sequential"] == 1.0
+    for k, ms in r.median_ms.items():
+        assert r.speedup_vs_sequential[k] == pytest.approx(r.median_ms["sequential"] / ms)
+    assert r.kernels == 5 and r.input_shapes == {"x": [1, 64, 28, 28]}
+    json.dumps(r.to_json())  # plain data only
+
+
+def test_report_describes_each_schedule(sample_report: BenchReport) -> None:
+    r = sample_report
+    for plan in ("sequential", "greedy", "ios/concurrent", "ios/merge"):
+        info = r.search[plan]
+        schedule = Schedule.from_json(info["schedule_json"])
+        assert len(schedule.stages) == info["stages"] == len(info["stage_ms"])
+        assert info["estimated_ms"] == pytest.approx(sum(info["stage_ms"]))
+        assert r.peak_activation_bytes[plan] > 0
+    # The sample block's three convs on the input are ready together: greedy runs them at once.
+    assert r.search["greedy"]["max_groups"] == 3
+    assert r.search["sequential"]["stages"] == 5
+    assert any(s.strategy == "merge" for s in
+               Schedule.from_json(r.search["ios/merge"]["schedule_json"]).stages)
+    # The DP never estimates worse than the baselines under the same cost model.
+    assert r.search["ios/concurrent"]["estimated_ms"] <= r.search["greedy"]["estimated_ms"] + 1e-9
+    assert r.search["ios/concurrent"]["estimated_ms"] <= (
+        r.search["sequential"]["estimated_ms"] + 1e-9)
+    assert r.search["ios/concurrent"]["search_seconds"] > 0
+
+
+def test_shipped_follows_the_never_slower_rule(sample_report: BenchReport) -> None:
+    r = sample_report
+    seq = r.median_ms["sequential"]
+    for strategy in ("concurrent", "merge"):
+        ios = r.median_ms[f"ios/{strategy}"]
+        expect = "ios" if ios <= seq * (1 - 0.03) else "sequential"
+        assert r.shipped[strategy] == expect
+        assert r.shipped_ms[strategy] == (ios if expect == "ios" else seq)
+    assert "onnxruntime" in r.table() and "shipped by build" in r.table()
+
+
+def test_time_rounds_interleaves_and_pauses() -> None:
+    calls: list[str] = []
+    runners = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    t0 = time.perf_counter()
+    samples = time_rounds(runners, rounds=3, min_ms=0.0, warmup=1, pause_ms=20.0)
+    elapsed = time.perf_counter() - t0
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-up, then one run each per round
+    assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3}
+    assert elapsed >= 6 * 0.02  # a pause before every turn
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"strategies": ("parallel",)}, "unknown IOS strategy 'parallel'"),
+    ({"rounds": 0}, "rounds must be at least 1"),
+    ({"cost": "learned"}, "unknown cost 'learned'"),
+])
+def test_bad_arguments_fail_before_any_work(kwargs: dict, match: str) -> None:
+    with pytest.raises(IosTvmError, match=match):
+        bench("sample", "llvm", **kwargs)
+
+
+def test_unknown_model_is_named() -> None:
+    with pytest.raises(IosTvmError, match="'nope.onnx' is neither a file nor a built-in"):
+        bench("nope.onnx")
+
+
+def test_cli_bench_writes_json_and_chart(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out, chart = tmp_path / "r" / "bench.json", tmp_path / "speedups.png"
+    rc = main(["bench", "sample", "--target", "llvm", "--cost", "analytic", "--no-cache",
+               "--rounds", "1", "--min-ms", "1", "--no-greedy", "-q", "-o", str(out),
+               "--plot", str(chart)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "ios/concurrent" in printed and "relax_vm" in printed
+    doc = json.loads(out.read_text())
+    rep = doc["models"]["sample"]
+    assert "greedy" not in rep["median_ms"] and "ios/concurrent" in rep["median_ms"]
+    assert chart.stat().st_size > 1000
+    assert not list(out.parent.glob("*.tmp"))
+
+
+def test_cli_bench_errors(capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "no_such_model"]) == 1
+    assert "no_such_model" in capsys.readouterr().err
+    assert main(["bench", "sample", "--strategies", "sequential"]) == 2  # not an IOS strategy
+
+
+def test_bench_script_quick_run(tmp_path: Path) -> None:
+    out = tmp_path / "zoo.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--models", "sample",
+         "--target", "llvm", "--cost", "analytic", "--rounds", "1", "--min-ms", "1", "-q",
+         "--cache", str(tmp_path / "cache.sqlite"), "-o", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["set"] == "quick" and list(doc["results"]) == ["sample"]
+    assert doc["machine"]["tvm"] and doc["command"]
+    row = doc["summary"][0]
+    assert row["model"] == "sample" and row["cost"] == "analytic"
+    assert row["max_err"] < 1e-3 and row["peak_ios_vs_seq"] > 0
+    assert out.with_suffix(".png").exists()
+    assert "IOS/seq" in proc.stdout
