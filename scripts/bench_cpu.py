@@ -42,7 +42,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -65,6 +64,7 @@ import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 
 from ios_tvm import models as zoo  # noqa: E402
+from ios_tvm.bench import host_target, machine_info, time_rounds  # noqa: E402
 from ios_tvm.build import build  # noqa: E402
 from ios_tvm.cost.measured import ProfileSettings  # noqa: E402
 from ios_tvm.cpu_schedule import schedule_report  # noqa: E402
@@ -75,56 +75,6 @@ from ios_tvm.search import sequential_schedule  # noqa: E402
 
 VARIANTS = ("unscheduled", "default", "tuned")
 MARGIN = 0.03
-
-
-# -- machine --------------------------------------------------------------------------------
-def host_target() -> dict[str, Any]:
-    """llvm for this machine's CPU (a bare "llvm" means generic x86-64 with SSE2 only)."""
-    from tvm.target import codegen
-
-    return {"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu())}
-
-
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
-                            "tvm": tvm.__version__, "TVM_NUM_THREADS": os.environ.get(
-                                "TVM_NUM_THREADS"),
-                            "load_average_at_start": list(os.getloadavg())}
-    try:
-        import onnxruntime as ort
-
-        info["onnxruntime"] = ort.__version__
-    except ImportError:
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return info
-
-
-# -- timing -----------------------------------------------------------------------------------
-def time_rounds(runners: dict[str, Callable[[], Any]], rounds: int,
-                min_ms: float) -> dict[str, list[float]]:
-    """Seconds per run of each runner, one sample per round, measured round-robin."""
-    for run in runners.values():  # warm-up (first calls allocate, fill caches, start pools)
-        run()
-        run()
-    out: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            n, elapsed = 0, 0.0
-            t0 = time.perf_counter()
-            while elapsed * 1e3 < min_ms or n < 1:
-                run()
-                n += 1
-                elapsed = time.perf_counter() - t0
-            out[name].append(elapsed / n)
-    return out
 
 
 def _models(names: Sequence[str]) -> dict[str, onnx.ModelProto]:
@@ -319,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = json.loads(args.target) if args.target else host_target()
     machine = machine_info()
     print(f"target {json.dumps(target)}; {machine.get('cpu')} x{machine['affinity']}, "
-          f"TVM_NUM_THREADS={machine['TVM_NUM_THREADS']}, load {machine['load_average_at_start']}")
+          f"TVM_NUM_THREADS={machine['TVM_NUM_THREADS']}, load {machine['load_average']}")
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -64,6 +64,7 @@ import tvm  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 from tvm import relax  # noqa: E402
 
+from ios_tvm.bench import machine_info  # noqa: E402
 from ios_tvm.config import SearchConfig  # noqa: E402
 from ios_tvm.cost.measured import MeasuredCost  # noqa: E402
 from ios_tvm.executor import Executor  # noqa: E402
@@ -353,25 +354,12 @@ def parallel_capacity(nbytes: int = 64 << 20, rounds: int = 3) -> dict[str, floa
 # ---------------------------------------------------------------------------------------------
 # output
 # ---------------------------------------------------------------------------------------------
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "hostname": platform.node(),
-        "tvm": tvm.__version__,
-        "tvm_num_threads": int(tvm.get_global_func("runtime.NumThreads")()),
-        "TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS"),
-    }
-    with contextlib.suppress(OSError):
-        info["load_average_at_start"] = list(os.getloadavg())
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu_model"] = line.split(":", 1)[1].strip()
-                    break
+def extra_machine_facts() -> dict[str, Any]:
+    """What this benchmark records beyond :func:`ios_tvm.bench.machine_info`: the
+    architecture and processor, TVM's thread-pool size and the git commit."""
+    info: dict[str, Any] = {"machine": platform.machine(),
+                            "processor": platform.processor() or None,
+                            "tvm_num_threads": int(tvm.get_global_func("runtime.NumThreads")())}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, check=True,
                                             capture_output=True, text=True).stdout.strip()
@@ -443,10 +431,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
     min_s = args.min_ms / 1e3
     t0 = time.perf_counter()
-    machine = machine_info()
+    machine = machine_info() | extra_machine_facts()
     capacity_start = parallel_capacity()
     print(f"parallel capacity (2 threads vs 1, ideal 2.0): {capacity_start['speedup']:.2f}; "
-          f"load average {machine.get('load_average_at_start')}", flush=True)
+          f"load average {machine.get('load_average')}", flush=True)
     overhead = None
     if args.chain > 0:
         print(f"overhead: chain of {args.chain} ops ...", flush=True)

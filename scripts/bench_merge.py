@@ -58,6 +58,7 @@ for p in (ROOT, ROOT / "tests"):
 import onnx  # noqa: E402
 import tvm  # noqa: E402
 
+from ios_tvm.bench import machine_info, time_rounds  # noqa: E402
 from ios_tvm.config import SearchConfig  # noqa: E402
 from ios_tvm.cost.analytic import AnalyticCost  # noqa: E402
 from ios_tvm.cost.base import StageCostCache  # noqa: E402
@@ -89,22 +90,11 @@ def _models() -> dict[str, Callable[[], onnx.ModelProto]]:
     return out
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU, core count, load, Python/TVM versions and the git commit."""
-    info: dict[str, Any] = {
-        "cpu_count": os.cpu_count(), "python": platform.python_version(),
-        "platform": platform.platform(), "machine": platform.machine(),
-        "hostname": platform.node(), "tvm": tvm.__version__,
-        "tvm_num_threads": int(tvm.get_global_func("runtime.NumThreads")()),
-        "TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS"),
-    }
-    with contextlib.suppress(OSError):
-        info["load_average_at_start"] = list(os.getloadavg())
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu_model"] = line.split(":", 1)[1].strip()
-                    break
+def extra_machine_facts() -> dict[str, Any]:
+    """What this benchmark records beyond :func:`ios_tvm.bench.machine_info`: the
+    architecture, TVM's thread-pool size and the git commit."""
+    info: dict[str, Any] = {"machine": platform.machine(),
+                            "tvm_num_threads": int(tvm.get_global_func("runtime.NumThreads")())}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, check=True,
                                             capture_output=True, text=True).stdout.strip()
@@ -122,27 +112,6 @@ def kernels_parallel(lib: Any) -> bool:
             if "TVMBackendParallelLaunch" in m.inspect_source("ll"):
                 return True
     return False
-
-
-def time_rounds(runners: dict[str, Callable[[], None]], rounds: int,
-                min_s: float) -> dict[str, list[float]]:
-    """Seconds per run of each runner, ``rounds`` samples each, measured round-robin."""
-    out: dict[str, list[float]] = {k: [] for k in runners}
-    for fn in runners.values():  # warm up
-        fn()
-    for _ in range(rounds):
-        for name, fn in runners.items():
-            n, elapsed = 1, 0.0
-            while True:
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    fn()
-                elapsed = time.perf_counter() - t0
-                if elapsed >= min_s or n >= 1 << 16:
-                    break
-                n = max(n * 2, int(n * min_s / max(elapsed, 1e-9)) + 1)
-            out[name].append(elapsed / n)
-    return out
 
 
 def bench_model(name: str, model: onnx.ModelProto, args: argparse.Namespace) -> dict[str, Any]:
@@ -206,8 +175,8 @@ def bench_model(name: str, model: onnx.ModelProto, args: argparse.Namespace) -> 
         row["variants"][k]["max_abs_diff_vs_sequential"] = err
         if not err <= 1e-3 * max(scale, 1.0):
             raise AssertionError(f"{name}/{k}: output differs from sequential by {err}")
-    samples = time_rounds({k: e._run for k, e in executors.items()}, args.rounds,
-                          args.min_ms / 1e3)
+    samples = time_rounds({k: e._run for k, e in executors.items()}, args.rounds, args.min_ms,
+                          warmup=1)
     for k, s in samples.items():
         row["variants"][k]["median_ms"] = statistics.median(s) * 1e3
         row["variants"][k]["samples_ms"] = [v * 1e3 for v in s]
@@ -274,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n in skipped:
         print(f"skipping {n}: not available (ios_tvm.models has no such model)")
     t0 = time.perf_counter()
-    machine = machine_info()
+    machine = machine_info() | extra_machine_facts()
     out = args.out or default_out()
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []

@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import onnx_models as om  # noqa: E402
 import tvm  # noqa: E402
 
+from ios_tvm.bench import machine_info  # noqa: E402
 from ios_tvm.config import SearchConfig  # noqa: E402
 from ios_tvm.cost.cache import MeasurementCache  # noqa: E402
 from ios_tvm.cost.measured import (  # noqa: E402
@@ -153,21 +154,11 @@ def bench_model(name: str, model: Any, settings: ProfileSettings, cfg: SearchCon
             "warm": warm}
 
 
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "cpu_count": os.cpu_count(), "python": platform.python_version(),
-        "platform": platform.platform(), "machine": platform.machine(),
-        "hostname": platform.node(), "tvm": tvm.__version__,
-        "tvm_num_threads": int(tvm.get_global_func("runtime.NumThreads")()),
-        "TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS"),
-    }
-    with contextlib.suppress(OSError):
-        info["load_average_at_start"] = list(os.getloadavg())
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu_model"] = line.split(":", 1)[1].strip()
-                    break
+def extra_machine_facts() -> dict[str, Any]:
+    """What this benchmark records beyond :func:`ios_tvm.bench.machine_info`: the
+    architecture, TVM's thread-pool size and the git commit."""
+    info: dict[str, Any] = {"machine": platform.machine(),
+                            "tvm_num_threads": int(tvm.get_global_func("runtime.NumThreads")())}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, check=True,
                                             capture_output=True, text=True).stdout.strip()
@@ -218,8 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rpc = (args.rpc_tracker, args.rpc_key) if args.rpc_tracker else None
     settings = ProfileSettings(args.warmup, args.number, args.repeat)
     cfg = SearchConfig(max_groups=args.max_groups)
-    machine = machine_info()
-    print(f"load average {machine.get('load_average_at_start')}", flush=True)
+    machine = machine_info() | extra_machine_facts()
+    print(f"load average {machine.get('load_average')}", flush=True)
     t0 = time.perf_counter()
     rows = []
     for name in names:

@@ -30,7 +30,6 @@ import cProfile
 import datetime as _dt
 import io
 import json
-import os
 import platform
 import pstats
 import re
@@ -45,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from ios_tvm.bench import machine_info  # noqa: E402
 from ios_tvm.benchgraphs import BENCH_GRAPHS, GRANULARITIES, conv_merge_predicate  # noqa: E402
 from ios_tvm.config import SearchConfig  # noqa: E402
 from ios_tvm.cost import AnalyticCost  # noqa: E402
@@ -136,24 +136,18 @@ def partition_info(graph: OpGraph, max_part_size: int) -> dict[str, Any]:
     }
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU count, Python, platform and the git commit of the checkout."""
-    info: dict[str, Any] = {
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "hostname": platform.node(),
-    }
+def extra_machine_facts() -> dict[str, Any]:
+    """What this benchmark records beyond :func:`ios_tvm.bench.machine_info`: the Python
+    implementation, architecture and processor, and the git commit."""
+    info: dict[str, Any] = {"implementation": platform.python_implementation(),
+                            "machine": platform.machine(),
+                            "processor": platform.processor() or None}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
-                               text=True, check=True).stdout.strip()
-        info["git_commit"] = commit
-        info["git_dirty"] = bool(dirty)
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, check=True,
+                                            capture_output=True, text=True).stdout.strip()
+        info["git_dirty"] = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT,
+                                                check=True, capture_output=True,
+                                                text=True).stdout.strip())
     return info
 
 
@@ -355,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "format": "ios_tvm.bench_search", "version": 1,
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "command": [Path(sys.executable).name, *sys.argv],
-        "machine": machine_info(),
+        "machine": machine_info() | extra_machine_facts(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "targets_seconds": TARGET_SECONDS,
         "results": rows,
