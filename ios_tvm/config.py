@@ -29,6 +29,12 @@ class SearchConfig:
         the graph narrows to one tensor; each part is searched on its own.
     greedy_max_streams
         Stream cap of the greedy (wavefront) baseline; IOS used 10.
+    collapse_chains
+        Search over scheduling units, each a chain of kernels that can only run one after
+        another (:mod:`ios_tvm.units`), instead of single kernels. ``None`` (default): only
+        when the graph has more than ``max_part_size`` kernels, i.e. when it must be cut
+        into parts anyway; collapsing then lets each part cover more of the graph. Small
+        graphs are searched exactly, kernel by kernel.
     """
 
     strategy: str = "concurrent"
@@ -36,6 +42,7 @@ class SearchConfig:
     max_group_size: int = 3
     max_part_size: int = 20
     greedy_max_streams: int = 10
+    collapse_chains: bool | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in SEARCH_STRATEGIES:
@@ -45,6 +52,9 @@ class SearchConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise IosTvmError(f"{name} must be a positive integer, got {value!r}")
+        if self.collapse_chains not in (None, True, False):
+            raise IosTvmError(f"collapse_chains must be None, True or False, got "
+                              f"{self.collapse_chains!r}")
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""

@@ -26,7 +26,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .config import SearchConfig
@@ -35,6 +35,7 @@ from .graph import OpGraph
 from .native_search import MAX_NATIVE_OPS, native_search_enabled, solve_part_native
 from .partition import partition
 from .schedule import Schedule, Stage
+from .units import Units, collapse_chains
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +234,17 @@ class _PartSearch:
         return out[::-1]
 
 
+def _units_for(graph: OpGraph, cfg: SearchConfig) -> Units | None:
+    """The unit graph to search instead of ``graph``, or None to search kernels."""
+    collapse = cfg.collapse_chains
+    if collapse is None:
+        collapse = len(graph.nodes) > cfg.max_part_size
+    if not collapse:
+        return None
+    units = collapse_chains(graph)
+    return units if units.collapsed else None
+
+
 def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
            can_merge: MergePredicate | None = None, progress: bool = False,
            native: bool | None = None) -> SearchResult:
@@ -272,6 +284,35 @@ def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
                 else greedy_schedule(graph, cfg.greedy_max_streams))
         total = sum(memo_cost(s) for s in base.stages)
         stages = list(base.stages)
+    elif (units := _units_for(graph, cfg)) is not None:
+        # Search the unit graph (chains collapsed) and expand its stages back to kernels.
+        def unit_cost(stage: Stage) -> float:
+            return memo_cost(units.expand(stage))
+
+        unit_merge = None
+        if can_merge is not None:
+            def unit_merge(_: OpGraph, us: tuple[int, ...]) -> bool:
+                ops = units.single_kernel(us)
+                return ops is not None and can_merge(graph, ops)
+
+        inner = search(units.graph, unit_cost, replace(cfg, collapse_chains=False),
+                       can_merge=unit_merge, progress=progress, native=native)
+        stages = [units.expand(s) for s in inner.schedule.stages]
+        total = float(inner.schedule.cost or 0.0)
+        stats.parts, stats.states = inner.stats.parts, inner.stats.states
+        stats.transitions = inner.stats.transitions
+        meta["units"] = len(units.members)  # "parts" below are ranges of unit ids
+        for key in ("parts", "chosen", "dp_cost"):
+            if key in inner.schedule.meta:
+                meta[key] = inner.schedule.meta[key]
+        # Units never split a chain across stages, so the sequential schedule is outside the
+        # unit search space; keep it when it is cheaper, so that the search still never
+        # returns a schedule worse than sequential under its own cost model.
+        seq = sequential_schedule(graph)
+        seq_total = sum(memo_cost(s) for s in seq.stages)
+        if seq_total < total:
+            meta["dp_cost"], meta["chosen"] = total, "sequential"
+            stages, total = list(seq.stages), seq_total
     else:
         parts = partition(graph, cfg.max_part_size)
         stats.parts = len(parts)
@@ -302,18 +343,18 @@ def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
         finally:
             sys.setrecursionlimit(limit)
         meta["parts"] = [list(p) for p in parts]
-        if len(parts) > 1 and cfg.strategy in ("concurrent", "both"):
-            # Parts are searched apart, so stages never span a cut; on wide graphs cut at wide
-            # places the wavefront baseline (which ignores cuts) can then be cheaper. Keep the
-            # cheaper of the two under the same cost model, within the same stream limit.
-            greedy = greedy_schedule(graph, min(cfg.greedy_max_streams, cfg.max_groups))
-            greedy_total = sum(memo_cost(s) for s in greedy.stages)
-            if greedy_total < total:
-                logger.info("greedy schedule (%.4g s) beats the partitioned DP (%.4g s)",
-                            greedy_total, total)
-                meta["dp_cost"] = total
-                meta["chosen"] = "greedy"
-                stages, total = list(greedy.stages), greedy_total
+    if stats.parts > 1 and cfg.strategy in ("concurrent", "both"):
+        # Parts are searched apart, so stages never span a cut; on wide graphs cut at wide
+        # places the wavefront baseline (which ignores cuts) can then be cheaper. Keep the
+        # cheaper of the two under the same cost model, within the same stream limit.
+        greedy = greedy_schedule(graph, min(cfg.greedy_max_streams, cfg.max_groups))
+        greedy_total = sum(memo_cost(s) for s in greedy.stages)
+        if greedy_total < total:
+            logger.info("greedy schedule (%.4g s) beats the partitioned DP (%.4g s)",
+                        greedy_total, total)
+            meta["dp_cost"] = total
+            meta["chosen"] = "greedy"
+            stages, total = list(greedy.stages), greedy_total
     stats.cost_calls = memo_cost.counters.calls - calls0
     stats.stages_costed = memo_cost.counters.distinct - distinct0
     stats.seconds = time.perf_counter() - t0

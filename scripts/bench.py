@@ -141,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "--measure-limit kernels")
     ap.add_argument("--measure-limit", type=int, default=150)
     ap.add_argument("--max-part-size", type=int, default=20)
+    ap.add_argument("--profile", nargs=3, type=int, default=[2, 6, 6],
+                    metavar=("WARMUP", "NUMBER", "REPEAT"),
+                    help="stage measurement settings (default 2 6 6, as ios-tvm compile)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--min-ms", type=float, default=100.0)
     ap.add_argument("--cache", help="measurement cache (default: ios-tvm's user cache)")
@@ -176,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report = bench(name, target, batch_size=batch, strategies=args.strategies,
                                cost=cost, config=SearchConfig(max_part_size=args.max_part_size),
                                cache=args.cache or True, rounds=args.rounds,
-                               min_ms=args.min_ms, settings=ProfileSettings(),
+                               min_ms=args.min_ms,
+                               settings=ProfileSettings(*args.profile),
                                progress=not args.quiet, name=key)
             except Exception as e:  # keep going: one model's failure is a row, not the run
                 logging.exception("%s failed", key)
