@@ -90,18 +90,20 @@ def host_target() -> dict[str, Any]:
 
 
 def time_rounds(runners: Mapping[str, Callable[[], Any]], rounds: int, min_ms: float, *,
-                warmup: int = 2, pause_ms: float = 50.0,
+                warmup: int = 2, pause_ms: float = 300.0, turn_warmup: int = 1,
                 progress: bool = False) -> dict[str, list[float]]:
     """Seconds per run of each runner: one sample per round, runners interleaved.
 
-    Each runner is called ``warmup`` times first (allocations, caches, thread pools), then in
-    every round it runs back to back for at least ``min_ms`` and the mean of that round is
-    its sample. Runners must return only when their work has finished.
+    Each runner is called ``warmup`` times first (allocations, caches, thread pools). In
+    every round each runner then takes a turn: the process sleeps ``pause_ms``, the runner
+    runs ``turn_warmup`` times untimed, then back to back for at least ``min_ms``; the mean
+    of that turn is its sample. Runners must return only when their work has finished.
 
-    Before each runner's turn the process sleeps ``pause_ms``: ONNX Runtime's worker threads
-    keep spinning for a while after a run, and without the pause they take the cores from
-    whichever runner comes next (on the 2-core CI machine that made the next runner 4x
-    slower).
+    Why the pause: thread pools keep spinning after a run (TVM's for well over 50 ms, ONNX
+    Runtime's too), and a spinning pool of one runner takes the cores from whichever runs
+    next; on the 2-core CI machine that made ONNX Runtime 4x slower after a TVM runner.
+    Why the warm-up in each turn: after the pause a runner's own pool has gone to sleep,
+    and the first run pays for waking it.
     """
     for run in runners.values():
         for _ in range(warmup):
@@ -116,6 +118,8 @@ def time_rounds(runners: Mapping[str, Callable[[], Any]], rounds: int, min_ms: f
         for name, run in runners.items():
             if pause_ms > 0:
                 time.sleep(pause_ms / 1e3)
+            for _ in range(turn_warmup):
+                run()
             n, elapsed = 0, 0.0
             t0 = time.perf_counter()
             while n < 1 or elapsed * 1e3 < min_ms:
@@ -289,7 +293,7 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
           rounds: int = 7, min_ms: float = 100.0, settings: Any = None,
           onnxruntime: bool = True, relax_vm: bool = True, greedy: bool = True,
           margin: float = 0.03, progress: bool = False, name: str | None = None,
-          seed: int = 0) -> BenchReport:
+          seed: int = 0, cpu_layout: str | None = "NHWC") -> BenchReport:
     """Time ``model`` every way (see the module docstring) and return a :class:`BenchReport`.
 
     Parameters
@@ -321,8 +325,17 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
         Include these baselines.
     margin
         The build's never-slower margin, for ``BenchReport.shipped``.
+    progress
+        Progress bars while measuring, searching and timing.
+    name
+        The model's name in the report (default: the zoo name or the file's stem).
+    seed
+        Seed of the random inputs.
+    cpu_layout
+        Conv layout on llvm targets, as for :func:`ios_tvm.build` (IOS-Merge needs
+        ``"NCHW"``).
     """
-    from .build import _open_cache, _random_inputs
+    from .build import _open_cache, _random_inputs, warn_merge_layout
     from .cost import AnalyticCost
     from .cost.base import StageCostCache
     from .cost.measured import MeasuredCost, ProfileSettings
@@ -346,9 +359,11 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
     t0 = time.perf_counter()
     load_kwargs = {"params": params} if params is not None else {}
     extraction = graph_from_model(loaded, target, input_shapes=input_shapes, database=database,
-                                  **load_kwargs)
+                                  cpu_layout=cpu_layout, **load_kwargs)
     extraction.target = extraction.target or resolve_target(target)
     device_type = target_device_type(extraction.target)
+    for strategy in strategies:
+        warn_merge_layout(strategy, extraction.target, cpu_layout)
     if device_type == "cuda":
         import tvm
 
@@ -414,19 +429,19 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
 
     # -- runners -----------------------------------------------------------------------------------
     t2 = time.perf_counter()
-    executors: dict[str, Any] = {}
+    artifacts: dict[str, Any] = {}
     peak: dict[str, int] = {}
     for key, sch in schedules.items():
         art = lower(extraction, sch, params=params, lib=lib, merges=merges)
         peak[key] = art.plan.activation_nbytes
-        executors[key] = art
-    inputs = _random_inputs(executors["sequential"].plan, seed)
-    input_names = executors["sequential"].plan
-    names = [input_names.tensors[i].name for i in input_names.inputs]
+        artifacts[key] = art
+    seq_plan = artifacts["sequential"].plan
+    inputs = _random_inputs(seq_plan, seed)
+    names = [seq_plan.tensors[i].name for i in seq_plan.inputs]
     runners: dict[str, Callable[[], Any]] = {}
     outputs: dict[str, list[np.ndarray]] = {}
     modes = [False, True] if device_type == "cuda" else [False]
-    for key, art in executors.items():
+    for key, art in artifacts.items():
         for graph_mode in modes:
             variant = f"{key}/graph" if graph_mode else key
             ex = art.executor(cuda_graph=graph_mode) if device_type == "cuda" else art.executor()
@@ -436,7 +451,7 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
             except RuntimeError as e:
                 logger.warning("%s cannot run: %s", variant, e)
                 continue
-            runners[variant] = ex._run
+            runners[variant] = ex.run  # inputs stay set between runs
     if relax_vm:
         for graph_mode in modes:
             variant = "relax_vm/graph" if graph_mode else "relax_vm"
@@ -493,6 +508,7 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
         settings={"strategies": list(strategies), "cost": cost, "rounds": rounds,
                   "min_ms": min_ms, "batch_size": batch_size, "margin": margin,
                   "config": base_cfg.to_json(), "database": str(database) if database else None,
+                  "cpu_layout": cpu_layout,
                   "profile": [settings.warmup, settings.number, settings.repeat]},
         machine=machine_info())
 

@@ -133,7 +133,7 @@ def build(model: Any, target: Any = "llvm", *,
           progress: bool = False, rpc_tracker: str | tuple[str, int] | None = None,
           rpc_key: str | None = None, rpc_servers: int | None = None,
           cuda_graph: bool | None = None, database: Any = None,
-          cpu_schedule: bool = True) -> BuildResult:
+          cpu_schedule: bool = True, cpu_layout: str | None = "NHWC") -> BuildResult:
     """Compile ``model`` for ``target`` with an IOS schedule run by the ios-tvm executor.
 
     Parameters
@@ -192,6 +192,10 @@ def build(model: Any, target: Any = "llvm", *,
         Give llvm kernels the database lacks ios-tvm's default CPU schedules (parallel,
         vectorised; :mod:`ios_tvm.cpu_schedule`); False keeps TVM's unscheduled kernels.
         ``BuildResult.kernel_schedules`` counts what each kernel got.
+    cpu_layout
+        Data layout of convolutions on llvm targets: ``"NHWC"`` (default; vectorises over
+        channels, several times faster than NCHW on CPUs) or ``"NCHW"`` (needed for IOS-Merge,
+        which merges NCHW convs only); see :func:`ios_tvm.extract.convert_conv_layout`.
     """
     from .extract import graph_from_model, resolve_target
 
@@ -206,9 +210,11 @@ def build(model: Any, target: Any = "llvm", *,
     t0 = time.perf_counter()
     load_kwargs = {"params": params} if params is not None else {}
     extraction = graph_from_model(model, target, input_shapes=input_shapes,
-                                  cpu_schedule=cpu_schedule, database=database, **load_kwargs)
+                                  cpu_schedule=cpu_schedule, database=database,
+                                  cpu_layout=cpu_layout, **load_kwargs)
     tgt = resolve_target(target)
     extraction.target = extraction.target or tgt
+    warn_merge_layout(cfg.strategy, extraction.target, cpu_layout)
     device_type = target_device_type(extraction.target)
     if cuda_graph and device_type != "cuda":
         raise IosTvmError(f"cuda_graph=True needs a CUDA target, not {extraction.target}")
@@ -397,6 +403,15 @@ def _search_and_choose(extraction: Any, lib: Any, device_type: str, cfg: SearchC
     return BuildResult(art, schedule if chosen == "ios" else seq, chosen, reason, latencies,
                        result.stats, measured.measured if measured else 0,
                        measured.cache_hits if measured else 0, times, peak)
+
+
+def warn_merge_layout(strategy: str, target: Any, cpu_layout: str | None) -> None:
+    """Warn when IOS-Merge is asked for on a CPU target whose convs were made NHWC."""
+    if strategy in ("merge", "both") and cpu_layout == "NHWC" and \
+            getattr(getattr(target, "kind", None), "name", None) == "llvm":
+        logger.warning("IOS-Merge merges NCHW convs only, and the convs were lowered NHWC "
+                       "(cpu_layout='NHWC'), so no stage will be merged; pass "
+                       "cpu_layout='NCHW' (--cpu-layout NCHW) to merge on CPU")
 
 
 def _plan_latency(art: Artifact, inputs: list[np.ndarray], settings: ProfileSettings,

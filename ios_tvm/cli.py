@@ -103,7 +103,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
                    config=cfg, cost=args.cost, cache=cache, settings=settings,
                    progress=not args.quiet, rpc_tracker=args.rpc_tracker,
                    rpc_key=args.rpc_key, rpc_servers=args.rpc_servers,
-                   database=args.database, cpu_schedule=not args.no_cpu_schedule)
+                   database=args.database, cpu_schedule=not args.no_cpu_schedule,
+                   cpu_layout=args.cpu_layout)
     out = result.export(args.output)
     (out / "build.json").write_text(json.dumps(result.summary(), indent=1))
     lat = result.latencies
@@ -133,7 +134,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     shapes = parse_input_shapes(args.input_shapes) if args.input_shapes else None
     result = tune(_resolve_model(args), args.target, args.trials, args.database,
                   input_shapes=shapes, trials_per_iter=args.trials_per_iter,
-                  progress=not args.quiet, seed=args.seed, model_name=Path(args.model).stem)
+                  progress=not args.quiet, seed=args.seed, model_name=Path(args.model).stem,
+                  cpu_layout=args.cpu_layout)
     print(f"{args.model}: {len(result.tasks)} kernels, budget {result.budget} trials, "
           f"{result.trials_run} run now ({result.seconds:.0f} s); target {result.target}")
     print(f"{'kernel':<40} {'calls':>5} {'trials':>7} {'best us':>9}")
@@ -189,7 +191,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                    database=args.database, rounds=args.rounds, min_ms=args.min_ms,
                    settings=ProfileSettings(args.warmup, args.number, args.repeat),
                    onnxruntime=not args.no_onnxruntime, relax_vm=not args.no_relax_vm,
-                   greedy=not args.no_greedy, progress=not args.quiet)
+                   greedy=not args.no_greedy, progress=not args.quiet,
+                   cpu_layout=args.cpu_layout)
     print(report.table())
     if args.output:
         out = Path(args.output)
@@ -307,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MetaSchedule tuning database written by `ios-tvm tune` for this target")
     p.add_argument("--no-cpu-schedule", action="store_true",
                    help="keep TVM's unscheduled llvm kernels (no default CPU schedules)")
+    p.add_argument("--cpu-layout", choices=("NHWC", "NCHW"), default="NHWC",
+                   help="conv layout on CPU targets (default NHWC, vectorised over channels; "
+                        "NCHW for --strategy merge/both)")
     p.add_argument("-o", "--output", required=True, help="artifact directory to write")
     p.set_defaults(func=_cmd_compile)
 
@@ -328,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="schedules measured per search round (default 16)")
     p.add_argument("--database", metavar="DIR", required=True,
                    help="database directory (created, or resumed when it exists)")
+    p.add_argument("--cpu-layout", choices=("NHWC", "NCHW"), default="NHWC",
+                   help="conv layout on CPU targets (default NHWC, vectorised over channels; "
+                        "NCHW for --strategy merge/both)")
     p.add_argument("--seed", type=int, help="random seed of the search")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_tune)
@@ -370,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=7, help="whole-run timing rounds (default 7)")
     p.add_argument("--min-ms", type=float, default=100.0,
                    help="least time per variant per round (default 100)")
+    p.add_argument("--cpu-layout", choices=("NHWC", "NCHW"), default="NHWC",
+                   help="conv layout on CPU targets (default NHWC, vectorised over channels; "
+                        "NCHW for --strategy merge/both)")
     p.add_argument("--no-onnxruntime", action="store_true", help="skip ONNX Runtime")
     p.add_argument("--no-relax-vm", action="store_true", help="skip TVM's Relax VM")
     p.add_argument("--no-greedy", action="store_true", help="skip the greedy plan")

@@ -77,8 +77,12 @@ PARALLEL_MIN_EXTENT = 64
 #: Accumulator vector registers a contraction tile may use (x86 has 16 ymm registers with
 #: AVX2; keep room for the loaded vector and the broadcast operand).
 ACCUMULATOR_REGISTERS = 8
+#: A contraction tile with fewer rows than this widens its vector to up to
+#: MAX_VECTOR_REGISTERS registers along the vector axis.
+MIN_ROWS = 4
+MAX_VECTOR_REGISTERS = 4
 #: Version of these rules; a tuning database seeded with older rules is seeded again.
-RULES_VERSION = 2
+RULES_VERSION = 3
 #: Dtypes whose loops are vectorised.
 _VECTOR_DTYPES = ("float16", "float32", "float64", "int32", "int64")
 
@@ -405,10 +409,19 @@ def _schedule_contraction(sch: s_tir.Schedule, info: Any, target: tvm.target.Tar
 
     if vec is None:
         raise _Skip("no vectorisable output axis")
-    v_factor = _vector_factor(_int(iters[vec].dom), lanes)[0]
+    v_extent = _int(iters[vec].dom)
+    v_factor = _vector_factor(v_extent, lanes)[0]
     regs = math.ceil(v_factor / lanes)
     r_factor = (_rows_factor(_int(iters[rows].dom), ACCUMULATOR_REGISTERS // max(regs, 1))
                 if rows is not None else 1)
+    # Few rows (the row axis has a prime extent such as 17 or 71): widen the vector tile to
+    # several registers instead, so that each broadcast operand feeds several multiply-adds
+    # and the accumulators still fill the register budget.
+    if v_factor == lanes and r_factor < MIN_ROWS:
+        widen = [k for k in range(2, MAX_VECTOR_REGISTERS + 1)
+                 if v_extent % (k * lanes) == 0 and k * r_factor <= ACCUMULATOR_REGISTERS]
+        if widen:
+            v_factor = max(widen) * lanes
 
     # Accumulate in a local tile; fold the epilogue into the tile's write-back.
     write_back = sch.cache_write(block_rv, 0, "local")

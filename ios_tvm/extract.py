@@ -34,7 +34,7 @@ from typing import Any, Union
 import tvm
 from tvm import relax
 
-from .errors import UnsupportedGraphError
+from .errors import IosTvmError, UnsupportedGraphError
 from .frontend import ShapeDict, _entry_function, _num_inputs, load_model
 from .graph import OpGraph, OpNode, TensorInfo
 
@@ -282,8 +282,35 @@ def _scheduled_kernels(mod: tvm.IRModule) -> set[str]:
             if isinstance(f, tvm.tirx.PrimFunc) and is_scheduled(f)}
 
 
+#: Data layouts :func:`lower_to_kernels` can give convolutions on llvm targets.
+CPU_LAYOUTS = ("NHWC", "NCHW")
+
+
+def convert_conv_layout(mod: tvm.IRModule, layout: str) -> tvm.IRModule:
+    """Give every 2-D convolution ``layout`` (``"NHWC"``: weights ``HWIO``; ``"NCHW"``: as is).
+
+    Relax's ConvertLayout rewrites the convs and carries the layout through the elementwise
+    ops, pools and concats around them, so transposes remain only where the model's inputs
+    enter and its outputs leave; FoldConstant then transposes constant weights once, at
+    build time. Why NHWC on CPU: the output channels become the innermost axis, which every
+    conv has in multiples of the vector width and which the weights (HWIO) are contiguous
+    along, so :mod:`ios_tvm.cpu_schedule` vectorises over channels; in NCHW it must
+    vectorise along the image width, and widths such as 17, 35 or 71 leave the vector units
+    mostly idle (Inception V3's convs ran at scalar speed).
+    """
+    if layout == "NCHW":
+        return mod
+    if layout != "NHWC":
+        raise IosTvmError(f"unknown CPU conv layout {layout!r}; choose from {CPU_LAYOUTS}")
+    mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
+    mod = relax.transform.FoldConstant()(mod)
+    # ConvertLayout transposes a tensor once per consumer; keep one transpose per tensor.
+    return relax.transform.EliminateCommonSubexpr()(mod)
+
+
 def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm", *,
-                     cpu_schedule: bool = True, database: Any = None) -> tvm.IRModule:
+                     cpu_schedule: bool = True, database: Any = None,
+                     cpu_layout: str | None = None) -> tvm.IRModule:
     """Lower a Relax module to fused kernels the way TVM's default pipeline does.
 
     Runs ``relax.pipeline.library_dispatch_passes(target)`` and
@@ -311,6 +338,11 @@ def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm", *,
         A MetaSchedule database to apply: a directory written by :func:`ios_tvm.tune.tune`
         (validated; must be tuned for this target) or a ``ms.Database``. Default: the
         database of an enclosing ``with database:``, if any.
+    cpu_layout
+        On llvm targets, the data layout of 2-D convolutions (:func:`convert_conv_layout`):
+        ``"NHWC"`` (vectorises over channels; what :func:`ios_tvm.build` uses by default)
+        or ``"NCHW"``; None (default) keeps the module as it is. Other targets always keep
+        the module's layout. IOS-Merge (:mod:`ios_tvm.merge`) merges NCHW convs only.
 
     Returns
     -------
@@ -339,6 +371,8 @@ def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm", *,
         from .tune import open_database
 
         db = open_database(database, tgt)
+    if cpu_layout is not None and tgt.kind.name == "llvm":
+        mod = convert_conv_layout(mod, cpu_layout)
     prov = _Provenance()
     flops: dict[str, float] = {}
     tuned: set[str] = set()
@@ -378,7 +412,8 @@ def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm", *,
             if how is not None and gv.name_hint in how.kernels:
                 info["schedule"] = how.kernels[gv.name_hint]
             kernels[gv.name_hint] = info
-    record = {"target": str(tgt), "kernels": kernels}
+    record = {"target": str(tgt), "kernels": kernels,
+              "cpu_layout": cpu_layout if tgt.kind.name == "llvm" else None}
     return mod.with_attr(KERNEL_INFO_ATTR, json.dumps(record))
 
 
@@ -849,14 +884,16 @@ def extract_graph(mod: tvm.IRModule, func_name: str | None = None) -> Extraction
 
 def graph_from_model(model: Any, target: TargetLike = "llvm",
                      input_shapes: ShapeDict | None = None, *, cpu_schedule: bool = True,
-                     database: Any = None, **load_kwargs: Any) -> Extraction:
+                     database: Any = None, cpu_layout: str | None = None,
+                     **load_kwargs: Any) -> Extraction:
     """Load, lower and extract in one call: ``extract_graph(lower_to_kernels(load_model()))``.
 
-    ``cpu_schedule`` and ``database`` go to :func:`lower_to_kernels`; ``load_kwargs`` to
-    :func:`ios_tvm.frontend.load_model` (``dtype``, ``params``, ``seed``).
+    ``cpu_schedule``, ``database`` and ``cpu_layout`` go to :func:`lower_to_kernels`;
+    ``load_kwargs`` to :func:`ios_tvm.frontend.load_model` (``dtype``, ``params``, ``seed``).
     """
     mod = load_model(model, input_shapes, **load_kwargs)
     tgt = resolve_target(target)
-    ex = extract_graph(lower_to_kernels(mod, tgt, cpu_schedule=cpu_schedule, database=database))
+    ex = extract_graph(lower_to_kernels(mod, tgt, cpu_schedule=cpu_schedule, database=database,
+                                        cpu_layout=cpu_layout))
     ex.target = tgt
     return ex

@@ -712,6 +712,8 @@ class MergeCompiler:
         from .extract import lower_to_kernels
 
         options = dict(self.lower_kwargs)
+        # Merged convs are built NCHW (their consumers read channel slices of the output).
+        options.setdefault("cpu_layout", None)
         if "cpu_schedule" in options or \
                 "cpu_schedule" not in inspect.signature(lower_to_kernels).parameters:
             return options

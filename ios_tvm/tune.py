@@ -424,7 +424,7 @@ def tune(model: Any, target: Any = "llvm", trials: int = 64,
          params: Mapping[str, Any] | None = None, trials_per_iter: int = 16,
          min_task_trials: int | None = None, progress: bool = True, seed: int | None = None,
          timeout_s: float = 30.0, runner: Any = "local", builder: Any = "local",
-         model_name: str | None = None) -> TuneResult:
+         model_name: str | None = None, cpu_layout: str | None = "NHWC") -> TuneResult:
     """Tune ``model``'s fused kernels with MetaSchedule into ``database_dir``.
 
     Parameters
@@ -456,6 +456,9 @@ def tune(model: Any, target: Any = "llvm", trials: int = 64,
         MetaSchedule runner and builder (``"local"`` or instances, e.g. an RPC runner).
     model_name
         Name recorded in the database's side file (default: derived from ``model``).
+    cpu_layout
+        Conv layout on llvm targets (:func:`ios_tvm.extract.convert_conv_layout`); compile
+        with the same layout, or the tuned kernels do not match.
 
     Returns
     -------
@@ -482,7 +485,7 @@ def tune(model: Any, target: Any = "llvm", trials: int = 64,
     name = model_name or _model_name(model)
     load_kwargs = {"params": params} if params is not None else {}
     mod = load_model(model, input_shapes, **load_kwargs)
-    lowered = lower_to_kernels(mod, tgt, cpu_schedule=False)
+    lowered = lower_to_kernels(mod, tgt, cpu_schedule=False, cpu_layout=cpu_layout)
     extracted = ms.relax_integration.extract_tasks(lowered, tgt)
     extracted = [t for t in extracted
                  if not t.dispatched[0]["main"].attrs.get("tirx.is_scheduled", False)]
@@ -560,11 +563,23 @@ def _run_tasks(ms: Any, extracted: list[Any], todo: list[tuple[int, int]], root:
                     # MetaSchedule's console handler takes its logger's level when a task's
                     # loggers are made (and leaves the logger at DEBUG): keep iteration logs in
                     # logs/.
-                    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-                    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                        [task], work_dir=str(root), num_threads=cores,
-                        strategy=_search_strategy(trials_per_iter),
-                        seed=None if seed is None else seed + index)
+                    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+                    ms_logger.setLevel(logging.WARNING)
+                    # MetaSchedule rebuilds its loggers with dictConfig, listing every handler
+                    # of its logger by name, and crashes on one without a name (pytest's
+                    # capture handlers end up there): set those aside meanwhile.
+                    foreign = [h for h in ms_logger.handlers if h.get_name() is None]
+                    for h in foreign:
+                        ms_logger.removeHandler(h)
+                    try:
+                        contexts, weights = \
+                            ms.relax_integration.extracted_tasks_to_tune_contexts(
+                                [task], work_dir=str(root), num_threads=cores,
+                                strategy=_search_strategy(trials_per_iter),
+                                seed=None if seed is None else seed + index)
+                    finally:
+                        for h in foreign:
+                            ms_logger.addHandler(h)
                     if contexts:
                         ms.tune.tune_tasks(
                             tasks=contexts, task_weights=weights, work_dir=str(root),

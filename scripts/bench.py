@@ -134,8 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--target", default="host", help="host (default), llvm, cuda or TVM JSON")
     ap.add_argument("--batch-sizes", nargs="+", type=int,
                     help="default: 1 (1 8 32 for the full set on CUDA)")
-    ap.add_argument("--strategies", nargs="+", default=["concurrent", "merge"],
-                    choices=("concurrent", "merge", "both"))
+    ap.add_argument("--strategies", nargs="+", choices=("concurrent", "merge", "both"),
+                    help="default: concurrent on a CPU (convs are NHWC there, and IOS-Merge "
+                         "merges NCHW convs), concurrent and merge on CUDA")
+    ap.add_argument("--cpu-layout", choices=("NHWC", "NCHW"), default="NHWC")
     ap.add_argument("--cost", choices=("auto", "measured", "analytic"), default="auto",
                     help="auto: measured, except analytic on a CPU for models with more than "
                          "--measure-limit kernels")
@@ -157,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cuda = target.kind.name == "cuda"
     models = args.models or SETS[args.set_name]
     batches = args.batch_sizes or ([1, 8, 32] if cuda and args.set_name == "full" else [1])
+    strategies = args.strategies or (["concurrent", "merge"] if cuda or args.cpu_layout == "NCHW"
+                                     else ["concurrent"])
     machine = machine_info()
     device = "cuda" if cuda else "cpu"
     out = args.out or default_out(args.set_name, device)
@@ -176,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         else "measured")
             print(f"== {key} ({MODEL_INFO[name].description}; {cost} cost)", flush=True)
             try:
-                report = bench(name, target, batch_size=batch, strategies=args.strategies,
+                report = bench(name, target, batch_size=batch, strategies=strategies,
+                               cpu_layout=args.cpu_layout,
                                cost=cost, config=SearchConfig(max_part_size=args.max_part_size),
                                cache=args.cache or True, rounds=args.rounds,
                                min_ms=args.min_ms,

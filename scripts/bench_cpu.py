@@ -130,13 +130,16 @@ def bench_model(name: str, model: onnx.ModelProto, args: argparse.Namespace,
     for variant in variants:
         info: dict[str, Any] = {}
         database = None
+        # TVM's own kernels keep the model's layout; ios-tvm's use --cpu-layout (NHWC).
+        layout = None if variant == "unscheduled" else args.cpu_layout
+        info["cpu_layout"] = layout
         if variant == "tuned":
             from ios_tvm.tune import tune
 
             database = Path(args.database_root) / f"{name}-{target.get('mcpu', 'generic')}"
             t0 = time.perf_counter()
             tuned = tune(model, target, args.trials, database, trials_per_iter=args.trials_per_iter,
-                         progress=not args.quiet, model_name=name)
+                         progress=not args.quiet, model_name=name, cpu_layout=layout)
             info["tuning"] = {"database": str(database), "budget": tuned.budget,
                               "trials_run_now": tuned.trials_run,
                               "seconds_now": time.perf_counter() - t0,
@@ -148,7 +151,8 @@ def bench_model(name: str, model: onnx.ModelProto, args: argparse.Namespace,
         # margin=-inf: ship the searched plan whatever it measures (this script times both).
         result = build(model, target, cost=cost, cache=str(cache_dir / f"{name}.sqlite"),
                        settings=settings, margin=-1e9, compare_vm=False, progress=False,
-                       database=database, cpu_schedule=variant != "unscheduled")
+                       database=database, cpu_schedule=variant != "unscheduled",
+                       cpu_layout=layout)
         info["build_seconds"] = time.perf_counter() - t0
         info["kernel_schedules"] = result.kernel_schedules
         info["schedule"] = result.schedule.summary()
@@ -157,7 +161,7 @@ def bench_model(name: str, model: onnx.ModelProto, args: argparse.Namespace,
         info["cost"] = cost
         # The same kernels again, for the sequential plan and the Relax VM.
         ex = graph_from_model(model, target, cpu_schedule=variant != "unscheduled",
-                              database=database)
+                              database=database, cpu_layout=layout)
         lib = build_kernel_library(ex.mod, ex.target)
         report = schedule_report(ex.mod)
         info["kernels"] = len(ex.graph.nodes)
@@ -256,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--trials-per-iter", type=int, default=8)
     ap.add_argument("--database-root", default=str(ROOT / "benchmarks" / "tuning"),
                     help="tuning databases, one per model and CPU (resumed when present)")
+    ap.add_argument("--cpu-layout", choices=("NHWC", "NCHW"), default="NHWC",
+                    help="conv layout of the default and tuned variants (default NHWC)")
     ap.add_argument("--no-tune", action="store_true", help="skip the tuned variant")
     ap.add_argument("--no-unscheduled", action="store_true", help="skip the unscheduled variant")
     ap.add_argument("--unscheduled-cost", choices=("analytic", "measured"), default="analytic",

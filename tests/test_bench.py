@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def sample_report() -> BenchReport:
+    # NCHW convs: IOS-Merge merges NCHW convs only.
     return bench("sample", "llvm", strategies=("concurrent", "merge"), cost="analytic",
-                 cache=False, rounds=2, min_ms=1.0)
+                 cache=False, rounds=2, min_ms=1.0, cpu_layout="NCHW")
 
 
 def test_report_times_every_variant_on_the_same_outputs(sample_report: BenchReport) -> None:
@@ -74,9 +75,11 @@ def test_time_rounds_interleaves_and_pauses() -> None:
     calls: list[str] = []
     runners = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
     t0 = time.perf_counter()
-    samples = time_rounds(runners, rounds=3, min_ms=0.0, warmup=1, pause_ms=20.0)
+    samples = time_rounds(runners, rounds=3, min_ms=0.0, warmup=1, pause_ms=20.0,
+                          turn_warmup=1)
     elapsed = time.perf_counter() - t0
-    assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-up, then one run each per round
+    # Warm-up, then per round each runner's turn: one untimed run, one timed run.
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3
     assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3}
     assert elapsed >= 6 * 0.02  # a pause before every turn
 

@@ -488,3 +488,42 @@ def test_search_on_extracted_inception_net() -> None:
     assert len(g) == 18 and g.width == 4
     result = search(g, AnalyticCost(g))
     validate_schedule(g, result.schedule)
+
+
+# -- conv layout on CPU --------------------------------------------------------------------------
+def test_cpu_convs_are_lowered_nhwc_with_the_same_outputs() -> None:
+    from ios_tvm.extract import KERNEL_INFO_ATTR, graph_from_model
+    from ios_tvm.lower import lower
+    from ios_tvm.models import sample_block
+    from ios_tvm.search import sequential_schedule
+
+    model = sample_block()
+    nhwc = graph_from_model(model, "llvm", cpu_layout="NHWC")
+    nchw = graph_from_model(model, "llvm", cpu_layout="NCHW")
+    assert json.loads(nhwc.mod.attrs[KERNEL_INFO_ATTR])["cpu_layout"] == "NHWC"
+
+    def conv_shapes(ex) -> list[tuple[int, ...]]:
+        return [ex.graph.tensors[n.outputs[0]].shape for n in ex.graph.nodes
+                if "conv2d" in n.kernel]
+
+    assert conv_shapes(nhwc) == [(1, 28, 28, 64)] * 4
+    assert conv_shapes(nchw) == [(1, 64, 28, 28)] * 4
+    # One transpose of the shared input, not one per consumer (common subexpressions merged).
+    transposes = [n for n in nhwc.graph.nodes if n.kernel.startswith("transpose")]
+    assert len(transposes) == 1
+    x = np.random.default_rng(0).standard_normal((1, 64, 28, 28)).astype("float32")
+    outs = [lower(ex, sequential_schedule(ex.graph)).executor()(x)[0] for ex in (nhwc, nchw)]
+    assert outs[0].shape == outs[1].shape == (1, 192, 28, 28)  # the model's own layout
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+
+
+def test_cuda_keeps_the_model_layout_and_bad_layouts_are_named() -> None:
+    from ios_tvm.errors import IosTvmError
+    from ios_tvm.extract import graph_from_model
+    from ios_tvm.models import sample_block
+
+    ex = graph_from_model(sample_block(), "cuda", cpu_layout="NHWC")  # not a CPU: no effect
+    convs = [n for n in ex.graph.nodes if "conv2d" in n.kernel]
+    assert convs and all(ex.graph.tensors[n.outputs[0]].shape == (1, 64, 28, 28) for n in convs)
+    with pytest.raises(IosTvmError, match="unknown CPU conv layout 'NCHW8c'"):
+        graph_from_model(sample_block(), "llvm", cpu_layout="NCHW8c")

@@ -471,8 +471,10 @@ def test_build_with_merges_equals_onnxruntime(strategy: str, tmp_path: Path) -> 
     from ios_tvm.build import build
 
     model = inception_block(channels=16)
+    # IOS-Merge merges NCHW convs; build's CPU default is NHWC.
     result = build(model, "llvm", config=SearchConfig(strategy=strategy),
-                   cost=_free_merges_factory(), measure=False, compare_vm=False, cache=False)
+                   cost=_free_merges_factory(), measure=False, compare_vm=False, cache=False,
+                   cpu_layout="NCHW")
     plan = result.artifact.plan
     assert any(s.strategy == "merge" for s in result.schedule.stages)
     assert any(s.strategy == "merge" for s in plan.stages)
@@ -527,3 +529,13 @@ def test_cli_schedule_marks_merges(capsys: pytest.CaptureFixture[str], tmp_path:
     assert "merge" in text
     doc = json.loads((tmp_path / "s.json").read_text())
     assert doc["meta"]["strategy"] == "merge"
+
+
+def test_merge_on_nhwc_cpu_convs_warns_and_merges_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    from ios_tvm.build import build
+
+    with caplog.at_level("WARNING", logger="ios_tvm.build"):
+        result = build(inception_block(channels=16), "llvm", config=SearchConfig(strategy="merge"),
+                       cost=_free_merges_factory(), measure=False, compare_vm=False, cache=False)
+    assert "cpu_layout='NCHW'" in caplog.text
+    assert not any(s.strategy == "merge" for s in result.schedule.stages)

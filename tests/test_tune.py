@@ -42,6 +42,8 @@ from ios_tvm.tune import (  # noqa: E402
 
 TARGET = {"kind": "llvm", "mcpu": "haswell"}  # AVX2: runs on any x86-64 CI machine of today
 TRIALS = 4
+# The model's own layout, as lower_to_kernels keeps it: one fused conv kernel, one task.
+LAYOUT = "NCHW"
 
 
 def tiny_conv() -> onnx.ModelProto:
@@ -56,7 +58,7 @@ def tiny_conv() -> onnx.ModelProto:
 def tuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     database = tmp_path_factory.mktemp("tuning") / "db"
     result = tune(tiny_conv(), TARGET, trials=TRIALS, database_dir=database,
-                  trials_per_iter=TRIALS, progress=False, seed=0)
+                  trials_per_iter=TRIALS, progress=False, seed=0, cpu_layout=LAYOUT)
     assert result.trials_run == TRIALS
     assert len(result.tasks) == 1
     task = result.tasks[0]
@@ -115,7 +117,8 @@ def test_default_schedule_is_a_measured_candidate(tuned: Path) -> None:
 
 def test_tuning_resumes(tuned: Path) -> None:
     records = validate_database(tuned).records
-    again = tune(tiny_conv(), TARGET, trials=TRIALS, database_dir=tuned, progress=False)
+    again = tune(tiny_conv(), TARGET, trials=TRIALS, database_dir=tuned, progress=False,
+                 cpu_layout=LAYOUT)
     assert again.trials_run == 0
     assert again.tasks[0].trials_before == again.tasks[0].trials_after
     assert validate_database(tuned).records == records
@@ -130,7 +133,8 @@ def test_changed_default_rules_are_measured_again(tuned: Path, tmp_path: Path) -
     meta["default_rules"] = 0
     meta_path.write_text(json.dumps(meta))
     records = validate_database(copy).records
-    again = tune(tiny_conv(), TARGET, trials=TRIALS, database_dir=copy, progress=False)
+    again = tune(tiny_conv(), TARGET, trials=TRIALS, database_dir=copy, progress=False,
+                 cpu_layout=LAYOUT)
     assert again.trials_run == 0
     assert validate_database(copy).records == records + 1
     assert validate_database(copy).meta["default_rules"] != 0
@@ -145,7 +149,7 @@ def test_build_uses_the_database_for_both_plans(tuned: Path) -> None:
     from ios_tvm.build import build
 
     result = build(tiny_conv(), TARGET, database=tuned, cost="analytic", cache=False,
-                   measure=False)
+                   measure=False, cpu_layout=LAYOUT)
     assert result.kernel_schedules.get("tuned", 0) > 0
     x = np.random.default_rng(1).standard_normal((1, 8, 16, 16)).astype("float32")
     plain = lower_to_kernels(load_model(tiny_conv()), TARGET, cpu_schedule=False)
@@ -158,11 +162,11 @@ def test_cli_tune_resumes_and_compile_takes_database(tuned: Path, tmp_path: Path
     onnx.save(tiny_conv(), model)
     target = json.dumps(TARGET)
     assert cli.main(["tune", str(model), "--target", target, "--trials", str(TRIALS),
-                     "--database", str(tuned), "-q"]) == 0
+                     "--database", str(tuned), "-q", "--cpu-layout", LAYOUT]) == 0
     out = capsys.readouterr().out
     assert "0 run now" in out
     assert cli.main(["compile", str(model), "--target", target, "--database", str(tuned),
-                     "--cost", "analytic", "--no-cache", "-q", "-o",
+                     "--cost", "analytic", "--no-cache", "-q", "--cpu-layout", LAYOUT, "-o",
                      str(tmp_path / "art")]) == 0
     out = capsys.readouterr().out
     assert "tuned" in out
@@ -182,7 +186,8 @@ def test_truncated_record_file_is_reported(tuned: Path, tmp_path: Path) -> None:
     with pytest.raises(IosTvmError, match="database_tuning_record.json"):
         lower_to_kernels(load_model(tiny_conv()), TARGET, database=broken)
     with pytest.raises(IosTvmError, match="database_tuning_record.json"):
-        tune(tiny_conv(), TARGET, trials=TRIALS, database_dir=broken, progress=False)
+        tune(tiny_conv(), TARGET, trials=TRIALS, database_dir=broken, progress=False,
+             cpu_layout=LAYOUT)
     assert cli.main(["compile", "sample", "--target", json.dumps(TARGET), "--database",
                      str(broken), "--cost", "analytic", "--no-cache", "-q", "-o",
                      str(tmp_path / "art")]) == 1
@@ -225,3 +230,19 @@ def test_tuning_target_and_allocation() -> None:
     assert min(_allocate(64, [100.0, 1.0, 1.0], 8)) == 8
     assert _allocate(2, [1.0, 5.0, 3.0], 8) == [0, 1, 1]
     assert _allocate(0, [1.0], 8) == [0]
+
+
+def test_nhwc_tuning_and_build_match_by_default(tmp_path: Path) -> None:
+    """`ios-tvm tune` and `compile` both lower CPU convs NHWC by default: the database fits."""
+    from ios_tvm.build import build
+
+    database = tmp_path / "db"
+    result = tune(tiny_conv(), TARGET, trials=TRIALS, database_dir=database,
+                  trials_per_iter=TRIALS, progress=False, seed=0)
+    assert any("conv2d" in t.name for t in result.tasks)
+    built = build(tiny_conv(), TARGET, database=database, cost="analytic", cache=False,
+                  measure=False)
+    assert built.kernel_schedules.get("tuned", 0) > 0
+    x = np.random.default_rng(1).standard_normal((1, 8, 16, 16)).astype("float32")
+    plain = lower_to_kernels(load_model(tiny_conv()), TARGET, cpu_schedule=False)
+    np.testing.assert_allclose(built(x)[0], _vm(plain, TARGET, x), rtol=1e-4, atol=1e-4)
