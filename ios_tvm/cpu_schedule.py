@@ -36,9 +36,14 @@ Anything a rule cannot handle (opaque blocks, dynamic shapes, a schedule primiti
 refuses) leaves that kernel unscheduled, logged at DEBUG; nothing here raises for a kernel.
 Scheduled kernels get ``tirx.is_scheduled``; :class:`ScheduleReport` counts what happened.
 
-Not handled: data layout changes (NCHWc packing, weight pre-transposition), cache blocking of
-large reductions, and threads for kernels with too little work to share. MetaSchedule
-(:mod:`ios_tvm.tune`) searches those.
+Layout: :func:`ios_tvm.build` lowers convs NHWC with HWIO weights on CPU
+(:func:`ios_tvm.extract.convert_conv_layout`), so the vector axis is the output channels,
+a multiple of the vector width in every common network; in NCHW the vector axis is the image
+width, and widths such as 17 or 71 leave the vector units idle. When the row axis has few
+divisors (a prime width), the vector tile spans up to ``MAX_VECTOR_REGISTERS`` registers.
+
+Not handled: blocked layouts (NCHWc), cache blocking of large reductions, and threads for
+kernels with too little work to share. MetaSchedule (:mod:`ios_tvm.tune`) searches those.
 """
 
 from __future__ import annotations
