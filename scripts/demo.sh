@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python -m ios_tvm compile sample -o build/demo --warmup 1 --number 3 --repeat 3 "$@"
+.venv/bin/python -m ios_tvm compile sample --target host -o build/demo --warmup 1 --number 3 --repeat 3 "$@"
 .venv/bin/python -m ios_tvm show build/demo
