@@ -296,3 +296,21 @@ def test_partitioned_search_never_loses_to_greedy(graph, seed, part):
     greedy = greedy_schedule(graph, 3)
     assert result.schedule.cost <= schedule_cost(greedy, cost) * (1 + 1e-9)
     assert result.schedule.cost == pytest.approx(schedule_cost(result.schedule, cost))
+
+
+def test_analytic_cpu_cost_gains_nothing_from_concurrency():
+    """On a CPU every kernel already uses every core: splitting cores between groups cannot
+    beat running the ops one after another, so the search keeps them sequential; on a GPU
+    the same small ops gain from running side by side."""
+    from dataclasses import replace
+
+    from ios_tvm.cost.analytic import DEVICES
+
+    g = OpGraph.from_edges(4, [(0, 1), (0, 2), (1, 3), (2, 3)], flops=[1e9, 2e8, 3e8, 1e9])
+    cpu = AnalyticCost(g, replace(DEVICES["cpu"], cores=4))
+    both = Stage(((1,), (2,)))
+    assert cpu(both) > cpu(Stage(((1,),))) + cpu(Stage(((2,),)))
+    result = search(g, cpu, SearchConfig())
+    assert all(len(s.groups) == 1 for s in result.schedule.stages)
+    gpu = AnalyticCost(g, "v100")
+    assert gpu(both) < gpu(Stage(((1,),))) + gpu(Stage(((2,),)))
