@@ -5,8 +5,15 @@ concurrent schedule would let two groups of a stage write the same buffer. Here 
 are counted in *stages*: a tensor is live from the stage that writes it to the last stage
 that reads it (graph outputs to the end). Two tensors may share storage only if their stage
 intervals do not overlap, so nothing live in one stage ever aliases anything else live in
-that stage, whichever group runs first. :func:`check_storage` re-derives the lifetimes and
-verifies an assignment; tests and the lowering call it.
+that stage, whichever group runs first.
+
+One refinement: a tensor written and last read inside one group of one stage (the middle of
+a chain, say) is *group-local*, live only between those two positions of the group. The ops
+of a group run in order on one stream or thread, so two group-local tensors of the same
+group whose position intervals do not overlap may share storage; a group-local tensor still
+conflicts with every tensor of another group of its stage and with every tensor whose stage
+interval covers its stage. :func:`check_storage` re-derives the lifetimes and verifies an
+assignment; tests and the lowering call it.
 """
 
 from __future__ import annotations
@@ -71,6 +78,57 @@ def stage_lifetimes(graph: OpGraph, schedule: Schedule) -> dict[str, tuple[int, 
     return {t: (a, b) for t, (a, b) in life.items()}
 
 
+#: A group-local lifetime: (stage, group index, first position, last position).
+_Local = tuple[int, int, int, int]
+
+
+def group_local_lifetimes(graph: OpGraph, schedule: Schedule) -> dict[str, _Local]:
+    """The activation tensors written and last read inside one group of one stage.
+
+    Graph outputs, tensors read in another stage or group, and tensors read through a view
+    are not group-local.
+    """
+    where: dict[int, tuple[int, int, int]] = {}
+    for si, stage in enumerate(schedule.stages):
+        if stage.strategy != "concurrent":
+            continue  # a merged stage is one kernel: nothing inside it to reuse
+        for gi, g in enumerate(stage.groups):
+            for pos, op in enumerate(g):
+                where[op] = (si, gi, pos)
+    outputs = {_base(graph, t) for t in graph.outputs}
+    local: dict[str, _Local] = {}
+    spoiled: set[str] = set(outputs)
+    for op, node in enumerate(graph.nodes):
+        for t in node.outputs:
+            info = graph.tensors[t]
+            if info.kind == "activation" and info.alias_of is None and op in where:
+                si, gi, pos = where[op]
+                local[t] = (si, gi, pos, pos)
+    for op, node in enumerate(graph.nodes):
+        for t in node.inputs:
+            base = _base(graph, t)
+            if base not in local:
+                continue
+            si, gi, first, last = local[base]
+            if base != t or op not in where or where[op][:2] != (si, gi):
+                spoiled.add(base)
+            else:
+                local[base] = (si, gi, first, max(last, where[op][2]))
+    return {t: v for t, v in local.items() if t not in spoiled}
+
+
+def _conflict(a: str, b: str, life: Mapping[str, tuple[int, int]],
+              local: Mapping[str, _Local]) -> bool:
+    """Whether tensors ``a`` and ``b`` may be live at the same time (see the module doc)."""
+    la, lb = local.get(a), local.get(b)
+    if la is not None and lb is not None:
+        if la[:2] != lb[:2]:
+            return la[0] == lb[0]  # other groups of one stage run concurrently
+        return not (la[3] < lb[2] or lb[3] < la[2])
+    (a0, a1), (b0, b1) = life[a], life[b]
+    return not (a1 < b0 or b1 < a0)
+
+
 def plan_storage(graph: OpGraph, schedule: Schedule, *, reuse: bool = True) -> StoragePlan:
     """Assign activation tensors to storages; see the module docstring for the rule.
 
@@ -80,16 +138,18 @@ def plan_storage(graph: OpGraph, schedule: Schedule, *, reuse: bool = True) -> S
     one is made. With ``reuse=False`` every tensor gets its own storage.
     """
     life = stage_lifetimes(graph, schedule)
+    local = group_local_lifetimes(graph, schedule)
+    # By first stage, largest first (big tensors pick storages before small ones split them).
     order = sorted(life, key=lambda t: (life[t][0], -graph.tensors[t].nbytes, t))
     sizes: list[int] = []
-    free_after: list[int] = []  # last stage in which the storage is still in use
+    members: list[list[str]] = []
     storage_of: dict[str, int] = {}
     for t in order:
-        start, stop = life[t]
         nbytes = graph.tensors[t].nbytes
         sid = -1
         if reuse:
-            free = [s for s in range(len(sizes)) if free_after[s] < start]
+            free = [s for s in range(len(sizes))
+                    if not any(_conflict(t, u, life, local) for u in members[s])]
             fitting = [s for s in free if sizes[s] >= nbytes]
             if fitting:
                 sid = min(fitting, key=lambda s: (sizes[s], s))
@@ -98,9 +158,9 @@ def plan_storage(graph: OpGraph, schedule: Schedule, *, reuse: bool = True) -> S
         if sid < 0:
             sid = len(sizes)
             sizes.append(0)
-            free_after.append(-1)
+            members.append([])
         sizes[sid] = max(sizes[sid], nbytes)
-        free_after[sid] = stop
+        members[sid].append(t)
         storage_of[t] = sid
     plan = StoragePlan(storage_of, tuple(sizes), life)
     check_storage(graph, schedule, plan)
@@ -110,10 +170,11 @@ def plan_storage(graph: OpGraph, schedule: Schedule, *, reuse: bool = True) -> S
 def check_storage(graph: OpGraph, schedule: Schedule, plan: StoragePlan) -> None:
     """Check a storage plan against the schedule's stage lifetimes.
 
-    Raises if two tensors sharing a storage are ever live in the same stage, or if a storage
-    is smaller than a tensor placed in it.
+    Raises if two tensors sharing a storage may ever be live at the same time (the rule of
+    the module docstring), or if a storage is smaller than a tensor placed in it.
     """
     life = stage_lifetimes(graph, schedule)
+    local = group_local_lifetimes(graph, schedule)
     missing = set(life) - set(plan.storage_of)
     if missing:
         raise IosTvmError(f"storage plan misses tensor(s) {sorted(missing)[:5]}")
@@ -126,14 +187,20 @@ def check_storage(graph: OpGraph, schedule: Schedule, plan: StoragePlan) -> None
                               f"{sid} ({plan.storage_nbytes[sid]} B)")
         by_storage.setdefault(sid, []).append(t)
     for sid, tensors in by_storage.items():
-        spans = sorted((life[t][0], life[t][1], t) for t in tensors)
-        a0, a1, ta = spans[0]
-        for b0, b1, tb in spans[1:]:
-            if b0 <= a1:
-                raise IosTvmError(f"tensors {ta!r} (stages {a0}-{a1}) and {tb!r} (from stage {b0}) "
-                                  f"share storage {sid} while both are live")
-            if b1 > a1:
-                a0, a1, ta = b0, b1, tb
+        for i, ta in enumerate(tensors):
+            for tb in tensors[i + 1:]:
+                if _conflict(ta, tb, life, local):
+                    raise IosTvmError(
+                        f"tensors {ta!r} ({_describe(ta, life, local)}) and {tb!r} "
+                        f"({_describe(tb, life, local)}) share storage {sid} while both may "
+                        "be live")
+
+
+def _describe(t: str, life: Mapping[str, tuple[int, int]], local: Mapping[str, _Local]) -> str:
+    if t in local:
+        si, gi, first, last = local[t]
+        return f"stage {si} group {gi} ops {first}-{last}"
+    return f"stages {life[t][0]}-{life[t][1]}"
 
 
 def peak_bytes(graph: OpGraph, schedules: Sequence[Schedule]) -> list[int]:
