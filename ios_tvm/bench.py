@@ -27,11 +27,13 @@ compiler side's view of a model, used by ``ios-tvm bench`` and ``scripts/bench.p
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +53,7 @@ IOS_STRATEGIES = ("concurrent", "merge", "both")
 
 # -- machine and timing (shared by scripts/bench*.py) ---------------------------------------------
 def machine_info() -> dict[str, Any]:
-    """Facts about this machine worth keeping next to a timing: CPU, cores, load, versions."""
+    """Facts worth keeping next to a timing: CPU, cores, load, versions, the git commit."""
     import tvm
 
     info: dict[str, Any] = {
@@ -61,6 +63,17 @@ def machine_info() -> dict[str, Any]:
         "tvm": tvm.__version__, "TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS"),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    info["machine"] = platform.machine()
+    info["processor"] = platform.processor() or None
+    info["tvm_num_threads"] = int(tvm.get_global_func("runtime.NumThreads")())
+    root = Path(__file__).resolve().parent.parent
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True,
+                                  text=True).stdout.strip()
+
+        info["git_commit"] = git("rev-parse", "HEAD")
+        info["git_dirty"] = bool(git("status", "--porcelain"))
     try:
         import onnxruntime as ort
 

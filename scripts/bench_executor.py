@@ -44,7 +44,6 @@ import os
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -354,20 +353,6 @@ def parallel_capacity(nbytes: int = 64 << 20, rounds: int = 3) -> dict[str, floa
 # ---------------------------------------------------------------------------------------------
 # output
 # ---------------------------------------------------------------------------------------------
-def extra_machine_facts() -> dict[str, Any]:
-    """What this benchmark records beyond :func:`ios_tvm.bench.machine_info`: the
-    architecture and processor, TVM's thread-pool size and the git commit."""
-    info: dict[str, Any] = {"machine": platform.machine(),
-                            "processor": platform.processor() or None,
-                            "tvm_num_threads": int(tvm.get_global_func("runtime.NumThreads")())}
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, check=True,
-                                            capture_output=True, text=True).stdout.strip()
-        info["git_dirty"] = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT,
-                                                check=True, capture_output=True,
-                                                text=True).stdout.strip())
-    return info
-
 
 def print_tables(overhead: dict[str, Any] | None, rows: Sequence[dict[str, Any]]) -> None:
     if overhead is not None:
@@ -431,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
     min_s = args.min_ms / 1e3
     t0 = time.perf_counter()
-    machine = machine_info() | extra_machine_facts()
+    machine = machine_info()
     capacity_start = parallel_capacity()
     print(f"parallel capacity (2 threads vs 1, ideal 2.0): {capacity_start['speedup']:.2f}; "
           f"load average {machine.get('load_average')}", flush=True)

@@ -41,7 +41,6 @@ import os
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -56,7 +55,6 @@ for p in (ROOT, ROOT / "tests"):
         sys.path.insert(0, str(p))
 
 import onnx  # noqa: E402
-import tvm  # noqa: E402
 
 from ios_tvm.bench import machine_info, time_rounds  # noqa: E402
 from ios_tvm.config import SearchConfig  # noqa: E402
@@ -89,19 +87,6 @@ def _models() -> dict[str, Callable[[], onnx.ModelProto]]:
             out[name] = builder
     return out
 
-
-def extra_machine_facts() -> dict[str, Any]:
-    """What this benchmark records beyond :func:`ios_tvm.bench.machine_info`: the
-    architecture, TVM's thread-pool size and the git commit."""
-    info: dict[str, Any] = {"machine": platform.machine(),
-                            "tvm_num_threads": int(tvm.get_global_func("runtime.NumThreads")())}
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, check=True,
-                                            capture_output=True, text=True).stdout.strip()
-        info["git_dirty"] = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT,
-                                                check=True, capture_output=True,
-                                                text=True).stdout.strip())
-    return info
 
 
 def kernels_parallel(lib: Any) -> bool:
@@ -243,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n in skipped:
         print(f"skipping {n}: not available (ios_tvm.models has no such model)")
     t0 = time.perf_counter()
-    machine = machine_info() | extra_machine_facts()
+    machine = machine_info()
     out = args.out or default_out()
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []

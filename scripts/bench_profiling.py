@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +44,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import onnx_models as om  # noqa: E402
-import tvm  # noqa: E402
 
 from ios_tvm.bench import machine_info  # noqa: E402
 from ios_tvm.config import SearchConfig  # noqa: E402
@@ -154,16 +152,6 @@ def bench_model(name: str, model: Any, settings: ProfileSettings, cfg: SearchCon
             "warm": warm}
 
 
-def extra_machine_facts() -> dict[str, Any]:
-    """What this benchmark records beyond :func:`ios_tvm.bench.machine_info`: the
-    architecture, TVM's thread-pool size and the git commit."""
-    info: dict[str, Any] = {"machine": platform.machine(),
-                            "tvm_num_threads": int(tvm.get_global_func("runtime.NumThreads")())}
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, check=True,
-                                            capture_output=True, text=True).stdout.strip()
-    return info
-
 
 def print_table(rows: Sequence[dict[str, Any]]) -> None:
     print(f"\n{'model':14}{'kernels':>8}{'stages':>8}{'measured':>9}{'cached':>8}"
@@ -209,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rpc = (args.rpc_tracker, args.rpc_key) if args.rpc_tracker else None
     settings = ProfileSettings(args.warmup, args.number, args.repeat)
     cfg = SearchConfig(max_groups=args.max_groups)
-    machine = machine_info() | extra_machine_facts()
+    machine = machine_info()
     print(f"load average {machine.get('load_average')}", flush=True)
     t0 = time.perf_counter()
     rows = []

@@ -25,7 +25,6 @@ Both granularities in one file (the results committed under ``benchmarks/results
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import datetime as _dt
 import io
@@ -33,7 +32,6 @@ import json
 import platform
 import pstats
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -135,20 +133,6 @@ def partition_info(graph: OpGraph, max_part_size: int) -> dict[str, Any]:
         "cut_widths": [widths[lo] for lo, _ in parts[1:]],
     }
 
-
-def extra_machine_facts() -> dict[str, Any]:
-    """What this benchmark records beyond :func:`ios_tvm.bench.machine_info`: the Python
-    implementation, architecture and processor, and the git commit."""
-    info: dict[str, Any] = {"implementation": platform.python_implementation(),
-                            "machine": platform.machine(),
-                            "processor": platform.processor() or None}
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, check=True,
-                                            capture_output=True, text=True).stdout.strip()
-        info["git_dirty"] = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT,
-                                                check=True, capture_output=True,
-                                                text=True).stdout.strip())
-    return info
 
 
 def _parse_part_sizes(text: str) -> tuple[int, dict[str, int]]:
@@ -349,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "format": "ios_tvm.bench_search", "version": 1,
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "command": [Path(sys.executable).name, *sys.argv],
-        "machine": machine_info() | extra_machine_facts(),
+        "machine": machine_info(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "targets_seconds": TARGET_SECONDS,
         "results": rows,
