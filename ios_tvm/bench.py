@@ -9,7 +9,10 @@
   the analytic model);
 * ``relax_vm``: TVM's own Relax VM build of the same kernels;
 * ``onnxruntime``: ONNX Runtime on the same ONNX model (when the model is ONNX and
-  ``onnxruntime`` is installed).
+  ``onnxruntime`` is installed);
+* ``torch`` and ``torch.compile``: PyTorch eager and ``torch.compile`` on the same ONNX graph
+  and weights (:mod:`ios_tvm.torch_baseline`; when the model is ONNX and PyTorch is
+  installed). On CUDA ``torch.compile`` uses ``mode="reduce-overhead"`` (CUDA graphs).
 
 On CUDA every executor plan and the Relax VM are timed twice: eager and replayed as a CUDA
 graph (``.../graph``; the VM with ``relax.backend.use_cuda_graph``).
@@ -78,6 +81,13 @@ def machine_info() -> dict[str, Any]:
         import onnxruntime as ort
 
         info["onnxruntime"] = ort.__version__
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_num_threads"] = torch.get_num_threads()
     except ImportError:
         pass
     try:
@@ -219,6 +229,28 @@ def _plan_of(variant: str) -> str:
     return variant[:-len("/graph")] if variant.endswith("/graph") else variant
 
 
+def _add_torch_runners(proto: Any, inputs: Sequence[np.ndarray], device_type: str,
+                       modes: Sequence[str], runners: dict[str, Callable[[], Any]],
+                       outputs: dict[str, list[np.ndarray]], seconds: dict[str, float]) -> None:
+    """PyTorch eager / ``torch.compile`` runners, when PyTorch is installed."""
+    from . import torch_baseline
+
+    if not torch_baseline.available():
+        logger.info("PyTorch is not installed; no PyTorch baseline")
+        return
+    for mode in modes:
+        variant = "torch" if mode == "eager" else "torch.compile"
+        try:
+            run, outs, took = torch_baseline.torch_runner(
+                proto, inputs, device="cuda" if device_type == "cuda" else "cpu",
+                compile=mode == "compile")
+        except Exception as e:  # reported only: a missing op or a compiler failure in torch
+            logger.warning("%s failed: %s", variant, e)
+            continue
+        runners[variant], outputs[variant] = run, outs
+        seconds[f"prepare_{variant}"] = took
+
+
 # -- the benchmark ---------------------------------------------------------------------------------
 def resolve_model(model: Any, batch_size: int = 1) -> tuple[str, Any]:
     """A display name and the model: a zoo name becomes its ONNX ModelProto at ``batch_size``."""
@@ -305,7 +337,8 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
           config: SearchConfig | None = None, cache: Any = True, database: Any = None,
           rounds: int = 7, min_ms: float = 100.0, settings: Any = None,
           onnxruntime: bool = True, relax_vm: bool = True, greedy: bool = True,
-          margin: float = 0.03, progress: bool = False, name: str | None = None,
+          pytorch: Sequence[str] = ("eager", "compile"), margin: float = 0.03,
+          progress: bool = False, name: str | None = None,
           seed: int = 0, cpu_layout: str | None = "NHWC") -> BenchReport:
     """Time ``model`` every way (see the module docstring) and return a :class:`BenchReport`.
 
@@ -336,6 +369,10 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
         Whole-run timing: rounds of the round-robin, least time per runner per round.
     onnxruntime, relax_vm, greedy
         Include these baselines.
+    pytorch
+        PyTorch baselines to time when PyTorch is installed and the model is ONNX:
+        ``"eager"`` and/or ``"compile"`` (``torch.compile`` takes 30-60 s per model to
+        compile on a small CPU); empty for none.
     margin
         The build's never-slower margin, for ``BenchReport.shipped``.
     progress
@@ -363,6 +400,10 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
         raise IosTvmError(f"unknown cost {cost!r}; use 'measured' or 'analytic'")
     if rounds < 1:
         raise IosTvmError(f"rounds must be at least 1, not {rounds}")
+    pytorch = tuple(pytorch)
+    bad = [m for m in pytorch if m not in ("eager", "compile")]
+    if bad:
+        raise IosTvmError(f"unknown PyTorch baseline {bad[0]!r}; use 'eager' and/or 'compile'")
     display, loaded = resolve_model(model, batch_size)
     name = name or display
     base_cfg = config or SearchConfig()
@@ -480,6 +521,10 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
         if ort is not None:
             runners["onnxruntime"], outputs["onnxruntime"] = ort
             reference = "onnxruntime"
+    if proto is None and pytorch:
+        proto = _onnx_proto(loaded)
+    if proto is not None and pytorch:
+        _add_torch_runners(proto, inputs, device_type, pytorch, runners, outputs, seconds)
     seconds["prepare_runners"] = time.perf_counter() - t2
 
     ref = outputs[reference]

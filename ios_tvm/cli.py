@@ -191,7 +191,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                    database=args.database, rounds=args.rounds, min_ms=args.min_ms,
                    settings=ProfileSettings(args.warmup, args.number, args.repeat),
                    onnxruntime=not args.no_onnxruntime, relax_vm=not args.no_relax_vm,
-                   greedy=not args.no_greedy, progress=not args.quiet,
+                   greedy=not args.no_greedy, pytorch=args.torch, progress=not args.quiet,
                    cpu_layout=args.cpu_layout)
     print(report.table())
     if args.output:
@@ -351,10 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(
-        "bench", help="time a model every way: IOS vs sequential vs greedy vs Relax VM vs ORT",
+        "bench", help="time a model every way: IOS vs sequential vs greedy vs Relax VM vs ORT "
+                      "vs PyTorch",
         description="Lower MODEL once, search IOS schedules (one per --strategies), and time "
                     "the IOS plans, the sequential and greedy plans of the same kernels, "
-                    "TVM's Relax VM and ONNX Runtime side by side (round-robin, medians). "
+                    "TVM's Relax VM, ONNX Runtime and PyTorch (eager, torch.compile; when "
+                    "installed) side by side (round-robin, medians). "
                     "Prints a table; --output writes JSON, --plot a speed-up chart.")
     p.add_argument("model", help="an .onnx file or a built-in model name (sample, squeezenet, "
                                  "inception_v3, randwire, nasnet, resnet50)")
@@ -385,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-onnxruntime", action="store_true", help="skip ONNX Runtime")
     p.add_argument("--no-relax-vm", action="store_true", help="skip TVM's Relax VM")
     p.add_argument("--no-greedy", action="store_true", help="skip the greedy plan")
+    p.add_argument("--torch", nargs="*", default=["eager", "compile"], choices=("eager", "compile"),
+                   help="PyTorch baselines when torch is installed (default: eager compile; "
+                        "torch.compile takes 30-60 s a model on a small CPU); --torch alone: none")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-o", "--output", help="write the results as JSON to this file")
     p.add_argument("--plot", help="draw the speed-up chart to this file (.png/.svg/.pdf)")

@@ -3,7 +3,8 @@
 
 For each model and batch size, :func:`ios_tvm.bench.bench` lowers the model once and times,
 round-robin on the same kernels: the IOS plan of each strategy, the sequential and greedy
-plans, TVM's Relax VM and ONNX Runtime (on CUDA also each executor plan and the VM as a CUDA
+plans, TVM's Relax VM, ONNX Runtime and PyTorch eager and ``torch.compile`` (when PyTorch is
+installed; on CUDA also each executor plan and the VM as a CUDA
 graph). It records search time, stages measured, peak activation memory and the largest
 error against ONNX Runtime. The JSON (machine, date, command, every sample) goes to
 ``benchmarks/results/bench-<set>-<date>.json`` and is rewritten after every model, so a long
@@ -90,6 +91,7 @@ def summary_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"model": key, "kernels": rep["kernels"], "sequential": seq,
                      "greedy": med.get("greedy"), "best_ios": best_ios,
                      "relax_vm": med.get("relax_vm"), "onnxruntime": ort,
+                     "torch": med.get("torch"), "torch_compile": med.get("torch.compile"),
                      "ios_vs_seq": seq / best_ios if best_ios else None,
                      "shipped_vs_ort": (min(rep["shipped_ms"].values()) / ort
                                         if ort and rep["shipped_ms"] else None),
@@ -111,19 +113,22 @@ def print_summary(doc: dict[str, Any]) -> None:
         return "" if v is None else format(v, spec)
 
     head = (f"{'model':<18} {'kern':>4} {'seq ms':>8} {'greedy':>8} {'best IOS':>8} "
-            f"{'VM':>8} {'ORT':>8} {'IOS/seq':>7} {'ship/ORT':>8} {'search s':>8} "
+            f"{'VM':>8} {'ORT':>8} {'torch':>8} {'t.comp':>8} {'IOS/seq':>7} {'ship/ORT':>8} "
+            f"{'search s':>8} "
             f"{'meas':>5} {'mem':>5} {'max err':>8} cost")
     print(head)
     print("-" * len(head))
     for r in summary_rows(doc):
         print(f"{r['model']:<18} {r['kernels']:>4} {f(r['sequential']):>8} "
               f"{f(r['greedy']):>8} {f(r['best_ios']):>8} {f(r['relax_vm']):>8} "
-              f"{f(r['onnxruntime']):>8} {f(r['ios_vs_seq'], '.2f'):>7} "
+              f"{f(r['onnxruntime']):>8} {f(r['torch']):>8} {f(r['torch_compile']):>8} "
+              f"{f(r['ios_vs_seq'], '.2f'):>7} "
               f"{f(r['shipped_vs_ort'], '.2f'):>8} {r['search_s']:>8.1f} "
               f"{r['stages_measured']:>5} {r['peak_ios_vs_seq']:>5.2f} {r['max_err']:>8.1e} "
               f"{r['cost']}")
-    print("(median ms per run; IOS/seq > 1: IOS faster; ship/ORT: what build ships vs ONNX "
-          "Runtime; mem: IOS peak activation memory / sequential's)")
+    print("(median ms per run; torch / t.comp: PyTorch eager / torch.compile; IOS/seq > 1: IOS "
+          "faster; ship/ORT: what build ships vs ONNX Runtime; mem: IOS peak activation memory "
+          "/ sequential's)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--min-ms", type=float, default=100.0)
     ap.add_argument("--cache", help="measurement cache (default: ios-tvm's user cache)")
+    ap.add_argument("--torch", nargs="*", default=["eager", "compile"],
+                    choices=("eager", "compile"),
+                    help="PyTorch baselines when torch is installed (default: eager compile; "
+                         "--torch alone: none)")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("-q", "--quiet", action="store_true")
     ap.add_argument("-o", "--out", type=Path)
@@ -185,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                cost=cost, config=SearchConfig(max_part_size=args.max_part_size),
                                cache=args.cache or True, rounds=args.rounds,
                                min_ms=args.min_ms,
-                               settings=ProfileSettings(*args.profile),
+                               settings=ProfileSettings(*args.profile), pytorch=args.torch,
                                progress=not args.quiet, name=key)
             except Exception as e:  # keep going: one model's failure is a row, not the run
                 logging.exception("%s failed", key)

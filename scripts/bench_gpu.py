@@ -452,81 +452,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- PyTorch baseline: the same ONNX graph and weights as a torch module ----------------------
-def torch_module(model: Any, device: str = "cuda") -> Any:
-    """An ``nn.Module`` that runs the zoo's ONNX graph with ``torch.nn.functional``.
-
-    Covers the zoo's ops: Conv, Relu, Add, Sum, Concat, MaxPool, AveragePool,
-    GlobalAveragePool (NCHW, 2-D).
-    """
-    import torch
-    import torch.nn.functional as F
-    from onnx import helper, numpy_helper
-
-    def pads4(attrs: Mapping[str, Any]) -> list[int]:
-        return list(attrs.get("pads", [0, 0, 0, 0]))
-
-    def padded(x: Any, pads: list[int], value: float) -> tuple[Any, tuple[int, int]]:
-        t, left, b, r = pads
-        if t == b and left == r:
-            return x, (t, left)
-        return F.pad(x, (left, r, t, b), value=value), (0, 0)
-
-    def apply(op: str, xs: list[Any], a: Mapping[str, Any]) -> Any:
-        if op == "Conv":
-            x, p = padded(xs[0], pads4(a), 0.0)
-            return F.conv2d(x, xs[1], xs[2] if len(xs) > 2 else None,
-                            stride=tuple(a.get("strides", (1, 1))), padding=p,
-                            dilation=tuple(a.get("dilations", (1, 1))), groups=a.get("group", 1))
-        if op == "Relu":
-            return F.relu(xs[0])
-        if op in ("Add", "Sum"):
-            out = xs[0]
-            for y in xs[1:]:
-                out = out + y
-            return out
-        if op == "Concat":
-            return torch.cat(xs, dim=a["axis"])
-        if op == "MaxPool":
-            x, p = padded(xs[0], pads4(a), float("-inf"))
-            return F.max_pool2d(x, tuple(a["kernel_shape"]), tuple(a.get("strides", (1, 1))),
-                                p, ceil_mode=bool(a.get("ceil_mode", 0)))
-        if op == "AveragePool":
-            pads = pads4(a)
-            if pads[0] != pads[2] or pads[1] != pads[3]:
-                raise NotImplementedError("asymmetric AveragePool padding")
-            return F.avg_pool2d(xs[0], tuple(a["kernel_shape"]), tuple(a.get("strides", (1, 1))),
-                                (pads[0], pads[1]), ceil_mode=bool(a.get("ceil_mode", 0)),
-                                count_include_pad=bool(a.get("count_include_pad", 0)))
-        if op == "GlobalAveragePool":
-            return xs[0].mean(dim=(2, 3), keepdim=True)
-        raise NotImplementedError(f"ONNX op {op} in the PyTorch baseline")
-
-    class OnnxModule(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.buffer_of: dict[str, str] = {}
-            for i, init in enumerate(model.graph.initializer):
-                self.register_buffer(f"w{i}", torch.from_numpy(
-                    np.array(numpy_helper.to_array(init))))
-                self.buffer_of[init.name] = f"w{i}"
-            self.nodes = [(n.op_type, list(n.input), list(n.output),
-                           {at.name: helper.get_attribute_value(at) for at in n.attribute})
-                          for n in model.graph.node]
-            self.input_name = model.graph.input[0].name
-            self.output_names = [o.name for o in model.graph.output]
-
-        def forward(self, x: Any) -> list[Any]:
-            env = {self.input_name: x}
-            for name, buf in self.buffer_of.items():
-                env[name] = getattr(self, buf)
-            for op, ins, outs, attrs in self.nodes:
-                env[outs[0]] = apply(op, [env[i] for i in ins if i], attrs)
-            return [env[o] for o in self.output_names]
-
-    return OnnxModule().to(device).eval()
-
-
 # -- timing ----------------------------------------------------------------------------------
 def _time_n(fn: Callable[[], Any], n: int) -> float:
     t0 = time.perf_counter()
@@ -637,6 +562,8 @@ def run_case(case_dir: Path, dev: Any, args: argparse.Namespace) -> dict[str, An
                     torch.cuda.synchronize()
             for name in ("torch_eager", "torch_compile"):
                 def setup_torch(name: str = name) -> Any:
+                    from ios_tvm.torch_baseline import torch_module
+
                     m = torch_module(case["model"], where)
                     if name == "torch_compile":
                         m = torch.compile(m, mode="reduce-overhead")

@@ -70,6 +70,21 @@ if ! command -v cmake >/dev/null 2>&1; then
 fi
 run_quiet "$PY" -m pip install -q "${build_reqs[@]}"
 run_quiet "$PY" -m pip install -q --no-build-isolation -e ".[dev,test,rpc,plot,learned,notebook]"
+# PyTorch, for the PyTorch baselines of the benchmark and their tests: only a CPU build that
+# pip's find-links directory already holds (a plain `pip install torch` can pull several GB of
+# CUDA libraries). Without one, those baselines and tests are skipped.
+torch_whl=""
+pytag=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+for d in $("$PY" -m pip config get global.find-links 2>/dev/null) /opt/wheels; do
+  torch_whl=$(ls "$d"/torch-*+cpu-"$pytag"-*.whl 2>/dev/null | sort -V | tail -1 || true)
+  [ -n "$torch_whl" ] && break
+done
+if [ -n "$torch_whl" ] && ! "$PY" -c "import torch" >/dev/null 2>&1; then
+  echo "setup.sh: installing PyTorch from $torch_whl"
+  run_quiet "$PY" -m pip install -q "$torch_whl"
+elif [ -z "$torch_whl" ]; then
+  echo "setup.sh: no local CPU build of PyTorch; the PyTorch baselines are skipped (pip install torch to add them)"
+fi
 if ! native_loads; then
   "$PY" -c "import ios_tvm._ffi as f; f.load()"  # show why
   exit 1

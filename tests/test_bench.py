@@ -14,6 +14,7 @@ from ios_tvm.bench import BenchReport, bench, time_rounds
 from ios_tvm.cli import main
 from ios_tvm.errors import IosTvmError
 from ios_tvm.schedule import Schedule
+from ios_tvm.torch_baseline import available as torch_available
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,13 +23,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def sample_report() -> BenchReport:
     # NCHW convs: IOS-Merge merges NCHW convs only.
     return bench("sample", "llvm", strategies=("concurrent", "merge"), cost="analytic",
-                 cache=False, rounds=2, min_ms=1.0, cpu_layout="NCHW")
+                 cache=False, rounds=2, min_ms=1.0, cpu_layout="NCHW", pytorch=("eager",))
 
 
 def test_report_times_every_variant_on_the_same_outputs(sample_report: BenchReport) -> None:
     r = sample_report
-    assert set(r.median_ms) == {"sequential", "greedy", "ios/concurrent", "ios/merge",
-                                "relax_vm", "onnxruntime"}
+    want = {"sequential", "greedy", "ios/concurrent", "ios/merge", "relax_vm", "onnxruntime"}
+    assert set(r.median_ms) == want | ({"torch"} if torch_available() else set())
     assert all(len(v) == 2 for v in r.samples_ms.values())
     assert r.reference == "onnxruntime"
     assert r.max_abs_err["onnxruntime"] == 0.0
@@ -88,6 +89,7 @@ def test_time_rounds_interleaves_and_pauses() -> None:
     ({"strategies": ("parallel",)}, "unknown IOS strategy 'parallel'"),
     ({"rounds": 0}, "rounds must be at least 1"),
     ({"cost": "learned"}, "unknown cost 'learned'"),
+    ({"pytorch": ("jit",)}, "unknown PyTorch baseline 'jit'"),
 ])
 def test_bad_arguments_fail_before_any_work(kwargs: dict, match: str) -> None:
     with pytest.raises(IosTvmError, match=match):
@@ -102,7 +104,7 @@ def test_unknown_model_is_named() -> None:
 def test_cli_bench_writes_json_and_chart(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out, chart = tmp_path / "r" / "bench.json", tmp_path / "speedups.png"
     rc = main(["bench", "sample", "--target", "llvm", "--cost", "analytic", "--no-cache",
-               "--rounds", "1", "--min-ms", "1", "--no-greedy", "-q", "-o", str(out),
+               "--rounds", "1", "--min-ms", "1", "--no-greedy", "--torch", "-q", "-o", str(out),
                "--plot", str(chart)])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -110,6 +112,7 @@ def test_cli_bench_writes_json_and_chart(tmp_path: Path, capsys: pytest.CaptureF
     doc = json.loads(out.read_text())
     rep = doc["models"]["sample"]
     assert "greedy" not in rep["median_ms"] and "ios/concurrent" in rep["median_ms"]
+    assert not {"torch", "torch.compile"} & set(rep["median_ms"])  # --torch alone: none
     assert chart.stat().st_size > 1000
     assert not list(out.parent.glob("*.tmp"))
 
@@ -125,6 +128,7 @@ def test_bench_script_quick_run(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench.py"), "--models", "sample",
          "--target", "llvm", "--cost", "analytic", "--rounds", "1", "--min-ms", "1", "-q",
+         "--torch", "eager",
          "--cache", str(tmp_path / "cache.sqlite"), "-o", str(out)],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -134,5 +138,6 @@ def test_bench_script_quick_run(tmp_path: Path) -> None:
     row = doc["summary"][0]
     assert row["model"] == "sample" and row["cost"] == "analytic"
     assert row["max_err"] < 1e-3 and row["peak_ios_vs_seq"] > 0
+    assert (row["torch"] is not None) == torch_available() and row["torch_compile"] is None
     assert out.with_suffix(".png").exists()
     assert "IOS/seq" in proc.stdout
