@@ -21,17 +21,9 @@ logger = logging.getLogger("ios_tvm")
 
 def _load_graph(args: argparse.Namespace) -> Any:
     from .extract import graph_from_model
-    from .frontend import parse_input_shapes
-    from .models import BUILTIN_MODELS
 
-    model: Any = args.model
-    if model in BUILTIN_MODELS:
-        model = BUILTIN_MODELS[model](batch=args.batch_size)
-    elif not Path(model).exists():
-        raise IosTvmError(f"model {args.model!r} is neither a file nor a built-in model "
-                          f"({', '.join(sorted(BUILTIN_MODELS))})")
-    shapes = parse_input_shapes(args.input_shapes) if args.input_shapes else None
-    return graph_from_model(model, target=args.target, input_shapes=shapes)
+    return graph_from_model(_resolve_model(args), target=args.target,
+                            input_shapes=_input_shapes(args))
 
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
@@ -45,8 +37,7 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
     print(f"{args.model}: {len(graph.nodes)} kernels, {graph.num_edges} edges, width {graph.width}")
     results = {}
     for strategy in dict.fromkeys(["sequential", "greedy", args.strategy]):
-        cfg = SearchConfig(strategy=strategy, max_groups=args.max_groups,
-                           max_group_size=args.max_group_size, max_part_size=args.max_part_size)
+        cfg = _search_config(args, strategy)
         merging = strategy in ("merge", "both")
         results[strategy] = search(graph, cost, cfg, progress=args.progress,
                                    can_merge=merge_predicate if merging else None)
@@ -88,19 +79,34 @@ def _resolve_model(args: argparse.Namespace) -> Any:
     return args.model
 
 
-def _cmd_compile(args: argparse.Namespace) -> int:
-    from .build import build
+def _search_config(args: argparse.Namespace, strategy: str = "concurrent") -> SearchConfig:
+    """The search limits of _add_search_args."""
+    return SearchConfig(strategy=strategy, max_groups=args.max_groups,
+                        max_group_size=args.max_group_size, max_part_size=args.max_part_size)
+
+
+def _measure_options(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The measurement cache and profiling settings of _add_measure_args."""
     from .cost.cache import MeasurementCache
     from .cost.measured import ProfileSettings
+
+    cache: Any = False if args.no_cache else (MeasurementCache(args.cache) if args.cache else True)
+    return cache, ProfileSettings(args.warmup, args.number, args.repeat)
+
+
+def _input_shapes(args: argparse.Namespace) -> Any:
     from .frontend import parse_input_shapes
 
-    cfg = SearchConfig(strategy=args.strategy, max_groups=args.max_groups,
-                       max_group_size=args.max_group_size, max_part_size=args.max_part_size)
-    cache: Any = False if args.no_cache else (MeasurementCache(args.cache) if args.cache else True)
-    settings = ProfileSettings(args.warmup, args.number, args.repeat)
-    shapes = parse_input_shapes(args.input_shapes) if args.input_shapes else None
-    result = build(_resolve_model(args), args.target, input_shapes=shapes,
-                   config=cfg, cost=args.cost, cache=cache, settings=settings,
+    return parse_input_shapes(args.input_shapes) if args.input_shapes else None
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from .build import build
+
+    cache, settings = _measure_options(args)
+    result = build(_resolve_model(args), args.target, input_shapes=_input_shapes(args),
+                   config=_search_config(args, args.strategy), cost=args.cost, cache=cache,
+                   settings=settings,
                    progress=not args.quiet, rpc_tracker=args.rpc_tracker,
                    rpc_key=args.rpc_key, rpc_servers=args.rpc_servers,
                    database=args.database, cpu_schedule=not args.no_cpu_schedule,
@@ -128,12 +134,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from .frontend import parse_input_shapes
     from .tune import tune
 
-    shapes = parse_input_shapes(args.input_shapes) if args.input_shapes else None
     result = tune(_resolve_model(args), args.target, args.trials, args.database,
-                  input_shapes=shapes, trials_per_iter=args.trials_per_iter,
+                  input_shapes=_input_shapes(args), trials_per_iter=args.trials_per_iter,
                   progress=not args.quiet, seed=args.seed, model_name=Path(args.model).stem,
                   cpu_layout=args.cpu_layout)
     print(f"{args.model}: {len(result.tasks)} kernels, budget {result.budget} trials, "
@@ -178,18 +182,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench
-    from .cost.cache import MeasurementCache
-    from .cost.measured import ProfileSettings
-    from .frontend import parse_input_shapes
 
-    cfg = SearchConfig(max_groups=args.max_groups, max_group_size=args.max_group_size,
-                       max_part_size=args.max_part_size)
-    cache: Any = False if args.no_cache else (MeasurementCache(args.cache) if args.cache else True)
-    shapes = parse_input_shapes(args.input_shapes) if args.input_shapes else None
-    report = bench(args.model, args.target, batch_size=args.batch_size, input_shapes=shapes,
-                   strategies=args.strategies, cost=args.cost, config=cfg, cache=cache,
-                   database=args.database, rounds=args.rounds, min_ms=args.min_ms,
-                   settings=ProfileSettings(args.warmup, args.number, args.repeat),
+    cache, settings = _measure_options(args)
+    report = bench(args.model, args.target, batch_size=args.batch_size,
+                   input_shapes=_input_shapes(args), strategies=args.strategies, cost=args.cost,
+                   config=_search_config(args), cache=cache, database=args.database,
+                   rounds=args.rounds, min_ms=args.min_ms, settings=settings,
                    onnxruntime=not args.no_onnxruntime, relax_vm=not args.no_relax_vm,
                    greedy=not args.no_greedy, pytorch=args.torch, progress=not args.quiet,
                    cpu_layout=args.cpu_layout)
@@ -255,6 +253,45 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_args(p: argparse.ArgumentParser, *, target: str = "host") -> None:
+    """MODEL, --target, --input-shapes, --batch-size (every command that lowers a model)."""
+    p.add_argument("model", help="an .onnx file or a built-in model name (sample, squeezenet, "
+                                 "inception_v3, randwire, nasnet, resnet50)")
+    p.add_argument("--target", default=target,
+                   help=f"host (llvm for this CPU), llvm (portable x86-64), cuda, or a TVM "
+                        f"target JSON such as '{{\"kind\":\"llvm\",\"mcpu\":\"znver3\"}}' "
+                        f"(default {target})")
+    p.add_argument("--input-shapes", help="sizes of dynamic inputs, e.g. 'x:1,3,224,224 y:1,10'")
+    p.add_argument("--batch-size", type=int, default=1, help="batch of built-in models (default 1)")
+
+
+def _add_search_args(p: argparse.ArgumentParser) -> None:
+    """IOS's search limits: --max-groups (s), --max-group-size (r), --max-part-size."""
+    p.add_argument("--max-groups", type=int, default=8, help="groups per stage, IOS s (default 8)")
+    p.add_argument("--max-group-size", type=int, default=3, help="ops per group, IOS r (default 3)")
+    p.add_argument("--max-part-size", type=int, default=20,
+                   help="ops (or chains of ops) per searched part (default 20)")
+
+
+def _add_measure_args(p: argparse.ArgumentParser) -> None:
+    """Stage costs: --cost, the measurement cache and the profiling settings, --database."""
+    p.add_argument("--cost", choices=("measured", "analytic"), default="measured",
+                   help="stage cost model (default: measured on this machine)")
+    p.add_argument("--cache", help="measurement cache file (default ~/.cache/ios_tvm/...)")
+    p.add_argument("--no-cache", action="store_true", help="measure everything afresh")
+    p.add_argument("--warmup", type=int, default=2, help="profiling warm-up runs (default 2)")
+    p.add_argument("--number", type=int, default=6, help="runs per timed repeat (default 6)")
+    p.add_argument("--repeat", type=int, default=6, help="timed repeats (default 6)")
+    p.add_argument("--database", metavar="DIR",
+                   help="MetaSchedule tuning database written by `ios-tvm tune` for this target")
+
+
+def _add_layout_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cpu-layout", choices=("NHWC", "NCHW"), default="NHWC",
+                   help="conv layout on CPU targets (default NHWC, vectorised over channels; "
+                        "NCHW for the merge/both strategies)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ios-tvm``."""
     parser = argparse.ArgumentParser(
@@ -265,17 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schedule", help="extract a model's kernel graph and search a schedule",
                        description="Lower MODEL to fused TVM kernels, extract the operator graph "
                                    "and run the IOS search with the analytic cost model.")
-    p.add_argument("model", help="an .onnx file or a built-in model name (sample)")
-    p.add_argument("--target", default="llvm",
-                   help="llvm, cuda, or a TVM target JSON (default llvm)")
-    p.add_argument("--input-shapes", help="sizes of dynamic inputs, e.g. 'x:1,3,224,224 y:1,10'")
-    p.add_argument("--batch-size", type=int, default=1, help="batch of built-in models (default 1)")
+    _add_model_args(p, target="llvm")
     p.add_argument("--strategy", choices=SEARCH_STRATEGIES, default="concurrent",
                    help="schedule strategy (default concurrent)")
-    p.add_argument("--max-groups", type=int, default=8, help="groups per stage, IOS s (default 8)")
-    p.add_argument("--max-group-size", type=int, default=3, help="ops per group, IOS r (default 3)")
-    p.add_argument("--max-part-size", type=int, default=20,
-                   help="ops per searched part (default 20)")
+    _add_search_args(p)
     p.add_argument("--device", default="v100", help="analytic cost preset: v100, h100, cpu")
     p.add_argument("--show-stages", action="store_true", help="print every stage")
     p.add_argument("--progress", action="store_true", help="progress bar over parts")
@@ -286,33 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Lower MODEL, search an IOS schedule costed by stage latencies "
                                    "measured on the target, check the plan against the "
                                    "sequential one and TVM's Relax VM, and write the artifact.")
-    p.add_argument("model", help="an .onnx file or a built-in model name (sample, ...)")
-    p.add_argument("--target", default="llvm", help="llvm, cuda, or a TVM target JSON")
-    p.add_argument("--input-shapes", help="sizes of dynamic inputs, e.g. 'x:1,3,224,224'")
-    p.add_argument("--batch-size", type=int, default=1, help="batch of built-in models")
-    p.add_argument("--strategy", choices=SEARCH_STRATEGIES, default="concurrent")
-    p.add_argument("--max-groups", type=int, default=8, help="groups per stage (default 8)")
-    p.add_argument("--max-group-size", type=int, default=3, help="ops per group (default 3)")
-    p.add_argument("--max-part-size", type=int, default=20, help="ops per searched part")
-    p.add_argument("--cost", choices=("measured", "analytic"), default="measured",
-                   help="stage cost model (default measured on this machine)")
-    p.add_argument("--cache", help="measurement cache file (default ~/.cache/ios_tvm/...)")
-    p.add_argument("--no-cache", action="store_true", help="measure everything afresh")
-    p.add_argument("--warmup", type=int, default=2, help="profiling warm-up runs (default 2)")
-    p.add_argument("--number", type=int, default=6, help="runs per timed repeat (default 6)")
-    p.add_argument("--repeat", type=int, default=6, help="timed repeats (default 6)")
+    _add_model_args(p)
+    p.add_argument("--strategy", choices=SEARCH_STRATEGIES, default="concurrent",
+                   help="schedule strategy (default concurrent)")
+    _add_search_args(p)
+    _add_measure_args(p)
     p.add_argument("--rpc-tracker", metavar="HOST:PORT",
                    help="measure stages on the TVM RPC servers registered with this tracker")
     p.add_argument("--rpc-key", help="device key of the RPC servers to use")
     p.add_argument("--rpc-servers", type=int, help="use at most this many RPC servers")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--database", metavar="DIR",
-                   help="MetaSchedule tuning database written by `ios-tvm tune` for this target")
     p.add_argument("--no-cpu-schedule", action="store_true",
                    help="keep TVM's unscheduled llvm kernels (no default CPU schedules)")
-    p.add_argument("--cpu-layout", choices=("NHWC", "NCHW"), default="NHWC",
-                   help="conv layout on CPU targets (default NHWC, vectorised over channels; "
-                        "NCHW for --strategy merge/both)")
+    _add_layout_arg(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-o", "--output", required=True, help="artifact directory to write")
     p.set_defaults(func=_cmd_compile)
 
@@ -322,21 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "database; `ios-tvm compile --database DIR` then uses the "
                                    "tuned kernels. Re-running resumes: only the trials the "
                                    "database lacks are run.")
-    p.add_argument("model", help="an .onnx file or a built-in model name (sample, ...)")
-    p.add_argument("--target", default="llvm",
-                   help="llvm, a TVM target JSON such as '{\"kind\":\"llvm\",\"mcpu\":"
-                        "\"znver3\"}', or cuda (compile with the same target)")
-    p.add_argument("--input-shapes", help="sizes of dynamic inputs, e.g. 'x:1,3,224,224'")
-    p.add_argument("--batch-size", type=int, default=1, help="batch of built-in models")
+    _add_model_args(p)
     p.add_argument("--trials", type=int, default=64,
                    help="trial budget for the whole model (default 64)")
     p.add_argument("--trials-per-iter", type=int, default=16,
                    help="schedules measured per search round (default 16)")
     p.add_argument("--database", metavar="DIR", required=True,
                    help="database directory (created, or resumed when it exists)")
-    p.add_argument("--cpu-layout", choices=("NHWC", "NCHW"), default="NHWC",
-                   help="conv layout on CPU targets (default NHWC, vectorised over channels; "
-                        "NCHW for --strategy merge/both)")
+    _add_layout_arg(p)
     p.add_argument("--seed", type=int, help="random seed of the search")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_tune)
@@ -358,32 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "TVM's Relax VM, ONNX Runtime and PyTorch (eager, torch.compile; when "
                     "installed) side by side (round-robin, medians). "
                     "Prints a table; --output writes JSON, --plot a speed-up chart.")
-    p.add_argument("model", help="an .onnx file or a built-in model name (sample, squeezenet, "
-                                 "inception_v3, randwire, nasnet, resnet50)")
-    p.add_argument("--target", default="host",
-                   help="host (llvm for this CPU; default), llvm, cuda, or a TVM target JSON")
-    p.add_argument("--input-shapes", help="sizes of dynamic inputs, e.g. 'x:1,3,224,224'")
-    p.add_argument("--batch-size", type=int, default=1, help="batch of built-in models")
+    _add_model_args(p)
     p.add_argument("--strategies", nargs="+", default=["concurrent"],
                    choices=("concurrent", "merge", "both"),
                    help="IOS strategies to search and time (default: concurrent)")
-    p.add_argument("--max-groups", type=int, default=8, help="groups per stage (default 8)")
-    p.add_argument("--max-group-size", type=int, default=3, help="ops per group (default 3)")
-    p.add_argument("--max-part-size", type=int, default=20, help="ops per searched part")
-    p.add_argument("--cost", choices=("measured", "analytic"), default="measured",
-                   help="stage costs for the search (default: measured here)")
-    p.add_argument("--cache", help="measurement cache file (default ~/.cache/ios_tvm/...)")
-    p.add_argument("--no-cache", action="store_true", help="measure everything afresh")
-    p.add_argument("--database", metavar="DIR", help="MetaSchedule database from `ios-tvm tune`")
-    p.add_argument("--warmup", type=int, default=2, help="stage profiling warm-up runs")
-    p.add_argument("--number", type=int, default=6, help="stage profiling runs per repeat")
-    p.add_argument("--repeat", type=int, default=6, help="stage profiling repeats")
+    _add_search_args(p)
+    _add_measure_args(p)
     p.add_argument("--rounds", type=int, default=7, help="whole-run timing rounds (default 7)")
     p.add_argument("--min-ms", type=float, default=100.0,
                    help="least time per variant per round (default 100)")
-    p.add_argument("--cpu-layout", choices=("NHWC", "NCHW"), default="NHWC",
-                   help="conv layout on CPU targets (default NHWC, vectorised over channels; "
-                        "NCHW for --strategy merge/both)")
+    _add_layout_arg(p)
     p.add_argument("--no-onnxruntime", action="store_true", help="skip ONNX Runtime")
     p.add_argument("--no-relax-vm", action="store_true", help="skip TVM's Relax VM")
     p.add_argument("--no-greedy", action="store_true", help="skip the greedy plan")
