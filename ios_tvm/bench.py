@@ -385,10 +385,8 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
         Conv layout on llvm targets, as for :func:`ios_tvm.build` (IOS-Merge needs
         ``"NCHW"``).
     """
-    from .build import _open_cache, _random_inputs, warn_merge_layout
-    from .cost import AnalyticCost
-    from .cost.base import StageCostCache
-    from .cost.measured import MeasuredCost, ProfileSettings
+    from .build import _random_inputs, warn_merge_layout
+    from .cost.measured import ProfileSettings, make_stage_cost
     from .extract import graph_from_model, resolve_target
     from .lower import build_kernel_library, lower, target_device_type
     from .search import greedy_schedule, search, sequential_schedule
@@ -434,15 +432,9 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
         from .merge import MergeCompiler
 
         merges = MergeCompiler(extraction, lib=lib, params=params)
-    measured = None
-    if cost == "measured":
-        measured = MeasuredCost(extraction, max_groups=base_cfg.max_groups,
-                                cache=_open_cache(cache), settings=settings, lib=lib,
-                                progress=progress, merges=merges)
-        stage_cost = StageCostCache(measured)
-    else:
-        stage_cost = StageCostCache(AnalyticCost(graph, "cpu" if device_type == "cpu"
-                                                 else "h100"))
+    stage_cost, measured = make_stage_cost(extraction, cost, cache=cache, settings=settings,
+                                           max_groups=base_cfg.max_groups, lib=lib,
+                                           merges=merges, progress=progress)
     schedules: dict[str, Any] = {"sequential": sequential_schedule(graph)}
     if greedy:
         schedules["greedy"] = greedy_schedule(graph, base_cfg.greedy_max_streams)

@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 
 from .config import SearchConfig
-from .cost.base import StageCostCache
 from .cost.cache import MeasurementCache
-from .cost.measured import MeasuredCost, ProfileSettings, device_name
+from .cost.measured import ProfileSettings, device_name, make_stage_cost
 from .errors import IosTvmError
 from .executor import Artifact, Executor
 from .lower import build_kernel_library, lower, target_device_type
@@ -280,38 +279,19 @@ def _search_and_choose(extraction: Any, lib: Any, device_type: str, cfg: SearchC
                               "machine's device; remote (RPC) profiling supports the "
                               "sequential, greedy and concurrent strategies")
         merges = MergeCompiler(extraction, lib=lib, params=params)
-    memo_cost: Any
-    measured = None
-    if recorded is not None:
-        # Scheduled by InterOperatorSchedule already: run that schedule (still guarded).
-        from .cost import AnalyticCost
+    # Scheduled by InterOperatorSchedule already: run that schedule (still guarded), costed
+    # analytically for the report.
+    memo_cost, measured = make_stage_cost(
+        extraction, "analytic" if recorded is not None else cost, cache=cache,
+        settings=settings, max_groups=cfg.max_groups, lib=lib, merges=merges,
+        profiler=profiler, progress=progress)
+    if measured is not None and profiler is not None:
+        from .cost.measured import candidate_stages
 
-        memo_cost = AnalyticCost(extraction.graph, "cpu" if device_type == "cpu" else "h100")
-    elif cost == "measured":
-        store = _open_cache(cache)
-        if profiler is not None:
-            from .cost.measured import candidate_stages
-
-            measured = MeasuredCost(extraction, max_groups=cfg.max_groups, cache=store,
-                                    settings=settings, profiler=profiler,
-                                    device=profiler.device_name(), progress=progress)
-            t1 = time.perf_counter()
-            measured.prefetch(candidate_stages(extraction.graph, cfg))
-            times["prefetch"] = time.perf_counter() - t1
-        else:
-            measured = MeasuredCost(extraction, max_groups=cfg.max_groups, cache=store,
-                                    settings=settings, lib=lib, progress=progress,
-                                    merges=merges)
-        memo_cost = measured
-    elif cost == "analytic":
-        from .cost import AnalyticCost
-
-        memo_cost = AnalyticCost(extraction.graph, "cpu" if device_type == "cpu" else "h100")
-    else:
-        memo_cost = cost
-
+        t1 = time.perf_counter()
+        measured.prefetch(candidate_stages(extraction.graph, cfg))
+        times["prefetch"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    memo_cost = StageCostCache(memo_cost)
     if recorded is not None:
         result = SearchResult(recorded)
     else:
@@ -422,16 +402,6 @@ def _plan_latency(art: Artifact, inputs: list[np.ndarray], settings: ProfileSett
     bench = ex.benchmark(warmup=settings.warmup, number=settings.number,
                          repeat=settings.repeat, min_repeat_ms=50)
     return float(bench["median"])
-
-
-def _open_cache(cache: MeasurementCache | str | bool | None) -> MeasurementCache | None:
-    if cache is True:
-        return MeasurementCache()
-    if cache is None or cache is False:
-        return None
-    if isinstance(cache, MeasurementCache):
-        return cache
-    return MeasurementCache(cache)
 
 
 def _device_present(device_type: str) -> bool:

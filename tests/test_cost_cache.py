@@ -183,6 +183,47 @@ def sample8() -> Any:
     return _extraction("sample8")
 
 
+def test_open_cache_resolves_every_form(tmp_path: Path) -> None:
+    from ios_tvm.cost.cache import open_cache
+
+    assert open_cache(False) is None and open_cache(None) is None
+    at = open_cache(tmp_path / "a.sqlite")
+    assert isinstance(at, MeasurementCache) and at.path == tmp_path / "a.sqlite"
+    assert open_cache(str(tmp_path / "b.sqlite")).path == tmp_path / "b.sqlite"
+    assert open_cache(at) is at
+
+
+def test_make_stage_cost_picks_the_cost_model(sample8: Any, tmp_path: Path) -> None:
+    """The one factory build() and bench() share: measured (here on a named fake profiler,
+    persisted in the given cache), analytic (CPU preset for llvm), or the caller's own."""
+    from ios_tvm.cost import AnalyticCost
+    from ios_tvm.cost.measured import MeasuredCost, make_stage_cost
+    from ios_tvm.errors import IosTvmError
+    from ios_tvm.schedule import Stage
+
+    class Named(FakeProfiler):
+        def device_name(self) -> str:
+            return "fake-dev"
+
+    stage = Stage(((0,), (1,)))
+    prof = Named()
+    cost, measured = make_stage_cost(sample8, "measured", cache=tmp_path / "m.sqlite",
+                                     profiler=prof)
+    assert isinstance(measured, MeasuredCost) and measured.profiler is prof
+    assert '"device": "fake-dev"' in measured.context
+    assert cost(stage) == cost(stage) == pytest.approx(1.2e-3) and len(prof.calls) == 1
+    assert MeasurementCache(tmp_path / "m.sqlite").get(measured.context,
+                                                       measured.stage_key(stage)) is not None
+    analytic, none = make_stage_cost(sample8, "analytic")
+    assert none is None
+    assert analytic(stage) == AnalyticCost(sample8.graph, "cpu")(stage)
+    assert analytic(stage) != AnalyticCost(sample8.graph, "h100")(stage)
+    own, none = make_stage_cost(sample8, lambda s: 0.5)
+    assert none is None and own(stage) == 0.5
+    with pytest.raises(IosTvmError, match="unknown cost 'learned'"):
+        make_stage_cost(sample8, "learned")
+
+
 def test_twins_are_measured_once(sample8: Any, tmp_path: Path) -> None:
     """conv_b and conv_c are the same kernel on the same tensor shapes: one measurement."""
     from ios_tvm.cost.measured import MeasuredCost

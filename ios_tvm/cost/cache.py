@@ -128,3 +128,19 @@ class MeasurementCache:
         """Close the database connection."""
         with self._lock:
             self._conn.close()
+
+
+def open_cache(cache: MeasurementCache | str | os.PathLike[str] | bool | None
+               ) -> MeasurementCache | None:
+    """The cache a ``cache=`` argument names.
+
+    True: the user cache; False or None: none; a path: that file; a
+    :class:`MeasurementCache`: itself.
+    """
+    if cache is True:
+        return MeasurementCache()
+    if cache is None or cache is False:
+        return None
+    if isinstance(cache, MeasurementCache):
+        return cache
+    return MeasurementCache(cache)

@@ -32,7 +32,8 @@ from typing import Any, Protocol
 
 from ..errors import IosTvmError
 from ..schedule import Stage
-from .cache import CACHE_VERSION, MeasurementCache
+from .base import StageCostCache
+from .cache import CACHE_VERSION, MeasurementCache, open_cache
 
 logger = logging.getLogger(__name__)
 
@@ -311,3 +312,35 @@ class MeasuredCost:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def make_stage_cost(extraction: Any, cost: Any, *, cache: Any = True,
+                    settings: ProfileSettings | None = None, max_groups: int = 8,
+                    lib: Any = None, merges: Any = None, profiler: StageProfiler | None = None,
+                    progress: bool = False) -> tuple[StageCostCache, MeasuredCost | None]:
+    """The stage cost that :func:`ios_tvm.build` and :func:`ios_tvm.bench.bench` search with.
+
+    ``cost`` is ``"measured"`` (a :class:`MeasuredCost` on this machine's device, or on
+    ``profiler``, persisted in ``cache``: see :func:`~ios_tvm.cost.cache.open_cache`),
+    ``"analytic"`` (:class:`~ios_tvm.cost.AnalyticCost` with the CPU preset on CPU targets,
+    H100 otherwise) or a cost function of one's own. Returns the memoised cost and the
+    :class:`MeasuredCost` (to ``close()`` and read counters from), or None.
+    """
+    from ..lower import target_device_type
+    from .analytic import AnalyticCost
+
+    measured = None
+    if cost == "measured":
+        where = {"profiler": profiler, "device": profiler.device_name()} if profiler else {
+            "lib": lib, "merges": merges}
+        measured = MeasuredCost(extraction, max_groups=max_groups, cache=open_cache(cache),
+                                settings=settings, progress=progress, **where)
+        fn: Any = measured
+    elif cost == "analytic":
+        device_type = target_device_type(extraction.target)
+        fn = AnalyticCost(extraction.graph, "cpu" if device_type == "cpu" else "h100")
+    elif isinstance(cost, str):
+        raise IosTvmError(f"unknown cost {cost!r}; use 'measured' or 'analytic'")
+    else:
+        fn = cost
+    return StageCostCache(fn), measured
