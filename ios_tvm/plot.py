@@ -109,7 +109,9 @@ def plot_speedups(rows: dict[str, dict[str, float]], path: str | os.PathLike[str
     plt = _pyplot()
     models = list(rows)
     variants = sorted({v for r in rows.values() for v in r if v != baseline})
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(models) * max(len(variants), 1) / 2), 3.5))
+    # wide enough for the bars, but a page wide at most
+    width_in = min(12.0, max(5.0, 0.5 * len(models) * max(len(variants), 1)))
+    fig, ax = plt.subplots(figsize=(width_in, 4.0))
     width = 0.8 / max(len(variants), 1)
     for k, variant in enumerate(variants):
         vals = [rows[m][baseline] / rows[m][variant] if rows[m].get(variant) else 0.0
