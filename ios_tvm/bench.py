@@ -371,7 +371,7 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
         Include these baselines.
     pytorch
         PyTorch baselines to time when PyTorch is installed and the model is ONNX:
-        ``"eager"`` and/or ``"compile"`` (``torch.compile`` takes 30-60 s per model to
+        ``"eager"`` and/or ``"compile"`` (``torch.compile`` takes 10 s to 5 min per model to
         compile on a small CPU); empty for none.
     margin
         The build's never-slower margin, for ``BenchReport.shipped``.

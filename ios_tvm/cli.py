@@ -382,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-greedy", action="store_true", help="skip the greedy plan")
     p.add_argument("--torch", nargs="*", default=["eager", "compile"], choices=("eager", "compile"),
                    help="PyTorch baselines when torch is installed (default: eager compile; "
-                        "torch.compile takes 30-60 s a model on a small CPU); --torch alone: none")
+                        "torch.compile takes 10 s to 5 min a model on 2 cores); "
+                        "--torch alone: none")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-o", "--output", help="write the results as JSON to this file")
     p.add_argument("--plot", help="draw the speed-up chart to this file (.png/.svg/.pdf)")
