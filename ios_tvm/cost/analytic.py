@@ -18,8 +18,10 @@ The model, per op ``i`` with ``F`` FLOPs and ``B`` bytes moved on a device with 
   than one stream must join. A one-op stage costs exactly ``t_i``.
 * On a CPU (``cores > 0``) kernels already run on every core, and the ios-tvm executor gives
   each of ``k`` concurrent groups ``cores / k`` of them, so a group's ops take ``min(k,
-  cores)`` times longer than alone: concurrency gains nothing on compute and loses on
-  imbalance and the barrier, which is what a CPU measures.
+  cores)`` times longer than alone; and every kernel still pays its own dispatch in whichever
+  worker runs it, so the packed bound is the sum of the ops' times alone, launches included.
+  Concurrency gains nothing on compute or launches and loses on imbalance and the barrier,
+  which is what a CPU measures.
 * A merged stage is one kernel with the summed FLOPs, and bytes summed once per distinct
   tensor (the shared input is read once).
 
@@ -111,5 +113,7 @@ class AnalyticCost:
         if d.cores:
             longest *= min(len(stage.groups), d.cores)
         n_ops = sum(len(g) for g in stage.groups)
-        packed = sum(self.work[i] for g in stage.groups for i in g)
+        # A GPU overlaps the launch latencies of concurrent kernels; a CPU worker does not.
+        per_op = self.alone if d.cores else self.work
+        packed = sum(per_op[i] for g in stage.groups for i in g)
         return max(longest, packed, n_ops * d.launch_s) + d.sync_s
