@@ -229,7 +229,7 @@ def _plan_of(variant: str) -> str:
     return variant[:-len("/graph")] if variant.endswith("/graph") else variant
 
 
-def _add_torch_runners(proto: Any, inputs: Sequence[np.ndarray], device_type: str,
+def _add_torch_runners(proto: Any, inputs: Mapping[str, np.ndarray], device_type: str,
                        modes: Sequence[str], runners: dict[str, Callable[[], Any]],
                        outputs: dict[str, list[np.ndarray]], seconds: dict[str, float]) -> None:
     """PyTorch eager / ``torch.compile`` runners, when PyTorch is installed."""
@@ -516,7 +516,8 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
     if proto is None and pytorch:
         proto = _onnx_proto(loaded)
     if proto is not None and pytorch:
-        _add_torch_runners(proto, inputs, device_type, pytorch, runners, outputs, seconds)
+        _add_torch_runners(proto, dict(zip(names, inputs, strict=True)), device_type, pytorch,
+                           runners, outputs, seconds)
     seconds["prepare_runners"] = time.perf_counter() - t2
 
     ref = outputs[reference]

@@ -170,12 +170,13 @@ def torch_module(model: Any, device: str = "cpu") -> Any:
     return OnnxModule().to(device).eval()
 
 
-def torch_runner(model: Any, inputs: Sequence[np.ndarray], *, device: str = "cpu",
-                 compile: bool = False, warmup: int = 3
+def torch_runner(model: Any, inputs: Sequence[np.ndarray] | Mapping[str, np.ndarray], *,
+                 device: str = "cpu", compile: bool = False, warmup: int = 3
                  ) -> tuple[Callable[[], Any], list[np.ndarray], float]:
     """A timed-run closure for the benchmark: ``(run, outputs, setup_seconds)``.
 
-    ``run()`` does one inference on ``inputs`` (already on ``device``) and waits for it.
+    ``inputs`` are the graph's inputs in order, or by name. ``run()`` does one inference on
+    them (copied to ``device`` once, before timing) and waits for it.
     With ``compile``, the module goes through ``torch.compile`` (``mode="reduce-overhead"``
     on CUDA, which replays CUDA graphs; the default mode on the CPU); the first ``warmup``
     runs, which compile and record, are not timed, and ``setup_seconds`` includes them.
@@ -184,6 +185,12 @@ def torch_runner(model: Any, inputs: Sequence[np.ndarray], *, device: str = "cpu
 
     t0 = time.perf_counter()
     m = torch_module(model, device)
+    if isinstance(inputs, Mapping):
+        missing = [n for n in m.input_names if n not in inputs]
+        if missing:
+            raise UnsupportedGraphError(f"no value for input(s) {missing} of the ONNX graph "
+                                        f"(given: {sorted(inputs)})")
+        inputs = [inputs[n] for n in m.input_names]
     cuda = device.startswith("cuda")
     if compile:
         m = torch.compile(m, mode="reduce-overhead" if cuda else None)

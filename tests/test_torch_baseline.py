@@ -172,3 +172,14 @@ def test_runner_eager_and_compiled_agree_with_onnxruntime() -> None:
     assert_close(compiled, want)
     assert took > 0
     run_c()
+
+
+def test_runner_takes_inputs_by_name_in_any_order() -> None:
+    model = CASES["matmul_sum_concat_two_inputs"]
+    feed = input_arrays(model, seed=4)
+    assert list(feed) == ["x", "z"]
+    want = ort_outputs(model, feed)
+    _, by_name, _ = torch_runner(model, {"z": feed["z"], "x": feed["x"]}, warmup=1)
+    assert_close(by_name, want)
+    with pytest.raises(UnsupportedGraphError, match=r"no value for input\(s\) \['z'\]"):
+        torch_runner(model, {"x": feed["x"]})
