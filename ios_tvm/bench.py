@@ -507,14 +507,12 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
             except Exception as e:  # reported only; TVM raises several error types
                 logger.warning("%s failed: %s", variant, e)
     reference = "sequential"
-    proto = _onnx_proto(loaded) if onnxruntime else None
-    if proto is not None:
+    proto = _onnx_proto(loaded) if onnxruntime or pytorch else None
+    if proto is not None and onnxruntime:
         ort = _ort_runner(proto, dict(zip(names, inputs, strict=True)), device_type)
         if ort is not None:
             runners["onnxruntime"], outputs["onnxruntime"] = ort
             reference = "onnxruntime"
-    if proto is None and pytorch:
-        proto = _onnx_proto(loaded)
     if proto is not None and pytorch:
         _add_torch_runners(proto, dict(zip(names, inputs, strict=True)), device_type, pytorch,
                            runners, outputs, seconds)

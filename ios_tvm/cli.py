@@ -86,11 +86,10 @@ def _search_config(args: argparse.Namespace, strategy: str = "concurrent") -> Se
 
 
 def _measure_options(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The measurement cache and profiling settings of _add_measure_args."""
-    from .cost.cache import MeasurementCache
+    """The ``cache=`` argument (cost.cache.open_cache) and profiling settings."""
     from .cost.measured import ProfileSettings
 
-    cache: Any = False if args.no_cache else (MeasurementCache(args.cache) if args.cache else True)
+    cache: Any = False if args.no_cache else (args.cache or True)
     return cache, ProfileSettings(args.warmup, args.number, args.repeat)
 
 

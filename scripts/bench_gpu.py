@@ -554,28 +554,15 @@ def run_case(case_dir: Path, dev: Any, args: argparse.Namespace) -> dict[str, An
             torch.backends.cuda.matmul.allow_tf32 = args.torch_tf32
             extra["torch"] = {"version": torch.__version__, "tf32": args.torch_tf32,
                               "cudnn_benchmark": torch.backends.cudnn.benchmark}
-            where = "cuda" if cuda else "cpu"
-            xt = torch.from_numpy(x).to(where)
-
-            def sync() -> None:
-                if cuda:
-                    torch.cuda.synchronize()
             for name in ("torch_eager", "torch_compile"):
                 def setup_torch(name: str = name) -> Any:
-                    from ios_tvm.torch_baseline import torch_module
+                    from ios_tvm.torch_baseline import torch_runner
 
-                    m = torch_module(case["model"], where)
-                    if name == "torch_compile":
-                        m = torch.compile(m, mode="reduce-overhead")
-                    holder: dict[str, Any] = {}
-
-                    @torch.inference_mode()
-                    def run() -> None:
-                        holder["out"] = m(xt)
-                        sync()
-                    for _ in range(3):  # compile, record and warm the CUDA graph trees
-                        run()
-                    return run, lambda: holder["out"][0].float().cpu().numpy()
+                    # warm-up runs compile, record and warm the CUDA graph trees
+                    run, outs, _ = torch_runner(case["model"], [x],
+                                                device="cuda" if cuda else "cpu",
+                                                compile=name == "torch_compile")
+                    return run, lambda: outs[0]
                 add(name, setup_torch)
 
     ref = outputs.get("seq_eager")
