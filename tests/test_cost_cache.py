@@ -7,9 +7,13 @@ tests build real models with ``ios_tvm.build`` on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import shutil
 import sqlite3
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -93,6 +97,85 @@ def test_truncated_sqlite_file(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:100] + b"\x00" * 3000)
     with pytest.raises(CacheError, match="m.sqlite"):
         MeasurementCache(path).get(CTX, "s0")
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path, *, whole_folder: bool):
+    """Make the files of ``folder`` (and with ``whole_folder`` the folder) read-only for this
+    process; as root, by acting as ``nobody`` meanwhile (root may write anything)."""
+    files = [p for p in folder.iterdir() if p.is_file()]
+    for p in files:
+        p.chmod(0o444)
+    if whole_folder:
+        folder.chmod(0o555)
+    as_root = os.geteuid() == 0
+    try:
+        if as_root:
+            os.setegid(65534)
+            os.seteuid(65534)
+        yield
+    finally:
+        if as_root:
+            os.seteuid(0)
+            os.setegid(0)
+        folder.chmod(0o755)
+        for p in files:
+            p.chmod(0o644)
+
+
+@pytest.fixture
+def open_folder() -> Any:
+    """A folder that any user may read (pytest's tmp_path is private to its user)."""
+    path = Path(tempfile.mkdtemp(prefix="ios_tvm_ro_"))
+    path.chmod(0o755)
+    yield path
+    path.chmod(0o755)
+    shutil.rmtree(path)
+
+
+@pytest.mark.skipif(not hasattr(os, "seteuid"), reason="POSIX permissions")
+@pytest.mark.parametrize("whole_folder", [False, True])
+def test_read_only_cache_is_read_not_called_corrupt(open_folder: Path, whole_folder: bool,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A shared cache this user may not write: read it, warn that nothing new is saved."""
+    path = open_folder / "m.sqlite"
+    cache = MeasurementCache(path)
+    cache.put(CTX, "s", 1.5e-3, [1.5e-3])
+    cache.close()
+    before = path.read_bytes()
+    with _read_only(open_folder, whole_folder=whole_folder), caplog.at_level("WARNING"):
+        ro = MeasurementCache(path)
+        assert ro.read_only
+        assert ro.get(CTX, "s") == 1.5e-3 and ro.get(CTX, "other") is None
+        ro.put(CTX, "new", 2e-3, [2e-3])  # not saved, and not an error
+        assert ro.get(CTX, "new") is None and len(ro) == 1
+        with pytest.raises(CacheError, match="read-only"):
+            ro.clear()
+        ro.close()
+    assert "read-only" in caplog.text and "will not be saved" in caplog.text
+    assert str(path) in caplog.text
+    assert path.read_bytes() == before
+
+
+@pytest.mark.skipif(not hasattr(os, "seteuid"), reason="POSIX permissions")
+@pytest.mark.parametrize("whole_folder", [False, True])
+def test_read_only_corrupt_cache_is_still_an_error(open_folder: Path, whole_folder: bool) -> None:
+    """Garbage, or an SQLite file that is not a cache, is reported as such when read-only."""
+    _corrupt_file(open_folder / "m.sqlite")
+    with sqlite3.connect(open_folder / "other.sqlite") as conn:
+        conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    with _read_only(open_folder, whole_folder=whole_folder):
+        for name in ("m.sqlite", "other.sqlite"):
+            with pytest.raises(CacheError, match=f"{name}.*not a valid ios-tvm measurement"):
+                MeasurementCache(open_folder / name)
+
+
+@pytest.mark.skipif(not hasattr(os, "seteuid"), reason="POSIX permissions")
+def test_cache_in_a_read_only_folder_that_does_not_exist_yet(open_folder: Path) -> None:
+    with _read_only(open_folder, whole_folder=True):
+        with pytest.raises(CacheError, match="cannot create"):
+            MeasurementCache(open_folder / "m.sqlite")
 
 
 @pytest.mark.parametrize("stored", [-1.0, 0.0, "nan", "garbage", 1e999, -1e999])
