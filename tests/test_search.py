@@ -447,3 +447,22 @@ def test_search_never_loses_to_its_baselines(native, graph, seed, part, r, s, st
     actual = schedule_cost(result.schedule, cost)
     assert result.schedule.cost == pytest.approx(actual, rel=1e-9)
     assert actual <= min(_baseline_costs(graph, cost, cfg)) * (1 + 1e-9)
+
+
+# -- settings are checked where they are made ------------------------------------------------
+@pytest.mark.parametrize("field", ["max_groups", "max_group_size", "max_part_size",
+                                   "greedy_max_streams"])
+@pytest.mark.parametrize("value", [0, -5, True, 2.0, "3"])
+def test_search_config_rejects_bad_limits(field, value):
+    from ios_tvm.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{field} must be a positive integer") as info:
+        SearchConfig(**{field: value})
+    assert isinstance(info.value, ValueError)  # a user's mistake
+
+
+def test_unknown_analytic_device_names_the_presets():
+    from ios_tvm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown analytic device 'nonsense'.*cpu, h100, v100"):
+        AnalyticCost(OpGraph.from_edges(1, []), "nonsense")
