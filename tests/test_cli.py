@@ -162,6 +162,31 @@ def test_compile_with_a_corrupt_cache(capsys: pytest.CaptureFixture[str], tmp_pa
     assert not (tmp_path / "out").exists() and no_temporaries(tmp_path) == []
 
 
+def test_compile_counts_from_cache_only_what_was_cached(capsys: pytest.CaptureFixture[str],
+                                                       tmp_path: Path) -> None:
+    """Issue 17 #11: on a fresh cache, stages reused within the run are not "from cache"."""
+    pytest.importorskip("tvm")
+    import re
+
+    import onnx
+
+    from ios_tvm.models import sample_block
+
+    onnx.save(sample_block(channels=4, size=4), tmp_path / "m.onnx")  # has twin convs
+    argv = ["compile", tmp_path / "m.onnx", "-q", "--cache", tmp_path / "c.sqlite",
+            "--warmup", "0", "--number", "1", "--repeat", "1"]
+    counts = []
+    for run_dir in ("a", "b"):
+        code, out, err = run(capsys, *argv, "-o", tmp_path / run_dir)
+        assert code == 0, err
+        line = next(line for line in out.splitlines() if line.startswith("search:"))
+        counts.append(re.match(r"search: (\d+) stages costed, (\d+) measured, (\d+) from cache"
+                               r"(?:, (\d+) reused from twins)?", line).groups(default="0"))
+    (costed, measured, cached, twins), again = ([int(c) for c in cs] for cs in counts)
+    assert cached == 0 and measured > 0 and twins > 0 and measured + twins == costed
+    assert again == [costed, 0, costed, 0]
+
+
 # -- artifacts ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
