@@ -87,6 +87,13 @@ def _shapes_arg(text: str) -> str:
     return text
 
 
+def _chart_arg(text: str) -> str:
+    """An argparse type: a picture file name whose suffix names a format we draw."""
+    if Path(text).suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a .png, .svg or .pdf file")
+    return text
+
+
 # -- output files: written whole or not at all ---------------------------------------------------
 def _check_output(path: str | os.PathLike[str], what: str) -> Path:
     """``path`` as a Path, if a file can be written there (checked before any work)."""
@@ -204,6 +211,8 @@ def _input_shapes(args: argparse.Namespace) -> Any:
 def _cmd_compile(args: argparse.Namespace) -> int:
     from .build import build
 
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise IosTvmError(f"artifact directory {args.output} is a file")
     cache, settings = _measure_options(args)
     result = build(_resolve_model(args), args.target, input_shapes=_input_shapes(args),
                    config=_search_config(args, args.strategy), cost=args.cost, cache=cache,
@@ -291,6 +300,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if args.output:
         _check_output(args.output, "results file")
+    if args.plot:
+        _check_output(args.plot, "chart file")
     cache, settings = _measure_options(args)
     report = bench(args.model, args.target, batch_size=args.batch_size,
                    input_shapes=_input_shapes(args), strategies=args.strategies, cost=args.cost,
@@ -532,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--torch alone: none")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-o", "--output", help="write the results as JSON to this file")
-    p.add_argument("--plot", help="draw the speed-up chart to this file (.png/.svg/.pdf)")
+    p.add_argument("--plot", type=_chart_arg,
+                   help="draw the speed-up chart to this file (.png/.svg/.pdf)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("show", help="summarise an artifact's schedule and draw it")

@@ -72,8 +72,10 @@ BAD_FLAGS = [
     ("tune", ["--seed", "-1"]), ("tune", ["--batch-size", "-1"]),
     ("bench", ["--rounds", "0"]), ("bench", ["--min-ms", "-1"]), ("bench", ["--min-ms", "nan"]),
     ("bench", ["--number", "0"]), ("bench", ["--strategies", "sequential"]),
+    ("bench", ["--plot", "chart.txt"]), ("show", ["--format", "gif"]),
 ]
 REQUIRED = {"compile": ["-o", "out"], "tune": ["--database", "db"]}
+MODEL = {"show": "art"}  # what stands in the first argument
 
 
 @pytest.mark.parametrize(("command", "flags"), BAD_FLAGS, ids=lambda v: " ".join(v)
@@ -82,7 +84,8 @@ def test_bad_flag_values_are_usage_errors(capsys: pytest.CaptureFixture[str], tm
                                           monkeypatch: pytest.MonkeyPatch, command: str,
                                           flags: list[str]) -> None:
     monkeypatch.chdir(tmp_path)  # nothing may be created, wherever it would go
-    code, out, err = run(capsys, command, "sample", *REQUIRED.get(command, []), *flags)
+    code, out, err = run(capsys, command, MODEL.get(command, "sample"), *REQUIRED.get(command, []),
+                         *flags)
     assert_usage(code, err, command, flags[0])
     assert out == "" and list(tmp_path.iterdir()) == []
 
@@ -147,6 +150,21 @@ def test_schedule_output_that_is_a_directory(capsys: pytest.CaptureFixture[str],
     assert_failure(code, err, "schedule", str(tmp_path / "out"), "is a directory")
     assert out == ""  # refused before lowering and searching
     assert no_temporaries(tmp_path) == [] and list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize(("command", "flag", "what"), [
+    ("bench", "-o", "is a directory"), ("bench", "--plot", "is a directory"),
+    ("compile", "-o", "is a file")])
+def test_outputs_that_cannot_be_written_are_refused_first(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, command: str, flag: str,
+        what: str) -> None:
+    """Before any work: not after minutes of compiling and measuring."""
+    target = tmp_path / ("out.png" if flag == "--plot" else "out")
+    target.mkdir() if what == "is a directory" else target.write_text("keep")
+    extra = [] if flag == "-o" or command != "bench" else ["-o", str(tmp_path / "r.json")]
+    code, out, err = run(capsys, command, "sample", flag, target, *extra)
+    assert_failure(code, err, command, str(target), what)
+    assert out == "" and no_temporaries(tmp_path) == []
 
 
 def test_compile_with_a_corrupt_cache(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
