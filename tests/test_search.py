@@ -282,6 +282,32 @@ def test_cost_model_returning_nan_is_rejected():
         search(graph, lambda stage: float("nan"))
 
 
+@IMPLEMENTATIONS
+def test_cost_model_returning_inf_is_rejected_except_for_merges(native):
+    """Infinite means impossible, which only a merge may be; it used to end the DP in an
+    AssertionError (Python) or a TVM RuntimeError (C++)."""
+    graph = OpGraph.from_edges(3, [(0, 1), (0, 2)])
+    with pytest.raises(ValueError, match="cost model returned inf for the concurrent stage"):
+        search(graph, lambda stage: float("inf"), native=native)
+
+    def no_merge(stage: Stage) -> float:
+        return float("inf") if stage.strategy == "merge" else 1.0
+
+    result = search(graph, no_merge, SearchConfig(strategy="both"),
+                    can_merge=lambda g, ops: True, native=native)
+    assert result.schedule.cost < float("inf")
+    assert all(s.strategy != "merge" for s in result.schedule.stages)
+
+
+def test_partition_rejects_a_part_size_below_one():
+    from ios_tvm.partition import partition
+
+    graph = OpGraph.from_edges(3, [(0, 1), (1, 2)])
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="max_part_size must be a positive integer"):
+            partition(graph, bad)
+
+
 # -- baselines -----------------------------------------------------------------------------
 def test_sequential_and_greedy_baselines():
     graph = OpGraph.from_edges(7, [(0, 1), (0, 2), (0, 3), (1, 4), (2, 4), (3, 5), (4, 6), (5, 6)])
