@@ -87,6 +87,17 @@ def _shapes_arg(text: str) -> str:
     return text
 
 
+def _target_arg(text: str) -> str:
+    """An argparse type: a target name, or a target JSON object that must parse."""
+    if text.lstrip().startswith("{"):
+        try:
+            if not isinstance(json.loads(text), dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"not a valid target JSON object ({e})") from None
+    return text
+
+
 def _chart_arg(text: str) -> str:
     """An argparse type: a picture file name whose suffix names a format we draw."""
     if Path(text).suffix.lower() not in (".png", ".svg", ".pdf"):
@@ -405,7 +416,7 @@ def _add_model_args(p: argparse.ArgumentParser, *, target: str = "host") -> None
     """MODEL, --target, --input-shapes, --batch-size (every command that lowers a model)."""
     p.add_argument("model", help="an .onnx file or a built-in model name (sample, squeezenet, "
                                  "inception_v3, randwire, nasnet, resnet50)")
-    p.add_argument("--target", default=target,
+    p.add_argument("--target", default=target, type=_target_arg,
                    help=f"host (llvm for this CPU), llvm (portable x86-64), cuda, or a TVM "
                         f"target JSON such as '{{\"kind\":\"llvm\",\"mcpu\":\"znver3\"}}' "
                         f"(default {target})")

@@ -64,6 +64,7 @@ BAD_FLAGS = [
     ("schedule", ["--max-group-size", "0"]), ("schedule", ["--max-part-size", "0"]),
     ("schedule", ["--batch-size", "0"]), ("schedule", ["--device", "nonsense"]),
     ("schedule", ["--input-shapes", "x"]), ("schedule", ["--input-shapes", "x:1,a"]),
+    ("schedule", ["--target", "{bad json"]), ("compile", ["--target", '{"kind": "llvm"']),
     ("compile", ["--number", "-5"]), ("compile", ["--number", "0"]),
     ("compile", ["--repeat", "0"]), ("compile", ["--warmup", "-1"]),
     ("compile", ["--rpc-servers", "0"]), ("compile", ["--max-groups", "-3"]),
@@ -141,6 +142,13 @@ def test_malformed_onnx(capsys: pytest.CaptureFixture[str], tmp_path: Path,
     code, _, err = run(capsys, command, "bad.onnx", *extra)
     assert_failure(code, err, command, "bad.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
+
+
+@pytest.mark.parametrize("target", ["nonsense", '{"kind": "nonsense"}'])
+def test_unknown_target(capsys: pytest.CaptureFixture[str], target: str) -> None:
+    pytest.importorskip("tvm")
+    code, _, err = run(capsys, "schedule", "sample", "--target", target)
+    assert_failure(code, err, "schedule", "nonsense")
 
 
 def test_schedule_output_that_is_a_directory(capsys: pytest.CaptureFixture[str],
