@@ -15,7 +15,7 @@ library: load artifacts you trust. The loader checks everything it can before th
 manifest names only these files, each has the size and sha256 it records, kernels.so is a
 complete ELF file and the one the plan was built with, and the plan passes
 :meth:`~ios_tvm.plan.Plan.validate`; its kernels must be the library's own functions or
-library-dispatch functions allowed by :func:`allow_packed_function`.
+global functions allowed by :func:`allow_packed_function`.
 """
 
 from __future__ import annotations
@@ -133,11 +133,13 @@ def allow_packed_function(name: str) -> None:
     """Let plans call the global function ``name`` as a kernel (process-wide).
 
     A plan's calls run the functions of its own kernel library. A ``call_dps_packed`` of the
-    model (library dispatch) names a global function instead; plans may call those under
-    ``tvm.contrib.`` (TVM's BLAS, cuDNN, sort, random, ... bindings) and no others by default,
-    so that a tampered plan cannot call, say, ``runtime.config_threadpool``. ``name`` is an
-    exact name, or a prefix when it ends with ``"."`` (``"mylib."``). The executor enforces
-    this (``runtime/executor.cc``).
+    model (library dispatch, e.g. ``tvm.contrib.cblas.matmul`` or a function of your own)
+    names a registered global function instead; plans may call none of those unless allowed
+    here, so that a tampered plan cannot call, say, ``runtime.config_threadpool``. ``name`` is
+    an exact name, or a prefix when it ends with ``"."`` (``"mylib."``). The executor enforces
+    this (``runtime/executor.cc``). It cannot check a global function's arguments (TVM's
+    ``tvm.contrib`` functions read theirs unchecked: the wrong ones corrupt memory), so allow
+    only what your models call, for plans you trust.
     """
     if not isinstance(name, str) or not name.strip(". "):
         raise ValueError(f"allow_packed_function needs a function name or a prefix ending "
@@ -715,8 +717,8 @@ def load_artifact(directory: str | os.PathLike[str], *,
         hashes = _check_files(root, manifest["files"])
         plan_path = root / "plan.json"
         try:
-            doc = parse_json(plan_path.read_bytes(), "plan")
-            plan = Plan.from_json(doc)
+            doc = parse_json(plan_path.read_bytes(), "plan", check_depth=False)
+            plan = Plan.from_json(doc)   # (checks the depth)
         except PlanFormatError as e:
             raise PlanFormatError(f"{plan_path}: {e}") from e
         if plan.device_type != manifest["device_type"] or plan.target != manifest["target"]:
@@ -740,8 +742,8 @@ def load_artifact(directory: str | os.PathLike[str], *,
         missing = sorted({c.kernel for c in plan.calls if not _callable(lib, c.kernel)})
         if missing:
             raise PlanFormatError(f"{lib_path}: kernel(s) {missing[:3]} named by the plan are "
-                                  "missing (neither in the library nor allowed library-dispatch "
-                                  "functions; see ios_tvm.executor.allow_packed_function)")
+                                  "missing (neither in the library nor global functions allowed "
+                                  "with ios_tvm.executor.allow_packed_function)")
         check_param_file(root / "params.bin")
         try:
             params = dict(rt.load_param_dict_from_file(str(root / "params.bin")))

@@ -202,7 +202,7 @@ class Plan:
     @classmethod
     def loads(cls, text: str | bytes) -> Plan:
         """Parse JSON text written by :meth:`dumps`."""
-        return cls.from_json(parse_json(text, "plan"))
+        return cls.from_json(parse_json(text, "plan", check_depth=False))  # from_json checks
 
     def validate(self) -> None:
         """Check the plan completely (see the module docstring).
@@ -309,6 +309,11 @@ class Plan:
             what = f"call {ci}"
             if not isinstance(c.kernel, str) or not c.kernel:
                 raise PlanFormatError(f"{what}: the kernel name must be a non-empty string")
+            if c.kernel.startswith("_"):
+                # A library's function "f" is its symbol __tvm_ffi_f; __tvm_ffi__* symbols are
+                # tvm-ffi's data (e.g. __tvm_ffi__library_bin): calling one runs data as code.
+                raise PlanFormatError(f"{what}: kernel name {c.kernel!r} is reserved (names "
+                                      "starting with '_' are tvm-ffi's library data)")
             if not isinstance(c.node, str):
                 raise PlanFormatError(f"{what} ({c.kernel}): node {_short(c.node)} is not a "
                                       "string")
@@ -494,7 +499,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def parse_json(text: str | bytes, what: str) -> Any:
+def parse_json(text: str | bytes, what: str, *, check_depth: bool = True) -> Any:
     """``json.loads`` for plan.json and manifest.json, strict and bounded.
 
     No NaN or Infinity, at most :data:`MAX_JSON_DEPTH` levels deep; any fault is a
@@ -507,7 +512,8 @@ def parse_json(text: str | bytes, what: str) -> Any:
                               "levels)") from None
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, a 5000-digit integer
         raise PlanFormatError(f"{what} is not valid JSON (truncated?): {e}") from e
-    _check_depth(value, what)
+    if check_depth:
+        _check_depth(value, what)
     return value
 
 
@@ -515,16 +521,18 @@ def _check_depth(value: Any, what: str) -> None:
     stack = [(value, 1)]
     while stack:
         v, depth = stack.pop()
-        if isinstance(v, Mapping | list | tuple):
+        if isinstance(v, dict | list | tuple):  # what JSON nests (and to_json writes)
             if depth > MAX_JSON_DEPTH:
                 raise PlanFormatError(f"{what} is nested too deeply (more than "
                                       f"{MAX_JSON_DEPTH} levels)")
-            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, Mapping) else v))
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and \
-        _INT64[0] <= v <= _INT64[1]
+    if type(v) is not int:  # the fast path; numpy integers are Integral too
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+            return False
+    return _INT64[0] <= v <= _INT64[1]
 
 
 def _short(v: Any) -> str:

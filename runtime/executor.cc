@@ -15,8 +15,8 @@
  * The executor trusts nothing in the plan it is handed (create_executor may be called
  * directly): every field is type- and range-checked, sizes and stream counts are capped
  * (kMaxBytes, kMaxStreams, and the machine's memory), views must fit their bases, and a
- * call's kernel must be a function of the kernel library or an allowed library-dispatch
- * global (PackedAllowlist). So no plan makes it read or write outside its buffers, hang or
+ * call's kernel must be a function of the kernel library (not tvm-ffi's data) or a global
+ * function the application allowed (PackedAllowlist). So no plan makes it read or write outside its buffers, hang or
  * crash. The plan's dataflow (every read after its write, no storage shared by tensors live
  * at once) is checked by ios_tvm.plan.Plan.validate before the Python side creates an
  * executor; a plan that breaks it computes wrong values, nothing worse.
@@ -353,11 +353,12 @@ class KernelThreads {
 
 
 /*! \brief Global functions plans may call as kernels besides their library's own functions:
- * the targets of a model's call_dps_packed (library dispatch). By default those under
- * "tvm.contrib." (TVM's BLAS, cuDNN, sort, random bindings); more through
- * ios_tvm.runtime.allow_packed_function. An entry ending in '.' is a prefix, any other an
- * exact name. Without this a plan could call any registered global, e.g.
- * runtime.config_threadpool. */
+ * the targets of a model's call_dps_packed (library dispatch), allowed by the application
+ * through ios_tvm.runtime.allow_packed_function; none by default. An entry ending in '.' is a
+ * prefix, any other an exact name. Without this a plan could call any registered global, e.g.
+ * runtime.config_threadpool; and even library dispatch functions (tvm.contrib.sort.sort, ...)
+ * read their arguments unchecked, so a plan calling one with the wrong arguments corrupts
+ * memory. */
 class PackedAllowlist {
  public:
   static PackedAllowlist& Global() {
@@ -387,7 +388,7 @@ class PackedAllowlist {
 
  private:
   mutable std::mutex mu_;
-  std::vector<std::string> entries_{"tvm.contrib."};
+  std::vector<std::string> entries_;
 };
 
 /*! \brief Throws unless `text` nests arrays and objects at most kMaxJsonDepth deep. */
@@ -676,7 +677,7 @@ class ExecutorObj : public ffi::ModuleObj {
     DeviceAPI* api = DeviceAPI::Get(device_, /*allow_missing=*/true);
     ffi::Any exist;
     if (api != nullptr) api->GetAttr(device_, tvm::runtime::kExist, &exist);
-    if (api == nullptr || !exist.as<int64_t>().value_or(0)) {
+    if (api == nullptr || !exist.try_cast<int64_t>().value_or(0)) {
       TVM_FFI_THROW(ValueError) << "the plan runs on CUDA, and this machine has no CUDA device "
                                 << device_.device_id << (api ? "" : " (no CUDA runtime)");
     }
@@ -737,14 +738,19 @@ class ExecutorObj : public ffi::ModuleObj {
 
   /*! \brief The function a call runs: the library's own, else an allowed global. */
   ffi::Function Resolve(const std::string& kernel) const {
+    if (kernel.empty() || kernel[0] == '_') {
+      // A library's function "f" is its symbol __tvm_ffi_f; __tvm_ffi__* symbols are
+      // tvm-ffi's data (__tvm_ffi__library_bin, ...): "calling" one runs data as code.
+      TVM_FFI_THROW(ValueError) << "kernel name '" << kernel << "' is reserved (names starting "
+                                << "with '_' are tvm-ffi's library data)";
+    }
     ffi::Optional<ffi::Function> f = lib_->GetFunction(kernel, /*query_imports=*/true);
     if (f.has_value()) return f.value();
     // call_dps_packed targets (library dispatch) are global functions, not library kernels.
     if (!PackedAllowlist::Global().Allowed(kernel)) {
       TVM_FFI_THROW(ValueError) << "kernel '" << kernel << "' is not in the kernel library, "
-                                << "nor an allowed library-dispatch function (globals under "
-                                << "tvm.contrib., or allowed with "
-                                << "ios_tvm.executor.allow_packed_function)";
+                                << "nor a global function allowed with "
+                                << "ios_tvm.executor.allow_packed_function";
     }
     f = ffi::Function::GetGlobal(kernel);
     if (!f.has_value()) {

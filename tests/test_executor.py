@@ -531,7 +531,7 @@ def _explode(src: Any, dst: Any) -> None:
 
 
 def _register_test_kernels() -> None:
-    """Register the test kernels and let plans call them (as they would tvm.contrib.*)."""
+    """Register the test kernels and let plans call them (library dispatch, allowed)."""
     import tvm_ffi
 
     from ios_tvm.executor import allow_packed_function
@@ -889,8 +889,8 @@ def _mutated_native_plans(doc: dict) -> dict[str, tuple[str, str]]:
         "wide": (variant(stages=[{"groups": [[0]] * 65}]), "stage 0 has 65 groups"),
         "empty": (variant(stages=[{"groups": [[]]}]), "stage 0 has an empty group"),
         "global": (variant(calls__0__kernel="runtime.config_threadpool"),
-                   "kernel 'runtime.config_threadpool' is not in the kernel library, nor an "
-                   "allowed"),
+                   "kernel 'runtime.config_threadpool' is not in the kernel library, nor a "
+                   "global function allowed"),
         "missing": (variant(tensors__0__name="not_a_weight_or_input", inputs=[]),
                     "tensor 0 ('not_a_weight_or_input') is an input buffer missing"),
         "offset": (variant(**{f"tensors__{storage}__offset": 64}), "tensor"),
@@ -921,7 +921,7 @@ def test_native_executor_trusts_no_plan(tmp_path: Path) -> None:
 
 def test_plan_calls_only_allowed_globals(tmp_path: Path) -> None:
     """A plan naming a registered global that is not library dispatch is refused, by load
-    and by the executor; tvm.contrib.* ones and explicitly allowed ones are not."""
+    and by the executor, unless the application allowed it."""
     from ios_tvm.executor import allow_packed_function, packed_function_allowed
 
     c = compiled("residual")
@@ -929,15 +929,16 @@ def test_plan_calls_only_allowed_globals(tmp_path: Path) -> None:
     evil = dataclasses.replace(plan, calls=(dataclasses.replace(
         plan.calls[0], kernel="runtime.config_threadpool"), *plan.calls[1:]))
     with pytest.raises(PlanFormatError, match="kernel 'runtime.config_threadpool' is not in "
-                                              "the kernel library, nor an allowed"):
+                                              "the kernel library, nor a global function"):
         Executor(evil, c.art.lib, c.art.params)
     out = Artifact(evil, c.art.lib, c.art.params).export(tmp_path / "evil")
     with pytest.raises(PlanFormatError, match=r"kernels.so: kernel\(s\) "
                                               r"\['runtime.config_threadpool'\] named by the "
                                               r"plan are missing"):
         load(out)
-    assert packed_function_allowed("tvm.contrib.sort.sort")
-    assert not packed_function_allowed("tvm.contrib.")
+    # Library dispatch functions read their arguments unchecked (the plan fuzzer crashed the
+    # executor through tvm.contrib.sort.sort): none is allowed unless the application says so.
+    assert not packed_function_allowed("tvm.contrib.sort.sort")
     assert not packed_function_allowed("runtime.config_threadpool")
     allow_packed_function("ios_tvm_test.exact_name")
     assert packed_function_allowed("ios_tvm_test.exact_name")
@@ -945,6 +946,52 @@ def test_plan_calls_only_allowed_globals(tmp_path: Path) -> None:
     for bad in ("", ".", " "):
         with pytest.raises(ValueError, match="a function name or a prefix"):
             allow_packed_function(bad)
+
+
+RESERVED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tvm, tvm_ffi
+    import ios_tvm._ffi as ffi
+    from ios_tvm.executor import Executor
+    from ios_tvm.plan import Plan, PlanFormatError
+    ffi.load()
+    lib = tvm.runtime.load_module(sys.argv[1])
+    doc = json.loads(open(sys.argv[2]).read())
+    params = dict(tvm.runtime.load_param_dict_from_file(sys.argv[3]))
+    assert lib.implements_function("_library_bin", True)  # tvm-ffi's data, not a function
+    doc["calls"][0]["kernel"] = "_library_bin"
+    try:
+        Plan.from_json(doc)
+    except PlanFormatError as e:
+        print("python:", e)
+    create = tvm_ffi.get_global_func("ios_tvm.runtime.create_executor")
+    try:
+        e = create(json.dumps(doc), lib, params, tvm_ffi.device("cpu", 0))
+        e["set_input"](0, tvm.runtime.tensor(np.zeros([int(d) for d in doc["tensors"][
+            doc["inputs"][0]]["shape"]], "float32")))
+        e["run"]()
+        print("native: ran")
+    except ValueError as e:
+        print("native:", e)
+""")
+
+
+def test_reserved_kernel_names(tmp_path: Path) -> None:
+    """A library with imports exports tvm-ffi's data symbol __tvm_ffi__library_bin, which
+    GetFunction("_library_bin") wraps as a function: a plan calling it crashed the process
+    (in a subprocess here). Names starting with '_' are refused."""
+    c, t = compiled("residual"), compiled("transformer")
+    lib = compile_model("residual", MODELS["residual"]()).art.lib  # a private copy to import into
+    lib.import_module(t.art.lib)
+    lib.export_library(str(tmp_path / "kernels.so"))
+    art = c.art.export(tmp_path / "art")
+    proc = subprocess.run([sys.executable, "-c", RESERVED_SCRIPT, str(tmp_path / "kernels.so"),
+                           str(art / "plan.json"), str(art / "params.bin")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert "python: call 0: kernel name '_library_bin' is reserved" in proc.stdout, proc.stdout
+    assert "native: kernel name '_library_bin' is reserved" in proc.stdout, proc.stdout
 
 
 # ---------------------------------------------------------------------------------------------

@@ -61,7 +61,8 @@ ODD_VALUES = [None, True, False, 0, 1, -1, 3, 63, 64, 65, 2**31, 2**40, 2**60, 2
               2**63, 2**64, -(2**63) - 1, 10**30, 1.5, -0.0, 1e308, "", "x", "float32",
               "storage", "view", [], [0], [[0]], {}, {"a": 1}]
 KERNELS = ["runtime.config_threadpool", "tvm.contrib.sort.sort", "tvm.contrib.random.uniform",
-           "ios_tvm.runtime.create_executor", "ffi.String", "no_such_kernel"]
+           "ios_tvm.runtime.create_executor", "ffi.String", "no_such_kernel", "_library_bin",
+           "_library_ctx", "_main__", ""]
 
 
 # -- mutations -------------------------------------------------------------------------------
@@ -277,8 +278,8 @@ class Mutator:
         """Returns the mutated JSON text and what was done."""
         doc = copy.deepcopy(doc)
         done = []
-        for _ in range(self.rng.choice([1, 1, 1, 2, 3])):
-            op = self.rng.choice(self.OPS)
+        ops = [self.rng.choice(self.OPS) for _ in range(self.rng.choice([1, 1, 1, 2, 3]))]
+        for op in sorted(ops, key=lambda op: op == "nest"):  # nest last: others recurse
             try:
                 done.append(getattr(self, op)(doc))
             except (TypeError, KeyError, IndexError, AttributeError, ValueError):

@@ -188,6 +188,7 @@ def loads_rejects(d: dict, match: str) -> None:
     (("calls", 0, "args"), [0, 77], r"call 0 \(k\): argument tensor 77 does not exist"),
     (("calls", 0, "num_outputs"), 3, r"call 0 \(k\): num_outputs 3 is not in 0\.\.2"),
     (("calls", 0, "kernel"), "", r"call 0: the kernel name must be a non-empty string"),
+    (("calls", 0, "kernel"), "_library_bin", r"call 0: kernel name '_library_bin' is reserved"),
     (("calls", 0), [0, 1], r"call 0 must be an object"),
     (("stages", 0, "groups"), [], r"stage 0 has no groups"),
     (("stages", 0, "groups"), [[0], []], r"stage 0: group 1 is empty"),
