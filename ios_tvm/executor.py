@@ -739,6 +739,10 @@ def load_artifact(directory: str | os.PathLike[str], *,
             lib = rt.load_module(str(lib_path))
         except Exception as e:  # TVM raises RuntimeError/TVMError variants
             raise PlanFormatError(f"{lib_path}: cannot load the kernel library: {e}") from e
+        has_cuda = any(m.kind == "cuda" for m in lib.imports)
+        if has_cuda != (plan.device_type == "cuda"):  # CPU code on device pointers, or back
+            raise PlanFormatError(f"{lib_path}: the library {'has' if has_cuda else 'lacks'} "
+                                  f"CUDA kernels, but the plan runs on {plan.device_type!r}")
         missing = sorted({c.kernel for c in plan.calls if not _callable(lib, c.kernel)})
         if missing:
             raise PlanFormatError(f"{lib_path}: kernel(s) {missing[:3]} named by the plan are "

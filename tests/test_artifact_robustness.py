@@ -222,6 +222,21 @@ def test_tampered_plans_in_an_artifact(art: Path, change, match: str) -> None:  
     assert time.monotonic() - t0 < 60, "the loader took a minute to refuse it"
 
 
+def test_cpu_artifact_relabelled_cuda(art: Path) -> None:
+    """Plan and manifest consistently say CUDA, the library is for the CPU: refused (its CPU
+    code would get device pointers)."""
+    def relabel(doc: dict) -> None:
+        doc["device_type"] = "cuda"
+        doc["target"] = json.dumps({"kind": "cuda", "arch": "sm_90"})
+
+    edit_json(art / "plan.json", relabel)
+    edit_json(art / "manifest.json", relabel)
+    reseal(art)
+    with pytest.raises(PlanFormatError, match=r"kernels.so: the library lacks CUDA kernels, "
+                                              r"but the plan runs on 'cuda'"):
+        load(art)
+
+
 # -- export ----------------------------------------------------------------------------------
 EXPORT_SCRIPT = textwrap.dedent("""
     import shutil, sys
