@@ -431,7 +431,10 @@ def _directory_lock(directory: Path, exclusive: bool) -> Iterator[None]:
         return
     fd = os.open(directory, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        except OSError:  # a file system without locks (some NFS): go on unlocked
+            pass
         yield
     finally:
         os.close(fd)  # releases the lock
