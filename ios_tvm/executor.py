@@ -5,19 +5,34 @@ TVM in runtime-only mode (``TVM_USE_RUNTIME_LIB=1``, no compiler library) runs a
 
 An artifact is a directory::
 
-    plan.json       the execution plan (ios_tvm/plan.py)
+    plan.json       the execution plan (ios_tvm/plan.py), with the sha256 of its kernels.so
     kernels.so      the kernel library (TVM runtime module)
     params.bin      the weights (tvm.runtime.save_param_dict format)
-    manifest.json   format, version, target, device type, file sizes
+    manifest.json   format, version, target, device type, size and sha256 of each file
+
+Loading an artifact runs its code (kernels.so is a shared library), like loading any shared
+library: load artifacts you trust. The loader checks everything it can before that: the
+manifest names only these files, each has the size and sha256 it records, kernels.so is a
+complete ELF file and the one the plan was built with, and the plan passes
+:meth:`~ios_tvm.plan.Plan.validate`; its kernels must be the library's own functions or
+global functions allowed by :func:`allow_packed_function`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import math
+import operator
 import os
+import secrets
+import signal
 import statistics
+import struct
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,13 +40,29 @@ from typing import Any
 import numpy as np
 
 from . import _ffi
-from .plan import Plan, PlanFormatError
+from .errors import IosTvmError
+from .plan import Plan, PlanFormatError, parse_json, target_dict
 
 ARTIFACT_FORMAT = "ios_tvm.Artifact"
-ARTIFACT_VERSION = 1
+#: Version 2 records each file's sha256 next to its size.
+ARTIFACT_VERSION = 2
 _FILES = ("plan.json", "kernels.so", "params.bin")
 #: DLPack device type -> the plan's device type name.
 _DEVICE_TYPES = {1: "cpu", 2: "cuda"}
+#: manifest.json and plan.json larger than this are not read (real ones take kilobytes).
+_MAX_JSON_FILE_BYTES = 1 << 28
+
+
+class ExecutorArgumentError(IosTvmError, ValueError):
+    """An executor was called with bad arguments.
+
+    An input of the wrong shape or dtype, an input never set before a run, benchmark counts
+    out of range.
+    """
+
+
+class ExecutionError(IosTvmError, RuntimeError):
+    """A run failed: a kernel raised (the message names the call, kernel and node)."""
 
 
 def default_cpu_threads() -> int:
@@ -91,13 +122,49 @@ def _load_cuda_runtime() -> None:
         ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
 
 
+def _native(name: str) -> Any:
+    import tvm_ffi
+
+    _ffi.load()
+    return tvm_ffi.get_global_func(name)
+
+
+def allow_packed_function(name: str) -> None:
+    """Let plans call the global function ``name`` as a kernel (process-wide).
+
+    A plan's calls run the functions of its own kernel library. A ``call_dps_packed`` of the
+    model (library dispatch, e.g. ``tvm.contrib.cblas.matmul`` or a function of your own)
+    names a registered global function instead; plans may call none of those unless allowed
+    here, so that a tampered plan cannot call, say, ``runtime.config_threadpool``. ``name`` is
+    an exact name, or a prefix when it ends with ``"."`` (``"mylib."``). The executor enforces
+    this (``runtime/executor.cc``). It cannot check a global function's arguments (TVM's
+    ``tvm.contrib`` functions read theirs unchecked: the wrong ones corrupt memory), so allow
+    only what your models call, for plans you trust.
+    """
+    if not isinstance(name, str) or not name.strip(". "):
+        raise ValueError(f"allow_packed_function needs a function name or a prefix ending "
+                         f"in '.', got {name!r}")
+    _native("ios_tvm.runtime.allow_packed_function")(name)
+
+
+def packed_function_allowed(name: str) -> bool:
+    """Whether plans may call the global function ``name`` (see :func:`allow_packed_function`)."""
+    return bool(_native("ios_tvm.runtime.packed_function_allowed")(name))
+
+
 class Executor:
     """Runs a :class:`~ios_tvm.plan.Plan` with the native stage executor.
+
+    One executor runs one call at a time: calls from several threads are serialised (a run
+    holds the executor, and ``__call__`` sets the inputs, runs and copies the outputs as one
+    step, so every caller gets its own results). A sequence of :meth:`set_input`, :meth:`run`
+    and :meth:`get_output` from several threads is not one step: hold :attr:`lock` around it,
+    or use ``__call__``, or one executor per thread (executors share the kernel library).
 
     Parameters
     ----------
     plan
-        The execution plan.
+        The execution plan; it is validated (:meth:`~ios_tvm.plan.Plan.validate`).
     lib
         The kernel library (a TVM runtime module holding every kernel the plan calls).
     params
@@ -116,30 +183,41 @@ class Executor:
         captured (it synchronises, allocates memory, uses the legacy stream) makes that first
         run raise ``RuntimeError`` naming it; the executor then stays usable in eager mode
         (:attr:`cuda_graph` is False and :meth:`cuda_graph_stats` holds the error).
+
+    Raises
+    ------
+    PlanFormatError
+        When the plan is invalid, or its kernels, weights or sizes do not fit the library,
+        the params or the device.
     """
 
     def __init__(self, plan: Plan, lib: Any, params: Mapping[str, Any],
                  device: Any | None = None, *, cuda_graph: bool | None = None) -> None:
-        import tvm_ffi
-
         _ffi.load()
         rt = _runtime()
+        plan.validate()
         self.plan = plan
         self.lib = lib
+        #: Held by every call; hold it around a set_input/run/get_output sequence.
+        self.lock = threading.RLock()
         self.device = device if device is not None else device_of(plan.device_type)
         # (RPC session devices carry the session in the bits above 128.)
         kind = _DEVICE_TYPES.get(self.device.dlpack_device_type() % 128)
         if kind != plan.device_type:
-            raise ValueError(f"the plan runs on {plan.device_type!r} devices (target "
-                             f"{plan.target}), not on {self.device}")
+            raise PlanFormatError(f"the plan runs on {plan.device_type!r} devices (target "
+                                  f"{plan.target}), not on {self.device}")
         values = {k: v if isinstance(v, rt.Tensor) else rt.tensor(np.asarray(v))
                   for k, v in params.items()}
-        create = tvm_ffi.get_global_func("ios_tvm.runtime.create_executor")
-        self._module = create(plan.dumps(), lib, values, self.device)
+        try:
+            self._module = _native("ios_tvm.runtime.create_executor")(plan.dumps(), lib, values,
+                                                                      self.device)
+        except Exception as e:  # the native checks: kernels, weights, sizes, the device
+            raise PlanFormatError(f"cannot run this plan on {self.device}: {e}") from e
         self._set_input = self._module["set_input"]
         self._get_output = self._module["get_output"]
         self._run = self._module["run"]
         self._profile = self._module["profile_stage"]
+        self._missing_inputs = self._module["missing_inputs"]
         self.input_names = [plan.tensors[i].name for i in plan.inputs]
         self.output_names = [plan.tensors[i].name for i in plan.outputs]
         if cuda_graph is None:
@@ -156,7 +234,8 @@ class Executor:
         if enabled and self.plan.device_type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA plan and device; this plan runs on "
                              f"{self.plan.device_type!r} (target {self.plan.target})")
-        self._module["set_cuda_graph"](bool(enabled))
+        with self.lock:
+            self._module["set_cuda_graph"](bool(enabled))
 
     @property
     def cuda_graph(self) -> bool:
@@ -174,21 +253,26 @@ class Executor:
 
     # -- running -----------------------------------------------------------------------------
     def set_input(self, key: int | str, value: Any) -> None:
-        """Copy ``value`` (numpy array or TVM tensor) into input ``key`` (index or name).
+        """Copy ``value`` (numpy array, scalar or TVM tensor) into input ``key`` (index or name).
 
-        Raises ``ValueError`` naming the input when shape or dtype differ from the plan.
+        Raises :class:`ExecutorArgumentError` (a ``ValueError``) naming the input when shape
+        or dtype differ from the plan.
         """
         index = self._input_index(key)
         rt = _runtime()
         if not isinstance(value, rt.Tensor):
-            value = rt.tensor(np.ascontiguousarray(value))
+            # asarray, not ascontiguousarray: that one turns a 0-d array into shape (1,).
+            value = rt.tensor(np.asarray(value, order="C"))
         spec = self.plan.tensors[self.plan.inputs[index]]
         shape, dtype = tuple(int(d) for d in value.shape), str(value.dtype)
         if dtype != spec.dtype:
-            raise ValueError(f"input {spec.name!r} has dtype {dtype}, expected {spec.dtype}")
+            raise ExecutorArgumentError(f"input {spec.name!r} has dtype {dtype}, expected "
+                                        f"{spec.dtype}")
         if shape != spec.shape:
-            raise ValueError(f"input {spec.name!r} has shape {shape}, expected {spec.shape}")
-        self._set_input(index, value)
+            raise ExecutorArgumentError(f"input {spec.name!r} has shape {shape}, expected "
+                                        f"{spec.shape}")
+        with self.lock:
+            self._set_input(index, value)
 
     def _input_index(self, key: int | str) -> int:
         if isinstance(key, str):
@@ -202,43 +286,78 @@ class Executor:
         return index
 
     def run(self, *inputs: Any, **named: Any) -> None:
-        """Run the plan once (after setting any inputs given); returns when it has finished."""
-        for i, value in enumerate(inputs):
-            self.set_input(i, value)
-        for name, value in named.items():
-            self.set_input(name, value)
-        self._run()
+        """Run the plan once (after setting any inputs given); returns when it has finished.
+
+        Raises :class:`ExecutorArgumentError` when an input was never set, and
+        :class:`ExecutionError` (a ``RuntimeError``) naming the call when a kernel fails.
+        """
+        with self.lock:
+            for i, value in enumerate(inputs):
+                self.set_input(i, value)
+            for name, value in named.items():
+                self.set_input(name, value)
+            self._check_inputs_set()
+            self._run_times(1)
+
+    def _check_inputs_set(self) -> None:
+        missing = [str(n) for n in self._missing_inputs()]
+        if missing:
+            raise ExecutorArgumentError(f"input(s) {missing} were never set; set every input "
+                                        f"(of {self.input_names}) before running")
+
+    def _run_times(self, times: int) -> None:
+        try:
+            for _ in range(times):
+                self._run()
+        except Exception as e:
+            raise ExecutionError(str(e)) from e
 
     def get_output(self, index: int = 0) -> Any:
         """Output ``index`` as a TVM tensor aliasing the executor's buffer.
 
         It stays valid until the next run; copy it (``.numpy()``) to keep it.
         """
-        return self._get_output(index)
+        with self.lock:
+            return self._get_output(index)
 
     def __call__(self, *inputs: Any, **named: Any) -> list[np.ndarray]:
-        """Run with the given inputs and return every output as a numpy array (copied)."""
-        self.run(*inputs, **named)
-        return [self.get_output(i).numpy() for i in range(len(self.output_names))]
+        """Run with the given inputs and return every output as a numpy array (copied).
+
+        Atomic: concurrent calls from other threads wait.
+        """
+        with self.lock:
+            self.run(*inputs, **named)
+            return [self.get_output(i).numpy() for i in range(len(self.output_names))]
 
     # -- timing ------------------------------------------------------------------------------
     def benchmark(self, *, warmup: int = 3, number: int = 10, repeat: int = 5,
                   min_repeat_ms: float = 0.0) -> dict[str, Any]:
-        """Time whole runs; returns seconds per run (median, mean, min, max, all repeats)."""
-        for _ in range(warmup):
-            self._run()
+        """Time whole runs; returns seconds per run (median, mean, min, max, all repeats).
+
+        Each repeat times ``number`` runs, doubling them (up to 2^20) until the repeat takes
+        ``min_repeat_ms``. Raises :class:`ExecutorArgumentError` unless ``warmup >= 0``,
+        ``number >= 1``, ``repeat >= 1`` and ``min_repeat_ms`` is finite and non-negative.
+        """
+        warmup, number, repeat = (_count(v, name, low) for v, name, low in (
+            (warmup, "warmup", 0), (number, "number", 1), (repeat, "repeat", 1)))
+        if not (isinstance(min_repeat_ms, int | float) and math.isfinite(min_repeat_ms)
+                and min_repeat_ms >= 0):
+            raise ExecutorArgumentError(f"benchmark needs a finite min_repeat_ms >= 0, got "
+                                        f"{min_repeat_ms!r}")
         results = []
-        for _ in range(repeat):
-            n = number
-            while True:
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    self._run()
-                elapsed = time.perf_counter() - t0
-                if elapsed * 1e3 >= min_repeat_ms or n >= 1 << 20:
-                    break
-                n *= 2
-            results.append(elapsed / n)
+        with self.lock:
+            self._check_inputs_set()
+            self._run_times(warmup)
+            for _ in range(repeat):
+                n = number
+                while True:
+                    t0 = time.perf_counter()
+                    self._run_times(n)
+                    elapsed = time.perf_counter() - t0
+                    if elapsed * 1e3 >= min_repeat_ms or n >= 1 << 20:
+                        break
+                    n = min(2 * n, 1 << 20)
+                results.append(elapsed / n)
         return {"median": statistics.median(results), "mean": statistics.fmean(results),
                 "min": min(results), "max": max(results), "results": results}
 
@@ -247,23 +366,25 @@ class Executor:
         """Latency (seconds per run, one value per repeat) of one candidate stage.
 
         ``groups`` are lists of call ids (indices into ``plan.calls``); the calls run on the
-        executor's own buffers, exactly as in production (device timers on CUDA).
+        executor's own buffers, exactly as in production (device timers on CUDA). Unlike a
+        run, profiling does not need the inputs set (their values do not matter for timing).
         """
-        return list(self._profile([list(map(int, g)) for g in groups], warmup, number, repeat))
+        with self.lock:
+            return list(self._profile([list(map(int, g)) for g in groups], warmup, number,
+                                      repeat))
 
 
-def _target_dict(target: Any) -> dict[str, Any] | None:
-    """A target as a dict: a mapping, JSON text (``str(tvm.target.Target)``) or a bare kind."""
-    if isinstance(target, Mapping):
-        return dict(target)
-    text = str(target).strip()
-    if text.startswith("{"):
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError:
-            return None
-        return d if isinstance(d, dict) else None
-    return {"kind": text} if text and " " not in text else None
+def _count(value: Any, name: str, low: int) -> int:
+    """``value`` as an integer >= ``low``, else an :class:`ExecutorArgumentError`."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = operator.index(value)
+    except TypeError:
+        raise ExecutorArgumentError(f"benchmark needs an integer {name}, got {value!r}") from None
+    if n < low:
+        raise ExecutorArgumentError(f"benchmark needs {name} >= {low}, got {n}")
+    return n
 
 
 def _subset(want: Any, have: Any) -> bool:
@@ -280,13 +401,77 @@ def target_matches(built: str, expected: str | Mapping[str, Any] | Any) -> bool:
     ``tvm.target.Target``; every key it gives must match (e.g. ``{"kind": "cuda", "arch":
     "sm_90"}``). Works without the TVM compiler.
     """
-    have, want = _target_dict(built), _target_dict(expected)
+    have, want = target_dict(built), target_dict(expected)
     if have is None or want is None:
         return str(built).strip() == str(expected).strip()
     return _subset(want, have)
 
 
 # -- artifacts ---------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: Path, exclusive: bool) -> Iterator[None]:
+    """An advisory lock on an artifact directory (a no-op where flock is missing).
+
+    Exporters hold it exclusively while they rename their files into place, loaders shared
+    while they check and read them, so a load never sees half of one export and half of
+    another.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        except OSError:  # a file system without locks (some NFS): go on unlocked
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived during an export (BaseException: no ``except Exception`` eats it)."""
+
+
+@contextlib.contextmanager
+def _cleanup_on_sigterm() -> Iterator[None]:
+    """Make SIGTERM raise inside the block, then end the process by it as it would have ended.
+
+    So the block's ``finally`` clauses remove its temporary files. Only in the main thread
+    and while SIGTERM has its default action (an application that handles SIGTERM itself
+    keeps its handler).
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    received = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal received
+        received = True
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if received:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 @dataclass
 class Artifact:
     """A compiled model: plan, kernel library and weights."""
@@ -296,29 +481,43 @@ class Artifact:
     params: dict[str, Any]
 
     def export(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the artifact to ``directory`` (created; files replaced atomically)."""
+        """Write the artifact to ``directory`` (created; an artifact there is replaced).
+
+        The files are written under unique temporary names in ``directory`` and renamed into
+        place under a lock on it, manifest last, so concurrent exports to one directory leave
+        one of them whole. Temporary files are removed on any failure, also on SIGTERM.
+        """
         rt = _runtime()
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        tmp = {name: out / f".{name}.tmp" for name in (*_FILES, "manifest.json")}
-        # export_library picks the toolchain from the suffix; write then rename.
-        lib_tmp = out / ".kernels.tmp.so"
-        try:
-            tmp["plan.json"].write_text(json.dumps(self.plan.to_json(), indent=1))
-            self.lib.export_library(str(lib_tmp))
-            lib_tmp.replace(tmp["kernels.so"])
-            rt.save_param_dict_to_file(
-                {k: v if isinstance(v, rt.Tensor) else rt.tensor(np.asarray(v))
-                 for k, v in self.params.items()}, str(tmp["params.bin"]))
-            manifest = {"format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION,
-                        "target": self.plan.target, "device_type": self.plan.device_type,
-                        "files": {n: tmp[n].stat().st_size for n in _FILES}}
-            tmp["manifest.json"].write_text(json.dumps(manifest, indent=1))
-            for name, path in tmp.items():
-                path.replace(out / name)
-        finally:
-            for path in (*tmp.values(), lib_tmp):
-                path.unlink(missing_ok=True)
+        tmp: dict[str, Path] = {}
+
+        def temp(name: str, suffix: str = ".tmp") -> Path:
+            # Unique per process and call (not mkstemp: its files are private, mode 0600).
+            tmp[name] = out / f".{name}.{os.getpid()}.{secrets.token_hex(6)}{suffix}"
+            return tmp[name]
+
+        with _cleanup_on_sigterm():
+            try:
+                # export_library picks the toolchain from the suffix.
+                self.lib.export_library(str(temp("kernels.so", ".tmp.so")))
+                doc = self.plan.to_json()
+                doc["kernels_sha256"] = _sha256(tmp["kernels.so"])  # ties plan and library
+                temp("plan.json").write_text(json.dumps(doc, indent=1))
+                rt.save_param_dict_to_file(
+                    {k: v if isinstance(v, rt.Tensor) else rt.tensor(np.asarray(v))
+                     for k, v in self.params.items()}, str(temp("params.bin")))
+                manifest = {"format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION,
+                            "target": self.plan.target, "device_type": self.plan.device_type,
+                            "files": {n: {"size": tmp[n].stat().st_size,
+                                          "sha256": _sha256(tmp[n])} for n in _FILES}}
+                temp("manifest.json").write_text(json.dumps(manifest, indent=1))
+                with _directory_lock(out, exclusive=True):
+                    for name in (*_FILES, "manifest.json"):
+                        tmp.pop(name).replace(out / name)
+            finally:
+                for path in tmp.values():
+                    path.unlink(missing_ok=True)
         return out
 
     def executor(self, device: Any | None = None, *,
@@ -333,12 +532,182 @@ def load(directory: str | os.PathLike[str], device: Any | None = None, *,
     """Load an artifact directory written by :meth:`Artifact.export` and return its executor.
 
     Raises :class:`~ios_tvm.plan.PlanFormatError` naming the file at fault when the artifact
-    is incomplete, truncated, of another version, or for another target/device.
+    is incomplete, truncated, altered, of another version, or for another target/device.
     ``expect_target`` is checked with :func:`target_matches`; ``cuda_graph`` as in
-    :class:`Executor` (default: on for CUDA artifacts).
+    :class:`Executor` (default: on for CUDA artifacts). Loading runs the artifact's code
+    (see the module docstring).
     """
     return load_artifact(directory, expect_target=expect_target).executor(
         device, cuda_graph=cuda_graph)
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    """manifest.json, checked.
+
+    Format, version, and exactly the artifact's files, each with its size and sha256.
+    """
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise PlanFormatError(f"{root}: not an ios-tvm artifact (no manifest.json)")
+    if path.stat().st_size > _MAX_JSON_FILE_BYTES:
+        raise PlanFormatError(f"{path}: corrupt manifest ({path.stat().st_size} bytes)")
+    try:
+        manifest = parse_json(path.read_bytes(), "the manifest")
+    except PlanFormatError as e:
+        raise PlanFormatError(f"{path}: corrupt manifest: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
+        raise PlanFormatError(f"{path}: not an {ARTIFACT_FORMAT} manifest")
+    version = manifest.get("version")
+    if version != ARTIFACT_VERSION or isinstance(version, bool):
+        raise PlanFormatError(f"{path}: artifact version {version!r}, this ios-tvm reads "
+                              f"version {ARTIFACT_VERSION}; rebuild it")
+    files = manifest.get("files")
+
+    def entry_ok(e: Any) -> bool:
+        return isinstance(e, dict) and set(e) == {"size", "sha256"} and \
+            type(e["size"]) is int and e["size"] >= 0 and isinstance(e["sha256"], str) and \
+            len(e["sha256"]) == 64 and all(c in "0123456789abcdef" for c in e["sha256"])
+
+    if not isinstance(files, dict) or set(files) != set(_FILES) or \
+            not all(entry_ok(e) for e in files.values()):
+        raise PlanFormatError(f"{path}: corrupt manifest (it must list exactly "
+                              f"{', '.join(_FILES)}, each with its size and sha256)")
+    for key in ("target", "device_type"):
+        if not isinstance(manifest.get(key), str):
+            raise PlanFormatError(f"{path}: corrupt manifest (no {key!r})")
+    return manifest
+
+
+def _check_files(root: Path, files: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Each file exists with the size and sha256 the manifest records; returns the hashes."""
+    hashes = {}
+    for name in _FILES:
+        path = root / name
+        if not path.is_file():
+            raise PlanFormatError(f"{path}: missing from the artifact")
+        size = path.stat().st_size
+        if size != files[name]["size"]:
+            raise PlanFormatError(f"{path}: {size} bytes, the manifest says "
+                                  f"{files[name]['size']} (truncated or replaced)")
+        if name == "plan.json" and size > _MAX_JSON_FILE_BYTES:
+            raise PlanFormatError(f"{path}: {size} bytes, too large for a plan")
+        hashes[name] = _sha256(path)
+        if hashes[name] != files[name]["sha256"]:
+            raise PlanFormatError(f"{path}: its sha256 differs from the manifest's (corrupt or "
+                                  "replaced)")
+    return hashes
+
+
+#: ELF program header types whose file bytes the dynamic loader maps or reads.
+_ELF_LOADED = {1, 2, 3, 4, 7}  # PT_LOAD, PT_DYNAMIC, PT_INTERP, PT_NOTE, PT_TLS
+#: Smallest program / section header entry of 32- and 64-bit ELF files.
+_ELF_ENTRY_BYTES = {("program", False): 32, ("program", True): 56, ("section", False): 40,
+                    ("section", True): 64}
+
+
+def check_shared_library(path: Path) -> None:
+    """Raise :class:`PlanFormatError` unless ``path`` is a complete ELF shared library.
+
+    A shared library cut short maps pages past the end of its file: loading it dies of
+    SIGBUS instead of failing. So the ELF header, the program and section header tables and
+    every segment and section must lie inside the file.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        ident = f.read(64)
+        if len(ident) < 16 or ident[:4] != b"\x7fELF" or ident[4] not in (1, 2) or \
+                ident[5] not in (1, 2) or len(ident) < (64 if ident[4] == 2 else 52):
+            raise PlanFormatError(f"{path}: cannot load the kernel library: not an ELF file")
+        is64, order = ident[4] == 2, "<" if ident[5] == 1 else ">"
+        header = f"{order}HHIQQQIHHHHHH" if is64 else f"{order}HHIIIIIHHHHHH"
+        (e_type, _, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum,
+         _) = struct.unpack_from(header, ident, 16)
+        if e_type != 3:  # ET_DYN
+            raise PlanFormatError(f"{path}: cannot load the kernel library: not a shared "
+                                  f"library (ELF type {e_type})")
+
+        def table(offset: int, entsize: int, count: int, what: str) -> list[bytes]:
+            if count and (entsize < _ELF_ENTRY_BYTES[what, is64] or
+                          offset + entsize * count > size):
+                raise PlanFormatError(f"{path}: cannot load the kernel library: its {what} "
+                                      f"header table lies outside the file (truncated?)")
+            f.seek(offset)
+            data = f.read(entsize * count)
+            return [data[i * entsize:(i + 1) * entsize] for i in range(count)]
+
+        for ph in table(phoff, phentsize, phnum, "program"):
+            if is64:
+                p_type, _, p_offset, _, _, p_filesz = struct.unpack_from(f"{order}IIQQQQ", ph)
+            else:
+                p_type, p_offset, _, _, p_filesz = struct.unpack_from(f"{order}IIIII", ph)
+            if p_type in _ELF_LOADED and p_offset + p_filesz > size:
+                raise PlanFormatError(f"{path}: cannot load the kernel library: a segment ends "
+                                      f"at byte {p_offset + p_filesz} of a {size}-byte file "
+                                      "(truncated?)")
+        for sh in table(shoff, shentsize, shnum, "section"):
+            if is64:
+                _, sh_type, _, _, sh_offset, sh_size = struct.unpack_from(f"{order}IIQQQQ", sh)
+            else:
+                _, sh_type, _, _, sh_offset, sh_size = struct.unpack_from(f"{order}IIIIII", sh)
+            if sh_type != 8 and sh_offset + sh_size > size:  # 8: SHT_NOBITS (.bss)
+                raise PlanFormatError(f"{path}: cannot load the kernel library: a section ends "
+                                      f"at byte {sh_offset + sh_size} of a {size}-byte file "
+                                      "(truncated?)")
+
+
+_PARAMS_MAGIC, _TENSOR_MAGIC = 0xF7E58D4F05049CB7, 0xDD5E40F096B4A13F
+
+
+def check_param_file(path: Path) -> None:
+    """Raise :class:`PlanFormatError` unless ``path`` is a whole TVM parameter file.
+
+    TVM's reader fills the rest of a tensor cut short with whatever memory held, without an
+    error; so the layout (``tvm.runtime.save_param_dict``: magic, names, then per tensor its
+    magic, device, ndim, dtype, shape, byte count and bytes) must account for every byte.
+    """
+    data = path.read_bytes()
+    pos = 0
+
+    def take(fmt: str) -> tuple[Any, ...]:
+        nonlocal pos
+        size = struct.calcsize(fmt)
+        if pos + size > len(data):
+            raise PlanFormatError(f"{path}: cannot read the weights: the file ends at byte "
+                                  f"{len(data)}, inside a header (truncated?)")
+        pos += size
+        return struct.unpack_from(fmt, data, pos - size)
+
+    def fail(why: str) -> PlanFormatError:
+        return PlanFormatError(f"{path}: cannot read the weights: {why}")
+
+    if take("<QQ")[0] != _PARAMS_MAGIC:
+        raise fail("not a TVM parameter file")
+    (count,) = take("<Q")
+    if count > len(data) // 8:
+        raise fail(f"{count} names in a {len(data)}-byte file")
+    for _ in range(count):
+        (n,) = take("<Q")
+        if pos + n > len(data):
+            raise fail("a name runs past the end of the file (truncated?)")
+        pos += n
+    if take("<Q")[0] != count:
+        raise fail("as many tensors as names expected")
+    for i in range(count):
+        magic, _, _, _, ndim, _, bits, lanes = take("<QQiiiBBH")
+        if magic != _TENSOR_MAGIC or not 0 <= ndim <= 32:
+            raise fail(f"tensor {i} has a corrupt header")
+        shape = take(f"<{ndim}q")
+        (nbytes,) = take("<q")
+        want = (bits * lanes + 7) // 8
+        for d in shape:
+            want *= d
+        if any(d < 0 for d in shape) or nbytes != want:
+            raise fail(f"tensor {i} has {nbytes} bytes for shape {shape}")
+        if pos + nbytes > len(data):
+            raise fail(f"tensor {i} runs past the end of the file (truncated?)")
+        pos += nbytes
+    if pos != len(data):
+        raise fail(f"{len(data) - pos} bytes after the last tensor")
 
 
 def load_artifact(directory: str | os.PathLike[str], *,
@@ -346,52 +715,58 @@ def load_artifact(directory: str | os.PathLike[str], *,
     """Read an artifact directory (see :func:`load`) without creating an executor."""
     rt = _runtime()
     root = Path(directory)
-    manifest_path = root / "manifest.json"
-    if not manifest_path.is_file():
-        raise PlanFormatError(f"{root}: not an ios-tvm artifact (no manifest.json)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as e:
-        raise PlanFormatError(f"{manifest_path}: corrupt manifest: {e}") from e
-    if manifest.get("format") != ARTIFACT_FORMAT:
-        raise PlanFormatError(f"{manifest_path}: not an {ARTIFACT_FORMAT} manifest")
-    if manifest.get("version") != ARTIFACT_VERSION:
-        raise PlanFormatError(f"{manifest_path}: artifact version {manifest.get('version')!r}, "
-                              f"this ios-tvm reads version {ARTIFACT_VERSION}; rebuild it")
-    sizes = manifest.get("files")
-    if not isinstance(sizes, Mapping) or any(name not in sizes for name in _FILES):
-        raise PlanFormatError(f"{manifest_path}: corrupt manifest (it must list the sizes of "
-                              f"{', '.join(_FILES)})")
-    for name, size in sizes.items():
-        path = root / name
-        if not path.is_file():
-            raise PlanFormatError(f"{path}: missing from the artifact")
-        if path.stat().st_size != size:
-            raise PlanFormatError(f"{path}: {path.stat().st_size} bytes, the manifest says {size} "
-                                  "(truncated or replaced)")
-    try:
-        plan = Plan.loads((root / "plan.json").read_text())
-    except PlanFormatError as e:
-        raise PlanFormatError(f"{root / 'plan.json'}: {e}") from e
-    if expect_target is not None and not target_matches(plan.target, expect_target):
-        raise PlanFormatError(f"{root / 'plan.json'}: built for target {plan.target}, not "
-                              f"{expect_target}")
-    if plan.device_type == "cuda":
-        _load_cuda_runtime()
-    try:
-        lib = rt.load_module(str(root / "kernels.so"))
-    except Exception as e:  # TVM raises RuntimeError/TVMError variants
-        raise PlanFormatError(f"{root / 'kernels.so'}: cannot load the kernel library: {e}") from e
+    with _directory_lock(root, exclusive=False) if root.is_dir() else contextlib.nullcontext():
+        manifest = _read_manifest(root)
+        hashes = _check_files(root, manifest["files"])
+        plan_path = root / "plan.json"
+        try:
+            doc = parse_json(plan_path.read_bytes(), "plan", check_depth=False)
+            plan = Plan.from_json(doc)   # (checks the depth)
+        except PlanFormatError as e:
+            raise PlanFormatError(f"{plan_path}: {e}") from e
+        if plan.device_type != manifest["device_type"] or plan.target != manifest["target"]:
+            raise PlanFormatError(f"{plan_path}: the plan is for {plan.device_type} target "
+                                  f"{plan.target}, the manifest says {manifest['device_type']} "
+                                  f"target {manifest['target']}")
+        if expect_target is not None and not target_matches(plan.target, expect_target):
+            raise PlanFormatError(f"{plan_path}: built for target {plan.target}, not "
+                                  f"{expect_target}")
+        lib_path = root / "kernels.so"
+        if doc.get("kernels_sha256") != hashes["kernels.so"]:
+            raise PlanFormatError(f"{lib_path}: not the kernel library this plan was built "
+                                  "with (its sha256 differs from the plan's kernels_sha256)")
+        check_shared_library(lib_path)
+        if plan.device_type == "cuda":
+            _load_cuda_runtime()
+        try:
+            lib = rt.load_module(str(lib_path))
+        except Exception as e:  # TVM raises RuntimeError/TVMError variants
+            raise PlanFormatError(f"{lib_path}: cannot load the kernel library: {e}") from e
+        has_cuda = any(m.kind == "cuda" for m in lib.imports)
+        if has_cuda != (plan.device_type == "cuda"):  # CPU code on device pointers, or back
+            raise PlanFormatError(f"{lib_path}: the library {'has' if has_cuda else 'lacks'} "
+                                  f"CUDA kernels, but the plan runs on {plan.device_type!r}")
+        missing = sorted({c.kernel for c in plan.calls if not _callable(lib, c.kernel)})
+        if missing:
+            raise PlanFormatError(f"{lib_path}: kernel(s) {missing[:3]} named by the plan are "
+                                  "missing (neither in the library nor global functions allowed "
+                                  "with ios_tvm.executor.allow_packed_function)")
+        check_param_file(root / "params.bin")
+        try:
+            params = dict(rt.load_param_dict_from_file(str(root / "params.bin")))
+        except Exception as e:
+            raise PlanFormatError(f"{root / 'params.bin'}: cannot read the weights: {e}") from e
+    return Artifact(plan, lib, params)
+
+
+def _callable(lib: Any, kernel: str) -> bool:
+    """Whether a plan may call ``kernel``, as the executor decides.
+
+    A function of ``lib`` (or its imports), or an allowed global function (library dispatch).
+    """
     import tvm_ffi
 
-    # call_dps_packed targets (library dispatch) are global functions, as in the executor.
-    missing = [c.kernel for c in plan.calls if not lib.implements_function(c.kernel, True)
-               and tvm_ffi.get_global_func(c.kernel, allow_missing=True) is None]
-    if missing:
-        raise PlanFormatError(f"{root / 'kernels.so'}: kernel(s) {sorted(set(missing))[:3]} "
-                              "named by the plan are missing")
-    try:
-        params = dict(rt.load_param_dict_from_file(str(root / "params.bin")))
-    except Exception as e:
-        raise PlanFormatError(f"{root / 'params.bin'}: cannot read the weights: {e}") from e
-    return Artifact(plan, lib, params)
+    if lib.implements_function(kernel, True):
+        return True
+    return packed_function_allowed(kernel) and \
+        tvm_ffi.get_global_func(kernel, allow_missing=True) is not None

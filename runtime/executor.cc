@@ -12,8 +12,22 @@
  * captures exactly that sequence into one CUDA graph, later runs replay it with one launch
  * (runtime/cuda_graph.h).
  *
+ * The executor trusts nothing in the plan it is handed (create_executor may be called
+ * directly): every field is type- and range-checked, sizes and stream counts are capped
+ * (kMaxBytes, kMaxStreams, and the machine's memory), views must fit their bases, and a
+ * call's kernel must be a function of the kernel library (not tvm-ffi's data) or a global
+ * function the application allowed (PackedAllowlist). So no plan makes it read or write outside its buffers, hang or
+ * crash. The plan's dataflow (every read after its write, no storage shared by tensors live
+ * at once) is checked by ios_tvm.plan.Plan.validate before the Python side creates an
+ * executor; a plan that breaks it computes wrong values, nothing worse.
+ *
+ * One executor runs one call at a time: set_input, get_output, run, profile_stage and the
+ * CUDA graph functions hold its mutex, so calls from several threads are serialised. A run
+ * is refused until every input has been set.
+ *
  * The executor is a tvm-ffi Module with the functions set_input, get_output, run,
- * profile_stage, num_inputs, num_outputs, num_streams, set_cuda_graph and cuda_graph_stats.
+ * profile_stage, num_inputs, num_outputs, num_streams, missing_inputs, set_cuda_graph and
+ * cuda_graph_stats.
  */
 #include <dlfcn.h>
 #include <sched.h>
@@ -28,6 +42,7 @@
 #include <tvm/ffi/function.h>
 #include <tvm/ffi/reflection/registry.h>
 #include <tvm/runtime/device_api.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -38,6 +53,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -56,6 +72,13 @@ constexpr int kMinPlanVersion = 1;
 constexpr int kPlanVersion = 2;
 /*! \brief Alignment TVM kernels assume for tensor arguments (kAllocAlignment). */
 constexpr int64_t kViewAlignment = 64;
+/*! \brief Limits, the same as ios_tvm/plan.py's MAX_STREAMS, MAX_NBYTES, MAX_NDIM and
+ * MAX_JSON_DEPTH: most streams (threads), bytes of one tensor or of all storages, dimensions,
+ * and nesting of the plan's JSON (ffi::json::Parse recurses). */
+constexpr int64_t kMaxStreams = 64;
+constexpr int64_t kMaxBytes = int64_t(1) << 40;
+constexpr size_t kMaxNdim = 32;
+constexpr int kMaxJsonDepth = 64;
 
 /*! \brief Allocates a tensor's bytes through TVM's DeviceAPI (the wheel ships no Tensor::Empty
  * header we could use). */
@@ -328,8 +351,164 @@ class KernelThreads {
   bool enabled_ = false;
 };
 
+
+/*! \brief Global functions plans may call as kernels besides their library's own functions:
+ * the targets of a model's call_dps_packed (library dispatch), allowed by the application
+ * through ios_tvm.runtime.allow_packed_function; none by default. An entry ending in '.' is a
+ * prefix, any other an exact name. Without this a plan could call any registered global, e.g.
+ * runtime.config_threadpool; and even library dispatch functions (tvm.contrib.sort.sort, ...)
+ * read their arguments unchecked, so a plan calling one with the wrong arguments corrupts
+ * memory. */
+class PackedAllowlist {
+ public:
+  static PackedAllowlist& Global() {
+    static PackedAllowlist list;
+    return list;
+  }
+
+  void Add(const std::string& entry) {
+    if (entry.find_first_not_of(". ") == std::string::npos) {
+      TVM_FFI_THROW(ValueError) << "allow_packed_function needs a function name or a prefix "
+                                   "ending in '.', got '" << entry << "'";
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    entries_.push_back(entry);
+  }
+
+  bool Allowed(const std::string& name) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const std::string& e : entries_) {
+      bool prefix = e.back() == '.';
+      if (prefix ? name.size() > e.size() && name.compare(0, e.size(), e) == 0 : name == e) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<std::string> entries_;
+};
+
+/*! \brief Throws unless `text` nests arrays and objects at most kMaxJsonDepth deep. */
+void CheckJsonDepth(const std::string& text) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxJsonDepth) {
+        TVM_FFI_THROW(ValueError) << "plan is nested too deeply (more than " << kMaxJsonDepth
+                                  << " levels)";
+      }
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+}
+
+/*! \brief Typed access to a JSON value of the plan; errors name `what` (e.g. "tensor 3"). */
+int64_t AsInt(const ffi::Any& v, const std::string& what) {
+  std::optional<int64_t> i = v.as<int64_t>();
+  if (!i.has_value()) TVM_FFI_THROW(ValueError) << what << " must be an integer";
+  return *i;
+}
+
+ffi::json::Array AsArray(const ffi::Any& v, const std::string& what) {
+  std::optional<ffi::json::Array> a = v.as<ffi::json::Array>();
+  if (!a.has_value()) TVM_FFI_THROW(ValueError) << what << " must be a list";
+  return *a;
+}
+
+std::string AsString(const ffi::Any& v, const std::string& what) {
+  std::optional<ffi::String> s = v.as<ffi::String>();
+  if (!s.has_value()) TVM_FFI_THROW(ValueError) << what << " must be a string";
+  return std::string(*s);
+}
+
+/*! \brief The fields of one JSON object of the plan. */
+class Fields {
+ public:
+  Fields(const ffi::Any& value, std::string what) : what_(std::move(what)) {
+    std::optional<ffi::json::Object> obj = value.as<ffi::json::Object>();
+    if (!obj.has_value()) TVM_FFI_THROW(ValueError) << what_ << " must be an object";
+    obj_ = *obj;
+  }
+  bool Has(const char* key) const { return obj_.count(ffi::String(key)) != 0; }
+  ffi::Any Get(const char* key) const {
+    if (!Has(key)) TVM_FFI_THROW(ValueError) << what_ << " lacks '" << key << "'";
+    return obj_.at(ffi::String(key));
+  }
+  int64_t Int(const char* key) const { return AsInt(Get(key), Name(key)); }
+  int64_t Int(const char* key, int64_t dflt) const { return Has(key) ? Int(key) : dflt; }
+  std::string Str(const char* key) const { return AsString(Get(key), Name(key)); }
+  std::string Str(const char* key, const std::string& dflt) const {
+    return Has(key) ? Str(key) : dflt;
+  }
+  ffi::json::Array Arr(const char* key) const { return AsArray(Get(key), Name(key)); }
+  std::vector<int64_t> Ints(const char* key) const {
+    std::vector<int64_t> out;
+    for (const ffi::Any& v : Arr(key)) out.push_back(AsInt(v, Name(key) + " entries"));
+    return out;
+  }
+
+ private:
+  std::string Name(const char* key) const { return what_ + ": '" + key + "'"; }
+  std::string what_;
+  ffi::json::Object obj_;
+};
+
+/*! \brief The dtypes a plan may use (ios_tvm/graph.py's table): no vectors, no sub-byte. */
+DLDataType ParseDType(const std::string& s, const std::string& what) {
+  static const std::set<std::string> known = {
+      "float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "int64",
+      "int32",   "int16",   "int8",    "uint8",    "uint16",        "uint32",      "uint64",
+      "bool"};
+  if (!known.count(s)) TVM_FFI_THROW(ValueError) << what << " has unknown dtype '" << s << "'";
+  return ffi::StringToDLDataType(s);
+}
+
+/*! \brief Bytes of a tensor; throws when they exceed kMaxBytes (no overflow on the way). */
+int64_t CheckedBytes(const std::vector<int64_t>& shape, DLDataType dtype,
+                     const std::string& what) {
+  if (shape.size() > kMaxNdim) {
+    TVM_FFI_THROW(ValueError) << what << " has " << shape.size() << " dimensions; at most "
+                              << kMaxNdim;
+  }
+  int64_t n = (dtype.bits * dtype.lanes + 7) / 8;
+  for (int64_t d : shape) {
+    if (d < 0) TVM_FFI_THROW(ValueError) << what << " has a negative dimension " << d;
+    if (d == 0) return 0;
+  }
+  for (int64_t d : shape) {
+    if (n > kMaxBytes / d) {
+      TVM_FFI_THROW(ValueError) << what << " takes more than the limit of " << kMaxBytes
+                                << " bytes";
+    }
+    n *= d;
+  }
+  return n;
+}
+
+/*! \brief Physical memory of this machine in bytes (0 when unknown). */
+int64_t PhysicalMemory() {
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);  // NOLINT(runtime/int)
+  return pages > 0 && page > 0 ? int64_t(pages) * page : 0;
+}
+
 struct Call {
   std::string kernel;
+  std::string node;
   ffi::Function func;
   std::vector<ffi::AnyView> args;
 };
@@ -341,9 +520,9 @@ class ExecutorObj : public ffi::ModuleObj {
               const ffi::Map<ffi::String, ffi::Tensor>& params, DLDevice device)
       : lib_(lib), device_(device) {
     ParsePlan(plan_json, params);
-    int streams = std::max<int64_t>(1, min_streams_);
-    for (const auto& stage : stages_) streams = std::max<int>(streams, stage.size());
-    num_streams_ = streams;
+    int64_t streams = std::max<int64_t>(1, min_streams_);
+    for (const auto& stage : stages_) streams = std::max<int64_t>(streams, stage.size());
+    num_streams_ = static_cast<int>(streams);
     if (device_.device_type == kDLCUDA) {
       SetUpCuda();
     } else if (num_streams_ > 1) {
@@ -355,6 +534,7 @@ class ExecutorObj : public ffi::ModuleObj {
     if (device_.device_type == kDLCUDA) {
       const CudaApi& api = CudaApi::Get();
       for (void* e : events_) api.event_destroy(e);
+      for (void* e : timing_events_) api.event_destroy(e);
       DeviceAPI* dev_api = DeviceAPI::Get(device_);
       for (void* s : streams_) dev_api->FreeStream(device_, s);
     }
@@ -388,6 +568,9 @@ class ExecutorObj : public ffi::ModuleObj {
     if (name == "num_streams") {
       return ffi::Function::FromTyped([self]() { return int64_t(self->num_streams_); });
     }
+    if (name == "missing_inputs") {
+      return ffi::Function::FromTyped([self]() { return self->MissingInputs(); });
+    }
     if (name == "set_cuda_graph") {
       return ffi::Function::FromTyped([self](bool on) { self->SetCudaGraph(on); });
     }
@@ -401,114 +584,246 @@ class ExecutorObj : public ffi::ModuleObj {
   using Group = std::vector<int>;
   using Stage = std::vector<Group>;
 
-  static DLDataType ParseDType(const std::string& s) {
-    return ffi::StringToDLDataType(s);
-  }
-
-  static ffi::Shape ToShape(const ffi::json::Array& dims) {
-    std::vector<int64_t> v;
-    for (const ffi::Any& d : dims) v.push_back(d.cast<int64_t>());
-    return ffi::Shape(v);
-  }
+  /*! \brief A tensor of the plan as parsed, before its buffer exists. */
+  struct TensorSpec {
+    std::string name, place;
+    std::vector<int64_t> shape;
+    DLDataType dtype;
+    int64_t ref = -1, offset = 0, nbytes = 0;
+  };
 
   void ParsePlan(const ffi::String& plan_json, const ffi::Map<ffi::String, ffi::Tensor>& params) {
+    CheckJsonDepth(plan_json);
     ffi::String err;
     ffi::json::Value root = ffi::json::Parse(plan_json, &err);
     if (!err.empty()) TVM_FFI_THROW(ValueError) << "plan is not valid JSON: " << err;
-    auto plan = root.cast<ffi::json::Object>();
-    if (plan["format"].cast<ffi::String>() != "ios_tvm.Plan") {
+    Fields plan(root, "plan");
+    if (!plan.Get("format").as<ffi::String>() ||
+        plan.Str("format") != "ios_tvm.Plan") {
       TVM_FFI_THROW(ValueError) << "not an ios_tvm.Plan document";
     }
-    int64_t version = plan["version"].cast<int64_t>();
+    int64_t version = plan.Int("version");
     if (version < kMinPlanVersion || version > kPlanVersion) {
       TVM_FFI_THROW(ValueError) << "plan version " << version << " is not supported by this "
                                 << "executor (it runs versions " << kMinPlanVersion << " to "
                                 << kPlanVersion << ")";
     }
-    // Activation storages: flat byte buffers that tensors view.
-    for (const ffi::Any& nbytes : plan["storages"].cast<ffi::json::Array>()) {
-      int64_t n = std::max<int64_t>(nbytes.cast<int64_t>(), 1);
-      storages_.push_back(Empty(ffi::Shape({n}), DLDataType{kDLUInt, 8, 1}, device_));
+    std::string device_type = plan.Str("device_type");
+    int want = device_type == "cpu" ? kDLCPU : device_type == "cuda" ? kDLCUDA : -1;
+    if (want != device_.device_type) {
+      TVM_FFI_THROW(ValueError) << "the plan's device type is '" << device_type
+                                << "', the executor's device is of type "
+                                << device_.device_type;
     }
-    auto tensors = plan["tensors"].cast<ffi::json::Array>();
-    tensors_.resize(tensors.size());
-    names_.resize(tensors.size());
+    if (device_.device_type == kDLCUDA) CheckDeviceExists();
+    min_streams_ = plan.Int("min_streams", 1);
+    if (min_streams_ < 1 || min_streams_ > kMaxStreams) {
+      TVM_FFI_THROW(ValueError) << "plan: min_streams " << min_streams_ << " is not in 1.."
+                                << kMaxStreams;
+    }
+    std::vector<int64_t> storage_bytes = plan.Ints("storages");
+    int64_t total = 0;
+    for (size_t i = 0; i < storage_bytes.size(); ++i) {
+      if (storage_bytes[i] < 0 || storage_bytes[i] > kMaxBytes - total) {
+        TVM_FFI_THROW(ValueError) << "storage " << i << ": size " << storage_bytes[i]
+                                  << " is negative or the storages exceed the limit of "
+                                  << kMaxBytes << " bytes";
+      }
+      total += storage_bytes[i];
+    }
+    std::vector<TensorSpec> specs = ParseTensors(plan.Arr("tensors"), storage_bytes);
+    for (const TensorSpec& t : specs) {  // (each at most kMaxBytes: the sum cannot overflow)
+      if (t.place == "input" || t.place == "param") total = std::min(total + t.nbytes, kMaxBytes);
+    }
+    int64_t memory = PhysicalMemory();
+    if (device_.device_type == kDLCPU && memory > 0 && total > memory) {
+      TVM_FFI_THROW(ValueError) << "the plan needs " << (total < kMaxBytes ? "" : "at least ")
+                                << total << " bytes of buffers, more than this machine's "
+                                << memory << " bytes of memory";
+    }
+    ParseCalls(plan.Arr("calls"), specs.size());
+    ParseStages(plan.Arr("stages"));
+    inputs_ = plan.Ints("inputs");
+    outputs_ = plan.Ints("outputs");
+    std::set<int64_t> listed;
+    for (int64_t i : inputs_) {
+      if (i < 0 || i >= static_cast<int64_t>(specs.size()) || !listed.insert(i).second) {
+        TVM_FFI_THROW(ValueError) << "plan: input tensor " << i << " does not exist or is "
+                                  << "listed twice";
+      }
+    }
+    for (size_t i = 0; i < specs.size(); ++i) {
+      if (specs[i].place == "input" && !listed.count(static_cast<int64_t>(i))) {
+        TVM_FFI_THROW(ValueError) << "tensor " << i << " ('" << specs[i].name << "') is an "
+                                  << "input buffer missing from the plan's inputs";
+      }
+    }
+    for (int64_t o : outputs_) {
+      if (o < 0 || o >= static_cast<int64_t>(specs.size())) {
+        TVM_FFI_THROW(ValueError) << "plan: output tensor " << o << " does not exist";
+      }
+    }
+    // Everything checked: allocate.
+    for (size_t i = 0; i < storage_bytes.size(); ++i) {
+      storages_.push_back(Allocate({std::max<int64_t>(storage_bytes[i], 1)},
+                                   DLDataType{kDLUInt, 8, 1}, "storage " + std::to_string(i)));
+    }
+    MakeTensors(specs, params);
+    // Input buffers start unset. (RPC benchmarking lists weights as inputs: already set.)
+    for (int64_t i : inputs_) input_set_.push_back(specs[i].place != "input");
+  }
+
+  void CheckDeviceExists() const {
+    DeviceAPI* api = DeviceAPI::Get(device_, /*allow_missing=*/true);
+    ffi::Any exist;
+    if (api != nullptr) api->GetAttr(device_, tvm::runtime::kExist, &exist);
+    if (api == nullptr || !exist.try_cast<int64_t>().value_or(0)) {
+      TVM_FFI_THROW(ValueError) << "the plan runs on CUDA, and this machine has no CUDA device "
+                                << device_.device_id << (api ? "" : " (no CUDA runtime)");
+    }
+  }
+
+  std::vector<TensorSpec> ParseTensors(const ffi::json::Array& tensors,
+                                       const std::vector<int64_t>& storage_bytes) {
+    std::vector<TensorSpec> specs;
     for (size_t i = 0; i < tensors.size(); ++i) {
-      auto t = tensors[i].cast<ffi::json::Object>();
-      std::string name = t["name"].cast<ffi::String>();
-      std::string place = t["place"].cast<ffi::String>();
-      ffi::Shape shape = ToShape(t["shape"].cast<ffi::json::Array>());
-      DLDataType dtype = ParseDType(t["dtype"].cast<ffi::String>());
-      int64_t ref = t["ref"].cast<int64_t>();
-      names_[i] = name;
-      if (place == "input") {
-        tensors_[i] = Empty(shape, dtype, device_);
-      } else if (place == "param") {
-        auto it = params.find(name);
-        if (it == params.end()) {
-          TVM_FFI_THROW(ValueError) << "the params hold no value for weight '" << name << "'";
+      Fields f(tensors[i], "tensor " + std::to_string(i));
+      TensorSpec t;
+      t.name = f.Str("name");
+      std::string what = "tensor " + std::to_string(i) + " ('" + t.name + "')";
+      t.place = f.Str("place");
+      t.shape = f.Ints("shape");
+      t.dtype = ParseDType(f.Str("dtype"), what);
+      t.nbytes = CheckedBytes(t.shape, t.dtype, what);
+      t.ref = f.Int("ref", -1);
+      t.offset = f.Int("offset", 0);
+      if (t.place == "storage") {
+        if (t.ref < 0 || t.ref >= static_cast<int64_t>(storage_bytes.size())) {
+          TVM_FFI_THROW(ValueError) << what << " names missing storage " << t.ref;
         }
-        ffi::Tensor value = (*it).second;
-        CheckTensor(value, shape, dtype, "weight '" + name + "'");
-        Tensor dst = Empty(shape, dtype, device_);
-        CopyInto(value, dst);
-        tensors_[i] = dst;
-      } else if (place == "storage") {
-        if (ref < 0 || ref >= static_cast<int64_t>(storages_.size())) {
-          TVM_FFI_THROW(ValueError) << "tensor '" << name << "' names missing storage " << ref;
+      } else if (t.place == "view") {
+        if (t.ref < 0 || t.ref >= static_cast<int64_t>(i)) {
+          TVM_FFI_THROW(ValueError) << "view '" << t.name << "' must follow its base tensor "
+                                    << t.ref;
         }
-        tensors_[i] = View(storages_[ref], shape, dtype, name);
-      } else if (place == "view") {
-        if (ref < 0 || ref >= static_cast<int64_t>(i) || !tensors_[ref].defined()) {
-          TVM_FFI_THROW(ValueError) << "view '" << name << "' must follow its base tensor " << ref;
-        }
-        int64_t offset = t.count("offset") ? t["offset"].cast<int64_t>() : 0;
-        tensors_[i] = View(tensors_[ref], shape, dtype, name, offset);
-      } else {
-        TVM_FFI_THROW(ValueError) << "tensor '" << name << "' has unknown place '" << place << "'";
+      } else if (t.place != "input" && t.place != "param") {
+        TVM_FFI_THROW(ValueError) << what << " has unknown place '" << t.place << "'";
       }
+      if (t.offset != 0 && t.place != "view") {
+        TVM_FFI_THROW(ValueError) << what << ": only views have an offset";
+      }
+      specs.push_back(std::move(t));
     }
-    for (const ffi::Any& c : plan["calls"].cast<ffi::json::Array>()) {
-      auto call = c.cast<ffi::json::Object>();
+    return specs;
+  }
+
+  void ParseCalls(const ffi::json::Array& calls, size_t num_tensors) {
+    for (size_t i = 0; i < calls.size(); ++i) {
+      Fields f(calls[i], "call " + std::to_string(i));
       Call out;
-      out.kernel = call["kernel"].cast<ffi::String>();
-      ffi::Optional<ffi::Function> f = lib_->GetFunction(out.kernel, /*query_imports=*/true);
-      // call_dps_packed targets (library dispatch) are global functions, not library kernels.
-      if (!f.has_value()) f = ffi::Function::GetGlobal(out.kernel);
-      if (!f.has_value()) {
-        TVM_FFI_THROW(ValueError) << "kernel '" << out.kernel << "' is not in the kernel library";
-      }
-      out.func = f.value();
-      for (const ffi::Any& a : call["args"].cast<ffi::json::Array>()) {
-        int64_t t = a.cast<int64_t>();
-        if (t < 0 || t >= static_cast<int64_t>(tensors_.size())) {
-          TVM_FFI_THROW(ValueError) << "call of '" << out.kernel << "' names missing tensor " << t;
+      out.kernel = f.Str("kernel");
+      out.node = f.Str("node", "");
+      out.func = Resolve(out.kernel);
+      for (int64_t t : f.Ints("args")) {
+        if (t < 0 || t >= static_cast<int64_t>(num_tensors)) {
+          TVM_FFI_THROW(ValueError) << "call of '" << out.kernel << "' names missing tensor "
+                                    << t;
         }
-        out.args.emplace_back(tensors_[t]);
+        out.args.emplace_back();  // bound to the tensors in MakeTensors
+        arg_ids_.push_back(t);
       }
       calls_.push_back(std::move(out));
     }
-    for (const ffi::Any& s : plan["stages"].cast<ffi::json::Array>()) {
+  }
+
+  /*! \brief The function a call runs: the library's own, else an allowed global. */
+  ffi::Function Resolve(const std::string& kernel) const {
+    if (kernel.empty() || kernel[0] == '_') {
+      // A library's function "f" is its symbol __tvm_ffi_f; __tvm_ffi__* symbols are
+      // tvm-ffi's data (__tvm_ffi__library_bin, ...): "calling" one runs data as code.
+      TVM_FFI_THROW(ValueError) << "kernel name '" << kernel << "' is reserved (names starting "
+                                << "with '_' are tvm-ffi's library data)";
+    }
+    ffi::Optional<ffi::Function> f = lib_->GetFunction(kernel, /*query_imports=*/true);
+    if (f.has_value()) return f.value();
+    // call_dps_packed targets (library dispatch) are global functions, not library kernels.
+    if (!PackedAllowlist::Global().Allowed(kernel)) {
+      TVM_FFI_THROW(ValueError) << "kernel '" << kernel << "' is not in the kernel library, "
+                                << "nor a global function allowed with "
+                                << "ios_tvm.executor.allow_packed_function";
+    }
+    f = ffi::Function::GetGlobal(kernel);
+    if (!f.has_value()) {
+      TVM_FFI_THROW(ValueError) << "kernel '" << kernel << "' is not in the kernel library, "
+                                << "nor a registered global function";
+    }
+    return f.value();
+  }
+
+  void ParseStages(const ffi::json::Array& stages) {
+    for (size_t si = 0; si < stages.size(); ++si) {
+      std::string what = "stage " + std::to_string(si);
+      ffi::json::Array groups = Fields(stages[si], what).Arr("groups");
+      if (groups.empty() || static_cast<int64_t>(groups.size()) > kMaxStreams) {
+        TVM_FFI_THROW(ValueError) << what << " has " << groups.size() << " groups; a stage "
+                                  << "needs 1.." << kMaxStreams;
+      }
       Stage stage;
-      for (const ffi::Any& g : s.cast<ffi::json::Object>()["groups"].cast<ffi::json::Array>()) {
+      for (const ffi::Any& g : groups) {
         Group group;
-        for (const ffi::Any& c : g.cast<ffi::json::Array>()) {
-          int64_t ci = c.cast<int64_t>();
+        for (const ffi::Any& c : AsArray(g, what + ": a group")) {
+          int64_t ci = AsInt(c, what + ": a call id");
           if (ci < 0 || ci >= static_cast<int64_t>(calls_.size())) {
             TVM_FFI_THROW(ValueError) << "a stage names missing call " << ci;
           }
           group.push_back(static_cast<int>(ci));
         }
+        if (group.empty()) TVM_FFI_THROW(ValueError) << what << " has an empty group";
         stage.push_back(std::move(group));
       }
       stages_.push_back(std::move(stage));
     }
-    if (plan.count("min_streams")) min_streams_ = plan["min_streams"].cast<int64_t>();
-    for (const ffi::Any& i : plan["inputs"].cast<ffi::json::Array>()) {
-      inputs_.push_back(i.cast<int64_t>());
+  }
+
+  /*! \brief An empty tensor; an allocation failure is an error naming `what`. */
+  Tensor Allocate(const std::vector<int64_t>& shape, DLDataType dtype, const std::string& what) {
+    try {
+      return Empty(ffi::Shape(shape), dtype, device_);
+    } catch (const std::exception& e) {
+      TVM_FFI_THROW(RuntimeError) << "cannot allocate " << what << ": " << e.what();
     }
-    for (const ffi::Any& o : plan["outputs"].cast<ffi::json::Array>()) {
-      outputs_.push_back(o.cast<int64_t>());
+    return Tensor();
+  }
+
+  void MakeTensors(const std::vector<TensorSpec>& specs,
+                   const ffi::Map<ffi::String, ffi::Tensor>& params) {
+    tensors_.resize(specs.size());
+    names_.resize(specs.size());
+    for (size_t i = 0; i < specs.size(); ++i) {
+      const TensorSpec& t = specs[i];
+      ffi::Shape shape(t.shape);
+      names_[i] = t.name;
+      if (t.place == "input") {
+        tensors_[i] = Allocate(t.shape, t.dtype, "input '" + t.name + "'");
+      } else if (t.place == "param") {
+        auto it = params.find(t.name);
+        if (it == params.end()) {
+          TVM_FFI_THROW(ValueError) << "the params hold no value for weight '" << t.name << "'";
+        }
+        ffi::Tensor value = (*it).second;
+        CheckTensor(value, shape, t.dtype, "weight '" + t.name + "'");
+        Tensor dst = Allocate(t.shape, t.dtype, "weight '" + t.name + "'");
+        CopyInto(value, dst);
+        tensors_[i] = dst;
+      } else if (t.place == "storage") {
+        tensors_[i] = View(storages_[t.ref], shape, t.dtype, t.name);
+      } else {
+        tensors_[i] = View(tensors_[t.ref], shape, t.dtype, t.name, t.offset);
+      }
+    }
+    size_t k = 0;
+    for (Call& call : calls_) {
+      for (ffi::AnyView& a : call.args) a = tensors_[arg_ids_[k++]];
     }
   }
 
@@ -550,6 +865,7 @@ class ExecutorObj : public ffi::ModuleObj {
   }
 
   void SetInput(int64_t index, const ffi::Tensor& value) {
+    std::lock_guard<std::mutex> lock(mu_);
     if (index < 0 || index >= static_cast<int64_t>(inputs_.size())) {
       TVM_FFI_THROW(IndexError) << "input index " << index << " out of range (the model has "
                                 << inputs_.size() << " inputs)";
@@ -558,9 +874,11 @@ class ExecutorObj : public ffi::ModuleObj {
     CheckTensor(value, ffi::Shape(dst.shape().begin(), dst.shape().end()), dst.dtype(),
                 "input '" + names_[inputs_[index]] + "'");
     CopyInto(value, dst);
+    input_set_[index] = true;
   }
 
   ffi::Tensor GetOutput(int64_t index) {
+    std::lock_guard<std::mutex> lock(mu_);
     if (index < 0 || index >= static_cast<int64_t>(outputs_.size())) {
       TVM_FFI_THROW(IndexError) << "output index " << index << " out of range (the model has "
                                 << outputs_.size() << " outputs)";
@@ -568,16 +886,44 @@ class ExecutorObj : public ffi::ModuleObj {
     return tensors_[outputs_[index]];
   }
 
+  /*! \brief Names of the input buffers never set (a run would read garbage from them). */
+  ffi::Array<ffi::String> MissingInputs() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return MissingInputsLocked();
+  }
+
+  ffi::Array<ffi::String> MissingInputsLocked() const {
+    ffi::Array<ffi::String> out;
+    for (size_t i = 0; i < inputs_.size(); ++i) {
+      if (!input_set_[i]) out.push_back(names_[inputs_[i]]);
+    }
+    return out;
+  }
+
+  std::string CallName(int ci) const {
+    const Call& call = calls_[ci];
+    return "kernel '" + call.kernel + "' (call " + std::to_string(ci) +
+           (call.node.empty() ? "" : ", node '" + call.node + "'") + ")";
+  }
+
   void RunGroup(const Group& group) {
     ffi::Any rv;
     const bool capturing = graph_ && graph_->capturing();  // CUDA graph capture: check each call
     for (int ci : group) {
       Call& call = calls_[ci];
-      if (capturing) capture_call_ = ci;
-      call.func.CallPacked(call.args.data(), static_cast<int32_t>(call.args.size()), &rv);
-      if (capturing) {
+      if (capturing) {  // a failure is reported by the capture, naming capture_call_
+        capture_call_ = ci;
+        call.func.CallPacked(call.args.data(), static_cast<int32_t>(call.args.size()), &rv);
         graph_->CheckCapture(TVMFFIEnvGetStream(device_.device_type, device_.device_id));
         capture_call_ = -1;
+        continue;
+      }
+      try {
+        call.func.CallPacked(call.args.data(), static_cast<int32_t>(call.args.size()), &rv);
+      } catch (const ffi::Error& e) {
+        throw ffi::Error(e.kind(), CallName(ci) + " failed: " + e.message(), e.backtrace());
+      } catch (const std::exception& e) {
+        TVM_FFI_THROW(RuntimeError) << CallName(ci) << " failed: " << e.what();
       }
     }
   }
@@ -654,6 +1000,14 @@ class ExecutorObj : public ffi::ModuleObj {
   };
 
   void Run() {
+    std::lock_guard<std::mutex> lock(mu_);
+    ffi::Array<ffi::String> missing = MissingInputsLocked();
+    if (!missing.empty()) {
+      std::ostringstream os;
+      for (size_t i = 0; i < missing.size(); ++i) os << (i ? ", " : "") << "'" << missing[i] << "'";
+      TVM_FFI_THROW(ValueError) << "input(s) " << os.str() << " were never set; set every "
+                                << "input before running";
+    }
     if (device_.device_type == kDLCUDA) {
       StreamGuard guard(device_);
       if (graph_) return RunCudaGraph();
@@ -668,6 +1022,7 @@ class ExecutorObj : public ffi::ModuleObj {
 
   ffi::Array<double> ProfileStage(const ffi::Array<ffi::Array<int64_t>>& groups, int64_t warmup,
                                   int64_t number, int64_t repeat) {
+    std::lock_guard<std::mutex> lock(mu_);
     if (groups.empty() || static_cast<int>(groups.size()) > num_streams_) {
       TVM_FFI_THROW(ValueError) << "a profiled stage needs 1.." << num_streams_ << " groups, got "
                                 << groups.size();
@@ -717,6 +1072,7 @@ class ExecutorObj : public ffi::ModuleObj {
   // -- CUDA graph mode (runtime/cuda_graph.h) ---------------------------------------------------
   /*! \brief Graph mode on (the next run captures the whole plan) or off (drops the graph). */
   void SetCudaGraph(bool on) {
+    std::lock_guard<std::mutex> lock(mu_);
     if (on && device_.device_type != kDLCUDA) {
       TVM_FFI_THROW(ValueError) << "CUDA graphs need a CUDA device; this executor runs on "
                                 << (device_.device_type == kDLCPU ? std::string("the CPU")
@@ -730,7 +1086,8 @@ class ExecutorObj : public ffi::ModuleObj {
     }
   }
 
-  ffi::Map<ffi::String, ffi::Any> CudaGraphStats() const {
+  ffi::Map<ffi::String, ffi::Any> CudaGraphStats() {
+    std::lock_guard<std::mutex> lock(mu_);
     ffi::Map<ffi::String, ffi::Any> out;
     out.Set("enabled", graph_ != nullptr);
     out.Set("captured", graph_ != nullptr && graph_->captured());
@@ -780,12 +1137,18 @@ class ExecutorObj : public ffi::ModuleObj {
 
   ffi::Module lib_;
   DLDevice device_;
+  /*! \brief Held by every entry point: one call at a time. */
+  std::mutex mu_;
   std::vector<Tensor> storages_;
   std::vector<Tensor> tensors_;
   std::vector<std::string> names_;
   std::vector<Call> calls_;
+  /*! \brief The tensor ids of every call's arguments, in order (while parsing). */
+  std::vector<int64_t> arg_ids_;
   std::vector<Stage> stages_;
   std::vector<int64_t> inputs_, outputs_;
+  /*! \brief Whether input i has been set (a run needs all of them). */
+  std::vector<bool> input_set_;
   int num_streams_ = 1;
   int64_t min_streams_ = 1;
   std::unique_ptr<WorkerPool> pool_;
@@ -805,7 +1168,12 @@ ffi::Module CreateExecutor(const ffi::String& plan_json, const ffi::Module& lib,
 
 TVM_FFI_STATIC_INIT_BLOCK() {
   namespace refl = tvm::ffi::reflection;
-  refl::GlobalDef().def("ios_tvm.runtime.create_executor", CreateExecutor);
+  refl::GlobalDef()
+      .def("ios_tvm.runtime.create_executor", CreateExecutor)
+      .def("ios_tvm.runtime.allow_packed_function",
+           [](const ffi::String& name) { PackedAllowlist::Global().Add(name); })
+      .def("ios_tvm.runtime.packed_function_allowed",
+           [](const ffi::String& name) { return PackedAllowlist::Global().Allowed(name); });
 }
 
 }  // namespace ios_tvm

@@ -437,8 +437,11 @@ def _noop_kernel(*args: Any) -> None:
 def _register_test_kernels() -> None:
     import tvm_ffi
 
+    from ios_tvm.executor import allow_packed_function
+
     tvm_ffi.register_global_func(_BREAKER, _capture_breaker, override=True)
     tvm_ffi.register_global_func(_NOOP, _noop_kernel, override=True)
+    allow_packed_function("ios_tvm_test.")  # plans call only allowed global functions
 
 
 def plan_with_injected_stage(plan: Plan, groups: Sequence[Sequence[str]]) -> Plan:

@@ -10,6 +10,7 @@ compiled (not run) for sm_90 in CI, and the ``gpu``-marked tests run the same ch
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -530,10 +531,14 @@ def _explode(src: Any, dst: Any) -> None:
 
 
 def _register_test_kernels() -> None:
+    """Register the test kernels and let plans call them (library dispatch, allowed)."""
     import tvm_ffi
+
+    from ios_tvm.executor import allow_packed_function
 
     tvm_ffi.register_global_func("ios_tvm_test.add_one", _add_one, override=True)
     tvm_ffi.register_global_func("ios_tvm_test.explode", _explode, override=True)
+    allow_packed_function("ios_tvm_test.")
 
 
 def packed_plan(kernels: Sequence[str]) -> Plan:
@@ -658,6 +663,346 @@ def test_missing_weight_is_named() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# robustness of one executor: threads, unset inputs, 0-d inputs, kernel errors, benchmark
+# ---------------------------------------------------------------------------------------------
+THREADS_SCRIPT = textwrap.dedent("""
+    import sys, threading
+    import numpy as np
+    from ios_tvm.executor import load
+    failures = []
+    for art in sys.argv[1:]:
+        e = load(art)
+        rng = np.random.default_rng(0)
+        xs = [rng.standard_normal(e.plan.tensors[e.plan.inputs[0]].shape).astype("float32")
+              for _ in range(4)]
+        want = [e(x) for x in xs]
+
+        barrier = threading.Barrier(4)
+
+        def work(i):
+            for run in range(40):
+                got = e(xs[i])
+                if not all(np.array_equal(g, w) for g, w in zip(got, want[i])):
+                    failures.append(f"{art}: thread {i} run {run} got another input's outputs")
+            # Then the raw module functions from several threads: serialised natively (no
+            # hang, no crash); as documented, a raw sequence is not one step, so its
+            # outputs are not checked.
+            barrier.wait()
+            for _ in range(5):
+                e._set_input(0, __import__("tvm").runtime.tensor(xs[i]))
+                e._run()
+                e.profile_stage([[0]], warmup=0, number=1, repeat=1)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(np.array_equal(g, w) for g, w in zip(e(xs[0]), want[0]))
+    print("\\n".join(failures[:5]) if failures else "threads OK")
+""")
+
+
+def test_one_executor_shared_by_threads(tmp_path: Path) -> None:
+    """Four threads call one executor (a plan with concurrent stages and a sequential one):
+    every call returns its own input's outputs, and nothing hangs (subprocess, timeout)."""
+    c = compiled("inception")
+    arts = []
+    for kind in ("greedy", "sequential"):
+        plan = c.plan(make_schedule(c.ex.graph, kind))
+        assert (plan.num_streams > 1) == (kind == "greedy")
+        arts.append(str(Artifact(plan, c.art.lib, c.art.params).export(tmp_path / kind)))
+    proc = subprocess.run([sys.executable, "-c", THREADS_SCRIPT, *arts], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "threads OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_manual_sequence_under_the_lock() -> None:
+    """set_input/run/get_output from several threads is one step under Executor.lock."""
+    c = compiled("two_output")
+    _, e = c.executor(make_schedule(c.ex.graph, "greedy"))
+    xs = [random_inputs(c.ex.graph, seed=s)[0] for s in range(3)]
+    want = [e(x) for x in xs]
+    errors: list[str] = []
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(30):
+                with e.lock:
+                    e.set_input(0, xs[i])
+                    e.run()
+                    got = [e.get_output(k).numpy() for k in range(len(want[i]))]
+                if not all(np.array_equal(g, w) for g, w in zip(got, want[i], strict=True)):
+                    errors.append(f"thread {i}: another thread's outputs")
+        except Exception as err:
+            errors.append(f"thread {i}: {err!r}")
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "threads hang"
+    assert not errors, errors
+
+
+def test_inputs_never_set_are_refused() -> None:
+    from ios_tvm.executor import ExecutorArgumentError
+
+    c = compiled("two_input")
+    _, e = c.executor(make_schedule(c.ex.graph, "sequential"))
+    with pytest.raises(ExecutorArgumentError, match=r"input\(s\) \['x', 'z'\] were never set"):
+        e.run()
+    with pytest.raises(ValueError, match=r"input\(s\) 'x', 'z' were never set"):
+        e._run()   # the native check, for callers of the raw module
+    e.set_input("z", c.inputs[1])
+    with pytest.raises(ExecutorArgumentError, match=r"input\(s\) \['x'\] were never set"):
+        e.benchmark(warmup=0, number=1, repeat=1)
+    e.set_input("x", c.inputs[0])
+    e.run()
+    assert_outputs_close([e.get_output(0).numpy()], references("two_input")[0], "after setting")
+
+
+def scalar_input_model() -> Any:
+    """``y = relu(x * s) + s`` with a 0-d input ``s``."""
+    nodes = [helper.make_node("Mul", ["x", "s"], ["m"]), helper.make_node("Relu", ["m"], ["r"]),
+             helper.make_node("Add", ["r", "s"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "scalar_input",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", om.OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_scalar_input() -> None:
+    """A 0-d input is fed as a 0-d array, a numpy scalar or a Python float's array."""
+    model = scalar_input_model()
+    c = compile_model("scalar_input", model)
+    e = Artifact(c.art.plan, c.art.lib, c.art.params).executor()
+    spec = c.art.plan.tensors[c.art.plan.inputs[1]]
+    assert spec.name == "s" and spec.shape == ()
+    x = np.linspace(-2, 2, 6, dtype=np.float32).reshape(2, 3)
+    for s in (np.asarray(1.5, np.float32), np.float32(-0.5), np.array(2.0, np.float32)):
+        want = ort_reference(model, [x, np.asarray(s)])
+        assert_outputs_close(e(x, s), want, f"s={s}", tol=1e-6)
+        assert_outputs_close(e(x=x, s=s), want, f"s={s} by name", tol=1e-6)
+    with pytest.raises(ValueError, match=r"input 's' has shape \(1,\), expected \(\)"):
+        e(x, np.ones(1, np.float32))
+
+
+def test_kernel_errors_name_the_call() -> None:
+    """A plan calling a kernel with the wrong arguments (it validates: only the kernel knows
+    its arity) fails at run time with an IosTvmError naming the call, kernel and node."""
+    from ios_tvm.errors import IosTvmError
+    from ios_tvm.executor import ExecutionError
+
+    c = compiled("residual")
+    plan = c.art.plan
+    call = plan.calls[0]
+    calls = (dataclasses.replace(call, args=call.args[1:]), *plan.calls[1:])
+    e = Executor(dataclasses.replace(plan, calls=calls), c.art.lib, c.art.params)
+    with pytest.raises(ExecutionError, match=rf"kernel '{call.kernel}' \(call 0, node "
+                                             rf"'{re.escape(call.node)}'\) failed: .*Expected "
+                                             rf"{len(call.args)} arguments") as info:
+        e(*c.inputs)
+    assert isinstance(info.value, IosTvmError) and isinstance(info.value, RuntimeError)
+
+
+def test_benchmark_arguments_are_checked() -> None:
+    from ios_tvm.executor import ExecutorArgumentError
+
+    c = compiled("residual")
+    e = c.art.executor()
+    e.set_input(0, c.inputs[0])
+    for kw, match in (({"number": 0}, "number >= 1, got 0"), ({"repeat": 0}, "repeat >= 1"),
+                      ({"warmup": -1}, "warmup >= 0"), ({"number": 2.5}, "an integer number"),
+                      ({"number": True}, "an integer number"),
+                      ({"min_repeat_ms": float("nan")}, "finite min_repeat_ms"),
+                      ({"min_repeat_ms": -1}, "finite min_repeat_ms")):
+        done: list[BaseException] = []
+
+        def bench(kw: dict = kw, done: list = done) -> None:
+            try:
+                e.benchmark(**{"min_repeat_ms": 100, **kw})
+            except BaseException as err:  # reported below
+                done.append(err)
+
+        t = threading.Thread(target=bench, daemon=True)   # number=0 used to spin forever
+        t.start()
+        t.join(timeout=60)
+        assert not t.is_alive(), f"benchmark({kw}) hangs"
+        assert len(done) == 1 and isinstance(done[0], ExecutorArgumentError), (kw, done)
+        assert re.search(match, str(done[0])), (kw, str(done[0]))
+    stats = e.benchmark(warmup=0, number=1, repeat=2, min_repeat_ms=1)
+    assert len(stats["results"]) == 2 and all(t > 0 for t in stats["results"])
+
+
+NATIVE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import tvm_ffi
+    import ios_tvm._ffi as ffi
+    ffi.load()
+    import tvm.runtime
+    create = tvm_ffi.get_global_func("ios_tvm.runtime.create_executor")
+    lib = tvm.runtime.load_module(sys.argv[1])
+    good = json.loads(open(sys.argv[2]).read())
+    params = dict(tvm.runtime.load_param_dict_from_file(sys.argv[3]))
+    cpu = tvm_ffi.device("cpu", 0)
+    for line in sys.stdin:
+        name, text = line.rstrip("\\n").split("\\t", 1)
+        try:
+            e = create(text, lib, params, cpu)
+            for i in range(e["num_inputs"]()):
+                pass
+            e["run"]() if e["num_inputs"]() == 0 else None
+            print(name, "ACCEPTED", flush=True)
+        except Exception as err:
+            print(name, type(err).__name__, str(err).splitlines()[0][:200], flush=True)
+""")
+
+
+def _mutated_native_plans(doc: dict) -> dict[str, tuple[str, str]]:
+    """name -> (plan JSON text, the start of the error expected from create_executor)."""
+    def variant(**changes: Any) -> dict:
+        d = json.loads(json.dumps(doc))
+        for path, value in changes.items():
+            keys = path.split("__")
+            node = d
+            for k in keys[:-1]:
+                node = node[int(k) if k.isdigit() else k]
+            node[int(keys[-1]) if keys[-1].isdigit() else keys[-1]] = value
+        return d
+
+    storage = next(i for i, t in enumerate(doc["tensors"]) if t["place"] == "storage")
+    cases = {
+        "deep": ("[" * 200_000 + "]" * 200_000, "plan is nested too deeply"),
+        "streams": (variant(min_streams=1_000_000), "plan: min_streams 1000000 is not in 1..64"),
+        "storage": (variant(storages__0=2**60), "storage 0: size 1152921504606846976 is "
+                                                "negative or the storages exceed"),
+        "negative": (variant(**{f"tensors__{storage}__shape": [-1, 4]}),
+                     f"tensor {storage} ('{doc['tensors'][storage]['name']}') has a negative"),
+        "dtype": (variant(**{f"tensors__{storage}__dtype": "float32x4"}), "tensor"),
+        "ndim": (variant(**{f"tensors__{storage}__shape": [1] * 40}), "tensor"),
+        "huge": (variant(**{f"tensors__{storage}__shape": [2**40, 2**40]}),
+                 "tensor"),
+        "float": (variant(version=2.0), "plan: 'version' must be an integer"),
+        "device": (variant(device_type="cuda"), "the plan's device type is 'cuda'"),
+        "groups": (variant(stages=[{"groups": []}, *doc["stages"]]), "stage 0 has 0 groups"),
+        "wide": (variant(stages=[{"groups": [[0]] * 65}]), "stage 0 has 65 groups"),
+        "empty": (variant(stages=[{"groups": [[]]}]), "stage 0 has an empty group"),
+        "global": (variant(calls__0__kernel="runtime.config_threadpool"),
+                   "kernel 'runtime.config_threadpool' is not in the kernel library, nor a "
+                   "global function allowed"),
+        "missing": (variant(tensors__0__name="not_a_weight_or_input", inputs=[]),
+                    "tensor 0 ('not_a_weight_or_input') is an input buffer missing"),
+        "offset": (variant(**{f"tensors__{storage}__offset": 64}), "tensor"),
+        "noformat": (variant(format=3), "not an ios_tvm.Plan document"),
+    }
+    return {k: (v if isinstance(v, str) else json.dumps(v), m) for k, (v, m) in cases.items()}
+
+
+def test_native_executor_trusts_no_plan(tmp_path: Path) -> None:
+    """create_executor, called directly (no Python validation), refuses bad plans with an
+    error instead of crashing, hanging or allocating 2^60 bytes (in a subprocess: before these
+    checks some of them crashed it)."""
+    c = compiled("residual")
+    art = c.art.export(tmp_path / "art")
+    doc = json.loads((art / "plan.json").read_text())
+    cases = _mutated_native_plans(doc)
+    stdin = "".join(f"{name}\t{text}\n" for name, (text, _) in cases.items())
+    proc = subprocess.run([sys.executable, "-c", NATIVE_SCRIPT, str(art / "kernels.so"),
+                           str(art / "plan.json"), str(art / "params.bin")], input=stdin,
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    got = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    assert set(got) == set(cases), proc.stdout
+    for name, (_, match) in cases.items():
+        kind, _, message = got[name].partition(" ")
+        assert kind == "ValueError" and message.startswith(match), (name, got[name])
+
+
+def test_plan_calls_only_allowed_globals(tmp_path: Path) -> None:
+    """A plan naming a registered global that is not library dispatch is refused, by load
+    and by the executor, unless the application allowed it."""
+    from ios_tvm.executor import allow_packed_function, packed_function_allowed
+
+    c = compiled("residual")
+    plan = c.art.plan
+    evil = dataclasses.replace(plan, calls=(dataclasses.replace(
+        plan.calls[0], kernel="runtime.config_threadpool"), *plan.calls[1:]))
+    with pytest.raises(PlanFormatError, match="kernel 'runtime.config_threadpool' is not in "
+                                              "the kernel library, nor a global function"):
+        Executor(evil, c.art.lib, c.art.params)
+    out = Artifact(evil, c.art.lib, c.art.params).export(tmp_path / "evil")
+    with pytest.raises(PlanFormatError, match=r"kernels.so: kernel\(s\) "
+                                              r"\['runtime.config_threadpool'\] named by the "
+                                              r"plan are missing"):
+        load(out)
+    # Library dispatch functions read their arguments unchecked (the plan fuzzer crashed the
+    # executor through tvm.contrib.sort.sort): none is allowed unless the application says so.
+    assert not packed_function_allowed("tvm.contrib.sort.sort")
+    assert not packed_function_allowed("runtime.config_threadpool")
+    # (a namespace no other test allows: the list is process-wide)
+    allow_packed_function("ios_tvm_allow_check.exact_name")
+    assert packed_function_allowed("ios_tvm_allow_check.exact_name")
+    assert not packed_function_allowed("ios_tvm_allow_check.exact_name2")
+    assert not packed_function_allowed("ios_tvm_allow_check.other")
+    for bad in ("", ".", " "):
+        with pytest.raises(ValueError, match="a function name or a prefix"):
+            allow_packed_function(bad)
+
+
+RESERVED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tvm, tvm_ffi
+    import ios_tvm._ffi as ffi
+    from ios_tvm.executor import Executor
+    from ios_tvm.plan import Plan, PlanFormatError
+    ffi.load()
+    lib = tvm.runtime.load_module(sys.argv[1])
+    doc = json.loads(open(sys.argv[2]).read())
+    params = dict(tvm.runtime.load_param_dict_from_file(sys.argv[3]))
+    assert lib.implements_function("_library_bin", True)  # tvm-ffi's data, not a function
+    doc["calls"][0]["kernel"] = "_library_bin"
+    try:
+        Plan.from_json(doc)
+    except PlanFormatError as e:
+        print("python:", e)
+    create = tvm_ffi.get_global_func("ios_tvm.runtime.create_executor")
+    try:
+        e = create(json.dumps(doc), lib, params, tvm_ffi.device("cpu", 0))
+        e["set_input"](0, tvm.runtime.tensor(np.zeros([int(d) for d in doc["tensors"][
+            doc["inputs"][0]]["shape"]], "float32")))
+        e["run"]()
+        print("native: ran")
+    except ValueError as e:
+        print("native:", e)
+""")
+
+
+def test_reserved_kernel_names(tmp_path: Path) -> None:
+    """A library with imports exports tvm-ffi's data symbol __tvm_ffi__library_bin, which
+    GetFunction("_library_bin") wraps as a function: a plan calling it crashed the process
+    (in a subprocess here). Names starting with '_' are refused."""
+    c, t = compiled("residual"), compiled("transformer")
+    lib = compile_model("residual", MODELS["residual"]()).art.lib  # a private copy to import into
+    lib.import_module(t.art.lib)
+    lib.export_library(str(tmp_path / "kernels.so"))
+    art = c.art.export(tmp_path / "art")
+    proc = subprocess.run([sys.executable, "-c", RESERVED_SCRIPT, str(tmp_path / "kernels.so"),
+                           str(art / "plan.json"), str(art / "params.bin")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert "python: call 0: kernel name '_library_bin' is reserved" in proc.stdout, proc.stdout
+    assert "native: kernel name '_library_bin' is reserved" in proc.stdout, proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
 # artifacts
 # ---------------------------------------------------------------------------------------------
 ARTIFACT_FILES = {"plan.json", "kernels.so", "params.bin", "manifest.json"}
@@ -680,10 +1025,27 @@ def artifact_dir(exported: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(exported, tmp_path / "artifact"))
 
 
-def _fix_manifest_size(directory: Path, name: str) -> None:
+def reseal(directory: Path) -> None:
+    """Make an altered artifact consistent again, as a careful forger would: the plan's
+    kernels_sha256 and the manifest's sizes and hashes match the files now there. Isolates the
+    checks behind the manifest's (the plan's own, the library's, the weights')."""
+    import hashlib
+
+    def sha(name: str) -> str:
+        return hashlib.sha256((directory / name).read_bytes()).hexdigest()
+
+    plan_path = directory / "plan.json"
+    try:
+        doc = json.loads(plan_path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        doc = None
+    if isinstance(doc, dict) and doc.get("kernels_sha256") != sha("kernels.so"):
+        doc["kernels_sha256"] = sha("kernels.so")
+        plan_path.write_text(json.dumps(doc, indent=1))
     path = directory / "manifest.json"
     manifest = json.loads(path.read_text())
-    manifest["files"][name] = (directory / name).stat().st_size
+    manifest["files"] = {n: {"size": (directory / n).stat().st_size, "sha256": sha(n)}
+                         for n in ("plan.json", "kernels.so", "params.bin")}
     path.write_text(json.dumps(manifest))
 
 
@@ -767,12 +1129,21 @@ def test_truncated_plan_size_mismatch(artifact_dir: Path) -> None:
         load(artifact_dir)
 
 
+def assert_hash_mismatch(directory: Path, name: str) -> None:
+    with pytest.raises(PlanFormatError, match=rf"{name}: its sha256 differs from the "
+                                              r"manifest's \(corrupt or replaced\)"):
+        load(directory)
+
+
 def test_truncated_plan_same_size(artifact_dir: Path) -> None:
-    """Corrupt but the size the manifest expects: the JSON parser catches it."""
+    """Corrupt but the size the manifest expects: its hash differs; with the manifest made to
+    match, the JSON parser catches it."""
     path = artifact_dir / "plan.json"
     text = path.read_bytes()
     half = text[: len(text) // 2]
     path.write_bytes(half + b" " * (len(text) - len(half)))
+    assert_hash_mismatch(artifact_dir, "plan.json")
+    reseal(artifact_dir)
     with pytest.raises(PlanFormatError, match=r"plan.json: plan is not valid JSON \(truncated"):
         load(artifact_dir)
 
@@ -783,6 +1154,8 @@ def test_wrong_plan_version(artifact_dir: Path) -> None:
     changed = re.sub(r'"version": \d,', '"version": 9,', text, count=1)   # same size
     assert changed != text and len(changed) == len(text)
     path.write_text(changed)
+    assert_hash_mismatch(artifact_dir, "plan.json")
+    reseal(artifact_dir)
     with pytest.raises(PlanFormatError, match=r"plan.json: plan version 9 is not supported"):
         load(artifact_dir)
 
@@ -796,6 +1169,8 @@ def test_missing_kernel_library(artifact_dir: Path) -> None:
 def test_corrupt_kernel_library(artifact_dir: Path) -> None:
     path = artifact_dir / "kernels.so"
     path.write_bytes(b"\0" * path.stat().st_size)
+    assert_hash_mismatch(artifact_dir, "kernels.so")
+    reseal(artifact_dir)
     with pytest.raises(PlanFormatError, match=r"kernels.so: cannot load the kernel library"):
         load(artifact_dir)
 
@@ -805,7 +1180,7 @@ def test_plan_names_a_kernel_the_library_lacks(artifact_dir: Path) -> None:
     doc = json.loads(path.read_text())
     doc["calls"][1]["kernel"] = "no_such_kernel"
     path.write_text(json.dumps(doc, indent=1))
-    _fix_manifest_size(artifact_dir, "plan.json")   # isolate the kernel check
+    reseal(artifact_dir)   # isolate the kernel check
     with pytest.raises(PlanFormatError,
                        match=r"kernels.so: kernel\(s\) \['no_such_kernel'\] named by the plan "
                              r"are missing"):
@@ -815,6 +1190,8 @@ def test_plan_names_a_kernel_the_library_lacks(artifact_dir: Path) -> None:
 def test_corrupt_params(artifact_dir: Path) -> None:
     path = artifact_dir / "params.bin"
     path.write_bytes(b"\0" * path.stat().st_size)
+    assert_hash_mismatch(artifact_dir, "params.bin")
+    reseal(artifact_dir)
     with pytest.raises(PlanFormatError, match=r"params.bin: cannot read the weights"):
         load(artifact_dir)
 

@@ -399,9 +399,10 @@ def test_bad_view_offsets_are_rejected() -> None:
 
     lib = _empty_library()
 
+    # (v views the input: a view of storage nothing writes is an invalid plan.)
     tensors = (PlanTensor("x", (1, 64), "float32", "input"),
                PlanTensor("s", (1, 64), "float32", "storage", 0),
-               PlanTensor("v", (1, 16), "float32", "view", 1, 4))
+               PlanTensor("v", (1, 16), "float32", "view", 0, 4))
     d = {"format": "ios_tvm.Plan", "version": 2, "target": "llvm", "device_type": "cpu",
          "tensors": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype,
                       "place": t.place, "ref": t.ref, "offset": t.offset} for t in tensors],
