@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -217,6 +219,20 @@ def test_merge_predicate() -> None:
     assert merge_predicate(v3, (vid["Mixed_7b/branch3x3_2a"], vid["Mixed_7b/branch3x3_2b"]))
     # Unlike IOS, not at batch > 1, where a channel slice of the merged output is strided.
     assert not merge_predicate(inception_block(batch=2), ones)
+
+
+def test_zoo_graphs_and_merge_predicate_need_no_tvm() -> None:
+    code = ("import sys\n"
+            "class NoTvm:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('tvm', 'tvm_ffi'):\n"
+            "            raise ImportError(f'{name} imported')\n"
+            "sys.meta_path.insert(0, NoTvm())\n"
+            "from ios_tvm.merge import merge_predicate\n"
+            "from ios_tvm.models import BUILTIN_MODELS\n"
+            "from ios_tvm.models.opgraph import inception_block\n"
+            "assert merge_predicate(inception_block(), (0, 1))\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_attrs_match_graph_extraction() -> None:
