@@ -173,9 +173,11 @@ def run_one(graph: OpGraph, cost: AnalyticCost, cfg: SearchConfig, timeout: floa
         row.update(timed_out=True, seconds=time.perf_counter() - t0,
                    stages_costed_before_timeout=limited.calls)
     else:
-        validate_schedule(graph, result.schedule, max_groups=cfg.max_groups,
-                          max_group_size=cfg.max_group_size)
         sched = result.schedule
+        # Searched over chains of kernels ("units"), a group holds at most r units, not r
+        # kernels.
+        max_size = None if "units" in sched.meta else cfg.max_group_size
+        validate_schedule(graph, sched, max_groups=cfg.max_groups, max_group_size=max_size)
         row.update(
             timed_out=False, **result.stats.to_json(), cost=sched.cost,
             stages=len(sched.stages),

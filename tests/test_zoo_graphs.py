@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -291,6 +293,21 @@ def test_search_large_graphs_at_ios_granularity(name: str, part_size: int, state
     out = _check_search(BENCH_GRAPHS[name](granularity="ios"), "concurrent", part_size)
     assert out["states"] == states  # brief §1.8
     assert out["cost"] < out["seq"]
+
+
+def test_bench_search_script(tmp_path) -> None:
+    # Inception V3 has more kernels than a part holds, so the search collapses chains: its
+    # groups then hold up to r units, each a chain of kernels.
+    out = tmp_path / "search.json"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_search.py"
+    subprocess.run([sys.executable, str(script), "--models", "inception_v3,inception_block",
+                    "--strategies", "both", "-r", "2", "-s", "3", "--timeout", "300",
+                    "--out", str(out)],
+                   check=True, capture_output=True)
+    rows = json.loads(out.read_text())["results"]
+    assert [r["model"] for r in rows] == ["inception_v3", "inception_block"]
+    assert not any(r["timed_out"] for r in rows)
+    assert all(r["cost"] <= r["sequential_cost"] * (1 + 1e-12) for r in rows)
 
 
 def test_search_randwire_stage_dag() -> None:
