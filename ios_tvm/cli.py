@@ -1,7 +1,10 @@
 """The ``ios-tvm`` command line (also ``python -m ios_tvm``).
 
-Exit codes: 0 success, 1 the work failed (bad model, unsupported graph, ...), 2 bad usage.
-A failure prints one line; ``--verbose`` prints the traceback too.
+Exit codes: 0 success, 1 the work failed (bad model, unsupported graph, ...), 2 bad usage
+(argparse's usage error, also for out-of-range numbers), 130 interrupted (Ctrl-C), 143
+terminated (SIGTERM). A failure prints one line ``ios-tvm CMD: error: ...`` on stderr;
+``--verbose`` prints the traceback too. Interrupted or failed commands leave no temporary
+files behind.
 """
 
 from __future__ import annotations
@@ -9,14 +12,133 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
+import signal
 import sys
+import tempfile
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .config import SEARCH_STRATEGIES, SearchConfig
 from .errors import IosTvmError
 
 logger = logging.getLogger("ios_tvm")
+
+#: Exit codes of a command interrupted by Ctrl-C and terminated by SIGTERM (128 + signal).
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler of :func:`main`, so that ``finally`` blocks clean up.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: ``except Exception`` does not stop it.
+    """
+
+
+# -- argument types: bad values are usage errors (exit 2), found before any work ---------------
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        return value
+
+    return parse
+
+
+def _float_at_least(low: float) -> Callable[[str], float]:
+    """An argparse type: a finite number of at least ``low``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"must be a number of at least {low:g}, not {text}")
+        return value
+
+    return parse
+
+
+_positive = _int_at_least(1)
+_non_negative = _int_at_least(0)
+
+
+def _shapes_arg(text: str) -> str:
+    """An argparse type: ``--input-shapes`` is checked at parse time, kept as text."""
+    from .frontend import parse_input_shapes
+
+    try:
+        parse_input_shapes(text)
+    except IosTvmError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _target_arg(text: str) -> str:
+    """An argparse type: a target name, or a target JSON object that must parse."""
+    if text.lstrip().startswith("{"):
+        try:
+            if not isinstance(json.loads(text), dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"not a valid target JSON object ({e})") from None
+    return text
+
+
+def _chart_arg(text: str) -> str:
+    """An argparse type: a picture file name whose suffix names a format we draw."""
+    if Path(text).suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a .png, .svg or .pdf file")
+    return text
+
+
+# -- output files: written whole or not at all ---------------------------------------------------
+def _check_output(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` as a Path, if a file can be written there (checked before any work)."""
+    out = Path(path)
+    if out.is_dir():
+        raise IosTvmError(f"{what} {out} is a directory; give a file name")
+    return out
+
+
+@contextmanager
+def _atomic_output(path: str | os.PathLike[str], *, what: str = "output") -> Iterator[IO[bytes]]:
+    """A binary file that becomes ``path`` only when the block succeeds.
+
+    The data goes to a uniquely named temporary file beside ``path`` (two processes never
+    share one) that is renamed over ``path`` at the end, and removed on any failure or
+    interruption, so neither a half-written ``path`` nor a temporary file is ever left.
+    """
+    out = _check_output(path, what)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp",
+                                      delete=False)
+    try:
+        with tmp:
+            yield tmp
+        os.replace(tmp.name, out)
+    finally:
+        if os.path.exists(tmp.name):
+            os.unlink(tmp.name)
+
+
+def _write_text(path: str | os.PathLike[str], text: str, *, what: str = "output") -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`_atomic_output`)."""
+    with _atomic_output(path, what=what) as f:
+        f.write(text.encode())
 
 
 def _load_graph(args: argparse.Namespace) -> Any:
@@ -31,6 +153,8 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
     from .merge import merge_predicate
     from .search import search
 
+    if args.output:
+        _check_output(args.output, "schedule file")
     extraction = _load_graph(args)
     graph = extraction.graph
     cost = AnalyticCost(graph, args.device)
@@ -55,16 +179,12 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
             groups = " | ".join(", ".join(graph.nodes[op].name for op in g) for g in stage.groups)
             print(f"  stage {i:>3} [{stage.strategy}]: {groups}")
     if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
         doc = chosen.to_json()
         doc["meta"] = {**doc["meta"], "model": str(args.model), "target": args.target,
                        "cost_model": f"analytic:{args.device}",
                        "kernels": [n.name for n in graph.nodes]}
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=1))
-        tmp.replace(out)  # never leave a half-written schedule behind
-        print(f"schedule written to {out}")
+        _write_text(args.output, json.dumps(doc, indent=1), what="schedule file")
+        print(f"schedule written to {args.output}")
     return 0
 
 
@@ -102,6 +222,8 @@ def _input_shapes(args: argparse.Namespace) -> Any:
 def _cmd_compile(args: argparse.Namespace) -> int:
     from .build import build
 
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise IosTvmError(f"artifact directory {args.output} is a file")
     cache, settings = _measure_options(args)
     result = build(_resolve_model(args), args.target, input_shapes=_input_shapes(args),
                    config=_search_config(args, args.strategy), cost=args.cost, cache=cache,
@@ -111,7 +233,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
                    database=args.database, cpu_schedule=not args.no_cpu_schedule,
                    cpu_layout=args.cpu_layout)
     out = result.export(args.output)
-    (out / "build.json").write_text(json.dumps(result.summary(), indent=1))
+    _write_text(out / "build.json", json.dumps(result.summary(), indent=1))
     lat = result.latencies
     print(f"{args.model}: {result.artifact.plan.meta.get('num_kernels')} kernels, "
           f"schedule {result.schedule.summary()}")
@@ -125,9 +247,13 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         print("kernel schedules: " + ", ".join(
             f"{n} {how}" for how, n in sorted(result.kernel_schedules.items())))
     print(f"chosen: {result.chosen} ({result.reason})")
-    print(f"search: {result.search_stats.stages_costed} stages costed, "
-          f"{result.stages_measured} measured, {result.stages_cached} from cache, "
-          f"{result.seconds.get('search', 0):.1f} s")
+    costed, measured, cached = (result.search_stats.stages_costed, result.stages_measured,
+                                result.stages_cached)
+    # The rest were served by a twin measured in this run (same kernels, other ops).
+    twins = costed - measured - cached if measured or cached else 0
+    print(f"search: {costed} stages costed, {measured} measured, {cached} from cache"
+          + (f", {twins} reused from twins" if twins else "")
+          + f", {result.seconds.get('search', 0):.1f} s")
     print(f"artifact written to {out}")
     return 0
 
@@ -154,6 +280,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from .executor import load
 
+    if args.outputs:
+        _check_output(args.outputs, "outputs file")
     executor = load(args.artifact, cuda_graph=False if args.no_cuda_graph else None)
     try:
         inputs = dict(np.load(args.inputs))
@@ -168,9 +296,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"{name}: shape {value.shape} dtype {value.dtype} "
               f"mean {float(value.mean()):.6g} std {float(value.std()):.6g}")
     if args.outputs:
-        tmp = Path(args.outputs + ".tmp.npz")
-        np.savez(tmp, **dict(zip(executor.output_names, outputs, strict=True)))
-        tmp.replace(args.outputs)
+        with _atomic_output(args.outputs, what="outputs file") as f:
+            np.savez(f, **dict(zip(executor.output_names, outputs, strict=True)))
         print(f"outputs written to {args.outputs}")
     if args.benchmark:
         stats = executor.benchmark(min_repeat_ms=100)
@@ -182,6 +309,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench
 
+    if args.output:
+        _check_output(args.output, "results file")
+    if args.plot:
+        _check_output(args.plot, "chart file")
     cache, settings = _measure_options(args)
     report = bench(args.model, args.target, batch_size=args.batch_size,
                    input_shapes=_input_shapes(args), strategies=args.strategies, cost=args.cost,
@@ -192,19 +323,44 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                    cpu_layout=args.cpu_layout)
     print(report.table())
     if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps({"benchmark": "ios-tvm bench", "command": sys.argv,
-                                   "models": {report.model: report.to_json()}}, indent=1))
-        tmp.replace(out)
-        print(f"results written to {out}")
+        _write_text(args.output, json.dumps({"benchmark": "ios-tvm bench", "command": sys.argv,
+                                             "models": {report.model: report.to_json()}},
+                                            indent=1), what="results file")
+        print(f"results written to {args.output}")
     if args.plot:
         from .plot import plot_speedups
 
         rows = {report.model: {k: v / 1e3 for k, v in report.median_ms.items()}}
         print(f"speed-up chart: {plot_speedups(rows, args.plot, title=report.target)}")
     return 0
+
+
+def _recorded_schedule(meta: Any) -> Any:
+    """The schedule a plan's meta records, or None when it has none (or a broken one)."""
+    from .errors import ScheduleError
+    from .schedule import Schedule
+
+    try:
+        return Schedule.from_json(meta["schedule_json"])
+    except (KeyError, TypeError, ScheduleError):
+        return None
+
+
+def _stage_seconds(meta: Any, num_stages: int) -> list[float] | None:
+    """The per-stage latencies a plan's meta records, if usable."""
+    values = meta.get("stage_seconds")
+    if (isinstance(values, list) and len(values) == num_stages
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)):
+        return [float(v) for v in values]
+    return None
+
+
+def _merged_calls(meta: Any) -> dict[int, list[str]]:
+    """Call index -> names of the ops merged into it, as the plan's meta records them."""
+    try:
+        return {int(c): [str(m) for m in ms] for c, ms in (meta.get("merged_calls") or {}).items()}
+    except (AttributeError, TypeError, ValueError):
+        return {}
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
@@ -215,14 +371,17 @@ def _cmd_show(args: argparse.Namespace) -> int:
     artifact = load_artifact(args.artifact)
     plan = artifact.plan
     meta = plan.meta
-    schedule = Schedule.from_json(meta["schedule_json"])
+    schedule = _recorded_schedule(meta)
     names = [c.node or c.kernel for c in plan.calls]
-    stage_s = meta.get("stage_seconds") or [0.0] * len(schedule.stages)
+    stage_s = _stage_seconds(meta, len(plan.stages))
     # The plan's stages list kernel calls (a merge stage: one call of its merged kernel); the
     # schedule's list the model's ops. Draw and list what runs: the calls.
-    run = Schedule(tuple(Stage(s.groups, s.strategy) for s in plan.stages), schedule.cost)
-    members = {int(c): list(ms) for c, ms in (meta.get("merged_calls") or {}).items()}
-    print(f"{args.artifact}: {len(plan.calls)} kernel calls, {schedule.summary()}")
+    run = Schedule(tuple(Stage(s.groups, s.strategy) for s in plan.stages),
+                   schedule.cost if schedule is not None else None)
+    members = _merged_calls(meta)
+    summary = schedule.summary() if schedule is not None else (
+        f"{run.summary()} (the plan records no schedule)")
+    print(f"{args.artifact}: {len(plan.calls)} kernel calls, {summary}")
     print(f"target {plan.target}; specialised for {meta.get('specialised_for')}")
     print(f"chosen plan: {meta.get('chosen')}; latencies (s): {meta.get('latencies_s')}")
     print(f"activation memory: {plan.activation_nbytes / 2**20:.2f} MiB in "
@@ -231,7 +390,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         groups = " | ".join(", ".join(f"{names[c]} = merge({' + '.join(members[c])})"
                                       if c in members else names[c] for c in g)
                             for g in stage.groups)
-        print(f"  stage {i:>3} {stage_s[i] * 1e3:8.3f} ms [{stage.strategy}]: {groups}")
+        ms = f"{stage_s[i] * 1e3:8.3f} ms" if stage_s is not None else "       - ms"
+        print(f"  stage {i:>3} {ms} [{stage.strategy}]: {groups}")
     if not args.no_pictures:
         from .plot import plot_graph, plot_timeline
 
@@ -245,8 +405,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
                  for c in plan.calls]
         graph = OpGraph(nodes, tensors)
         fmt = args.format
-        timeline = plot_timeline(run, stage_s, Path(args.artifact) / f"timeline.{fmt}",
-                                 names=names)
+        timeline = plot_timeline(run, stage_s or [0.0] * len(run.stages),
+                                 Path(args.artifact) / f"timeline.{fmt}", names=names)
         picture = plot_graph(graph, run, Path(args.artifact) / f"graph.{fmt}")
         print(f"pictures: {timeline}, {picture}")
     return 0
@@ -256,19 +416,23 @@ def _add_model_args(p: argparse.ArgumentParser, *, target: str = "host") -> None
     """MODEL, --target, --input-shapes, --batch-size (every command that lowers a model)."""
     p.add_argument("model", help="an .onnx file or a built-in model name (sample, squeezenet, "
                                  "inception_v3, randwire, nasnet, resnet50)")
-    p.add_argument("--target", default=target,
+    p.add_argument("--target", default=target, type=_target_arg,
                    help=f"host (llvm for this CPU), llvm (portable x86-64), cuda, or a TVM "
                         f"target JSON such as '{{\"kind\":\"llvm\",\"mcpu\":\"znver3\"}}' "
                         f"(default {target})")
-    p.add_argument("--input-shapes", help="sizes of dynamic inputs, e.g. 'x:1,3,224,224 y:1,10'")
-    p.add_argument("--batch-size", type=int, default=1, help="batch of built-in models (default 1)")
+    p.add_argument("--input-shapes", type=_shapes_arg,
+                   help="sizes of dynamic inputs, e.g. 'x:1,3,224,224 y:1,10'")
+    p.add_argument("--batch-size", type=_positive, default=1,
+                   help="batch of built-in models (default 1)")
 
 
 def _add_search_args(p: argparse.ArgumentParser) -> None:
     """IOS's search limits: --max-groups (s), --max-group-size (r), --max-part-size."""
-    p.add_argument("--max-groups", type=int, default=8, help="groups per stage, IOS s (default 8)")
-    p.add_argument("--max-group-size", type=int, default=3, help="ops per group, IOS r (default 3)")
-    p.add_argument("--max-part-size", type=int, default=20,
+    p.add_argument("--max-groups", type=_positive, default=8,
+                   help="groups per stage, IOS s (default 8)")
+    p.add_argument("--max-group-size", type=_positive, default=3,
+                   help="ops per group, IOS r (default 3)")
+    p.add_argument("--max-part-size", type=_positive, default=20,
                    help="ops (or chains of ops) per searched part (default 20)")
 
 
@@ -278,9 +442,10 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
                    help="stage cost model (default: measured on this machine)")
     p.add_argument("--cache", help="measurement cache file (default ~/.cache/ios_tvm/...)")
     p.add_argument("--no-cache", action="store_true", help="measure everything afresh")
-    p.add_argument("--warmup", type=int, default=2, help="profiling warm-up runs (default 2)")
-    p.add_argument("--number", type=int, default=6, help="runs per timed repeat (default 6)")
-    p.add_argument("--repeat", type=int, default=6, help="timed repeats (default 6)")
+    p.add_argument("--warmup", type=_non_negative, default=2,
+                   help="profiling warm-up runs (default 2)")
+    p.add_argument("--number", type=_positive, default=6, help="runs per timed repeat (default 6)")
+    p.add_argument("--repeat", type=_positive, default=6, help="timed repeats (default 6)")
     p.add_argument("--database", metavar="DIR",
                    help="MetaSchedule tuning database written by `ios-tvm tune` for this target")
 
@@ -293,6 +458,8 @@ def _add_layout_arg(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ios-tvm``."""
+    from .cost.analytic import DEVICES
+
     parser = argparse.ArgumentParser(
         prog="ios-tvm", description="Inter-operator scheduling (IOS) for TVM Relax models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details and tracebacks")
@@ -305,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=SEARCH_STRATEGIES, default="concurrent",
                    help="schedule strategy (default concurrent)")
     _add_search_args(p)
-    p.add_argument("--device", default="v100", help="analytic cost preset: v100, h100, cpu")
+    p.add_argument("--device", default="v100", choices=sorted(DEVICES),
+                   help="analytic cost preset (default v100)")
     p.add_argument("--show-stages", action="store_true", help="print every stage")
     p.add_argument("--progress", action="store_true", help="progress bar over parts")
     p.add_argument("-o", "--output", help="write the schedule as JSON to this file")
@@ -323,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpc-tracker", metavar="HOST:PORT",
                    help="measure stages on the TVM RPC servers registered with this tracker")
     p.add_argument("--rpc-key", help="device key of the RPC servers to use")
-    p.add_argument("--rpc-servers", type=int, help="use at most this many RPC servers")
+    p.add_argument("--rpc-servers", type=_positive, help="use at most this many RPC servers")
     p.add_argument("--no-cpu-schedule", action="store_true",
                    help="keep TVM's unscheduled llvm kernels (no default CPU schedules)")
     _add_layout_arg(p)
@@ -338,14 +506,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "tuned kernels. Re-running resumes: only the trials the "
                                    "database lacks are run.")
     _add_model_args(p)
-    p.add_argument("--trials", type=int, default=64,
+    p.add_argument("--trials", type=_positive, default=64,
                    help="trial budget for the whole model (default 64)")
-    p.add_argument("--trials-per-iter", type=int, default=16,
+    p.add_argument("--trials-per-iter", type=_positive, default=16,
                    help="schedules measured per search round (default 16)")
     p.add_argument("--database", metavar="DIR", required=True,
                    help="database directory (created, or resumed when it exists)")
     _add_layout_arg(p)
-    p.add_argument("--seed", type=int, help="random seed of the search")
+    p.add_argument("--seed", type=_non_negative, help="random seed of the search")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_tune)
 
@@ -372,8 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="IOS strategies to search and time (default: concurrent)")
     _add_search_args(p)
     _add_measure_args(p)
-    p.add_argument("--rounds", type=int, default=7, help="whole-run timing rounds (default 7)")
-    p.add_argument("--min-ms", type=float, default=100.0,
+    p.add_argument("--rounds", type=_positive, default=7,
+                   help="whole-run timing rounds (default 7)")
+    p.add_argument("--min-ms", type=_float_at_least(0.0), default=100.0,
                    help="least time per variant per round (default 100)")
     _add_layout_arg(p)
     p.add_argument("--no-onnxruntime", action="store_true", help="skip ONNX Runtime")
@@ -385,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--torch alone: none")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-o", "--output", help="write the results as JSON to this file")
-    p.add_argument("--plot", help="draw the speed-up chart to this file (.png/.svg/.pdf)")
+    p.add_argument("--plot", type=_chart_arg,
+                   help="draw the speed-up chart to this file (.png/.svg/.pdf)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("show", help="summarise an artifact's schedule and draw it")
@@ -396,8 +566,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line.
+
+    Ours are joined whole (they name the file or tensor at fault and how to fix it); others,
+    such as TVM's, may carry a C++ stack trace or a long report after their first line.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if isinstance(error, IosTvmError):
+        return " ".join(lines)
+    if lines[0].startswith("Traceback"):
+        return lines[-1]  # the error itself comes last, after the frames
+    return lines[0] + (" [...]" if len(lines) > 1 else "")
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
+def _failure(error: BaseException, where: str, verbose: bool) -> tuple[int, str]:
+    """The exit code and the one line of a command that raised ``error``."""
+    if isinstance(error, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, f"{where}: interrupted"
+    if isinstance(error, Terminated):
+        return EXIT_TERMINATED, f"{where}: terminated"
+    if isinstance(error, (IosTvmError, OSError, ValueError)):  # the user's input, files, models
+        return 1, f"{where}: error: {_one_line(error)}"
+    # TVM's errors (RuntimeError subclasses) and our own bugs: name the type, point to -v.
+    return 1, (f"{where}: error: {type(error).__name__}: {_one_line(error)}"
+               + ("" if verbose else " (run with -v for the traceback)"))
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; every failure becomes one line on stderr and an exit code."""
+    try:
+        return int(args.func(args))
+    except (KeyboardInterrupt, Terminated, Exception) as e:
+        code, message = _failure(e, f"ios-tvm {args.command}", args.verbose)
+        if args.verbose:
+            traceback.print_exc()
+        print(message, file=sys.stderr)
+        return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code.
+
+    0 success, 1 failure, 2 bad usage, 130 interrupted, 143 terminated (SIGTERM); a failure
+    prints one line on stderr (``-v``: the traceback too).
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -408,13 +627,16 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # SIGTERM (kill, a batch system's time limit) unwinds like Ctrl-C does, so that every
+    # `finally` runs and no temporary file is left; only the main thread may set handlers.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return int(args.func(args))
-    except (IosTvmError, OSError, ValueError) as e:
-        if args.verbose:
-            raise
-        print(f"ios-tvm {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

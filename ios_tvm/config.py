@@ -7,6 +7,11 @@ from typing import Any
 
 from .errors import IosTvmError
 
+
+class ConfigError(IosTvmError, ValueError):
+    """A setting is unknown or out of range (the message names it and what it accepts)."""
+
+
 #: Scheduling strategies: the two baselines and IOS's three variants.
 #: ``concurrent`` is IOS-Parallel, ``merge`` is IOS-Merge, ``both`` is IOS-Both.
 SEARCH_STRATEGIES = ("sequential", "greedy", "concurrent", "merge", "both")
@@ -46,14 +51,14 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         if self.strategy not in SEARCH_STRATEGIES:
-            raise IosTvmError(f"unknown strategy {self.strategy!r}; choose one of "
+            raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of "
                               f"{', '.join(SEARCH_STRATEGIES)}")
         for name in ("max_groups", "max_group_size", "max_part_size", "greedy_max_streams"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise IosTvmError(f"{name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.collapse_chains not in (None, True, False):
-            raise IosTvmError(f"collapse_chains must be None, True or False, got "
+            raise ConfigError(f"collapse_chains must be None, True or False, got "
                               f"{self.collapse_chains!r}")
 
     def to_json(self) -> dict[str, Any]:

@@ -40,6 +40,8 @@ def partition(graph: OpGraph, max_part_size: int) -> list[tuple[int, int]]:
     narrow choices the one with more cuts wins, so every block boundary inside a large graph
     becomes a cut and parts stay small.
     """
+    if not isinstance(max_part_size, int) or max_part_size < 1:
+        raise ValueError(f"max_part_size must be a positive integer, got {max_part_size!r}")
     n = len(graph.nodes)
     if n == 0:
         return []

@@ -1,14 +1,16 @@
 """Pictures of schedules: a stream timeline and the operator graph coloured by stage.
 
 Uses matplotlib (the ``plot`` extra) with the non-interactive Agg backend; each function writes
-one file whose format follows its suffix (``.png``, ``.svg``, ``.pdf``).
+one file whose format follows its suffix (``.png``, ``.svg``, ``.pdf``), whole or not at all.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .graph import OpGraph
 from .schedule import Schedule
@@ -21,6 +23,26 @@ def _pyplot():  # noqa: ANN202 (matplotlib's module type)
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Save ``fig`` to ``path``, whole or not at all.
+
+    Through a uniquely named temporary file beside ``path``, renamed over it when complete
+    and removed otherwise, so an interrupted or failed save leaves nothing behind.
+    """
+    out = Path(path)
+    fmt = out.suffix.lstrip(".").lower()
+    with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp",
+                                     delete=False) as tmp:
+        pass
+    try:
+        fig.savefig(tmp.name, dpi=130, format=fmt or None)
+        os.replace(tmp.name, out)
+    finally:
+        if os.path.exists(tmp.name):
+            os.unlink(tmp.name)
+    return out
 
 
 def _stage_colour(plt, i: int):  # noqa: ANN001, ANN202
@@ -65,10 +87,10 @@ def plot_timeline(schedule: Schedule, stage_seconds: Sequence[float], path: str 
     ax.set_xlabel("time (ms)")
     ax.set_title(title or f"{schedule.summary()}")
     fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def plot_graph(graph: OpGraph, schedule: Schedule, path: str | os.PathLike[str], *,
@@ -97,10 +119,10 @@ def plot_graph(graph: OpGraph, schedule: Schedule, path: str | os.PathLike[str],
     ax.set_yticks([])
     ax.set_title(title or f"{len(graph.nodes)} kernels in {len(schedule.stages)} stages")
     fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def plot_speedups(rows: dict[str, dict[str, float]], path: str | os.PathLike[str], *,
@@ -123,7 +145,7 @@ def plot_speedups(rows: dict[str, dict[str, float]], path: str | os.PathLike[str
     ax.legend(fontsize=7)
     ax.set_title(title)
     fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)

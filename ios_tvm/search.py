@@ -16,8 +16,11 @@ that share a descendant (IOS issue #10).
 
 Merge endings. Any subset of at least two sink ops of ``S`` that the ``can_merge``
 predicate accepts becomes one merged kernel (IOS §5). Singletons always remain, so the
-sequential schedule is in every strategy's space and the search never returns a schedule
-worse than sequential under its own cost model.
+sequential schedule is in every strategy's space.
+
+Large graphs are searched in parts, or as units (chains collapsed), which the DP is not
+exact over; whatever the path, :func:`search` never returns a schedule that its own cost
+model prices above the sequential one or, for the concurrent strategies, the greedy one.
 """
 
 from __future__ import annotations
@@ -234,6 +237,35 @@ class _PartSearch:
         return out[::-1]
 
 
+def _no_worse_than_baselines(graph: OpGraph, cfg: SearchConfig, cost: StageCostCache,
+                             stages: list[Stage], total: float, meta: dict[str, Any]
+                             ) -> tuple[list[Stage], float]:
+    """The cheapest of the searched stages and the baselines in the strategy's space.
+
+    The DP is exact only over its own space: parts are searched apart (stages never span a
+    cut, where the wavefront baseline may run wide) and units never split a chain across
+    stages or groups (sequential and greedy do). Whatever the path, the search must not
+    return a schedule that its own cost model prices above sequential or, for the
+    concurrent strategies, greedy within the same stream limit. Both baselines are always
+    costed, so that the stages a search asks for do not depend on the costs (a measured
+    search prefetches exactly them, :func:`ios_tvm.cost.measured.candidate_stages`).
+    """
+    baselines = [sequential_schedule(graph)]
+    if cfg.strategy in ("concurrent", "both"):
+        baselines.append(greedy_schedule(graph, min(cfg.greedy_max_streams, cfg.max_groups)))
+    dp_total = total
+    for base in baselines:
+        base_total = sum(cost(s) for s in base.stages)
+        if base_total < total:
+            stages, total = list(base.stages), base_total
+            meta["chosen"] = base.meta["strategy"]
+    if total < dp_total:
+        logger.info("%s schedule (%.4g s) beats the searched one (%.4g s)", meta["chosen"],
+                    total, dp_total)
+        meta["dp_cost"] = dp_total
+    return stages, total
+
+
 def _units_for(graph: OpGraph, cfg: SearchConfig) -> Units | None:
     """The unit graph to search instead of ``graph``, or None to search kernels."""
     collapse = cfg.collapse_chains
@@ -302,17 +334,10 @@ def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
         stats.parts, stats.states = inner.stats.parts, inner.stats.states
         stats.transitions = inner.stats.transitions
         meta["units"] = len(units.members)  # "parts" below are ranges of unit ids
-        for key in ("parts", "chosen", "dp_cost"):
-            if key in inner.schedule.meta:
-                meta[key] = inner.schedule.meta[key]
-        # Units never split a chain across stages, so the sequential schedule is outside the
-        # unit search space; keep it when it is cheaper, so that the search still never
-        # returns a schedule worse than sequential under its own cost model.
-        seq = sequential_schedule(graph)
-        seq_total = sum(memo_cost(s) for s in seq.stages)
-        if seq_total < total:
-            meta["dp_cost"], meta["chosen"] = total, "sequential"
-            stages, total = list(seq.stages), seq_total
+        if "parts" in inner.schedule.meta:
+            meta["parts"] = inner.schedule.meta["parts"]
+        if "chosen" in inner.schedule.meta:  # a baseline over units: still a unit schedule
+            meta["unit_chosen"] = inner.schedule.meta["chosen"]
     else:
         parts = partition(graph, cfg.max_part_size)
         stats.parts = len(parts)
@@ -343,18 +368,8 @@ def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
         finally:
             sys.setrecursionlimit(limit)
         meta["parts"] = [list(p) for p in parts]
-    if stats.parts > 1 and cfg.strategy in ("concurrent", "both"):
-        # Parts are searched apart, so stages never span a cut; on wide graphs cut at wide
-        # places the wavefront baseline (which ignores cuts) can then be cheaper. Keep the
-        # cheaper of the two under the same cost model, within the same stream limit.
-        greedy = greedy_schedule(graph, min(cfg.greedy_max_streams, cfg.max_groups))
-        greedy_total = sum(memo_cost(s) for s in greedy.stages)
-        if greedy_total < total:
-            logger.info("greedy schedule (%.4g s) beats the partitioned DP (%.4g s)",
-                        greedy_total, total)
-            meta["dp_cost"] = total
-            meta["chosen"] = "greedy"
-            stages, total = list(greedy.stages), greedy_total
+    if cfg.strategy not in ("sequential", "greedy"):
+        stages, total = _no_worse_than_baselines(graph, cfg, memo_cost, stages, total, meta)
     stats.cost_calls = memo_cost.counters.calls - calls0
     stats.stages_costed = memo_cost.counters.distinct - distinct0
     stats.seconds = time.perf_counter() - t0

@@ -7,9 +7,13 @@ tests build real models with ``ios_tvm.build`` on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import shutil
 import sqlite3
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -93,6 +97,85 @@ def test_truncated_sqlite_file(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:100] + b"\x00" * 3000)
     with pytest.raises(CacheError, match="m.sqlite"):
         MeasurementCache(path).get(CTX, "s0")
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path, *, whole_folder: bool):
+    """Make the files of ``folder`` (and with ``whole_folder`` the folder) read-only for this
+    process; as root, by acting as ``nobody`` meanwhile (root may write anything)."""
+    files = [p for p in folder.iterdir() if p.is_file()]
+    for p in files:
+        p.chmod(0o444)
+    if whole_folder:
+        folder.chmod(0o555)
+    as_root = os.geteuid() == 0
+    try:
+        if as_root:
+            os.setegid(65534)
+            os.seteuid(65534)
+        yield
+    finally:
+        if as_root:
+            os.seteuid(0)
+            os.setegid(0)
+        folder.chmod(0o755)
+        for p in files:
+            p.chmod(0o644)
+
+
+@pytest.fixture
+def open_folder() -> Any:
+    """A folder that any user may read (pytest's tmp_path is private to its user)."""
+    path = Path(tempfile.mkdtemp(prefix="ios_tvm_ro_"))
+    path.chmod(0o755)
+    yield path
+    path.chmod(0o755)
+    shutil.rmtree(path)
+
+
+@pytest.mark.skipif(not hasattr(os, "seteuid"), reason="POSIX permissions")
+@pytest.mark.parametrize("whole_folder", [False, True])
+def test_read_only_cache_is_read_not_called_corrupt(open_folder: Path, whole_folder: bool,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A shared cache this user may not write: read it, warn that nothing new is saved."""
+    path = open_folder / "m.sqlite"
+    cache = MeasurementCache(path)
+    cache.put(CTX, "s", 1.5e-3, [1.5e-3])
+    cache.close()
+    before = path.read_bytes()
+    with _read_only(open_folder, whole_folder=whole_folder), caplog.at_level("WARNING"):
+        ro = MeasurementCache(path)
+        assert ro.read_only
+        assert ro.get(CTX, "s") == 1.5e-3 and ro.get(CTX, "other") is None
+        ro.put(CTX, "new", 2e-3, [2e-3])  # not saved, and not an error
+        assert ro.get(CTX, "new") is None and len(ro) == 1
+        with pytest.raises(CacheError, match="read-only"):
+            ro.clear()
+        ro.close()
+    assert "read-only" in caplog.text and "will not be saved" in caplog.text
+    assert str(path) in caplog.text
+    assert path.read_bytes() == before
+
+
+@pytest.mark.skipif(not hasattr(os, "seteuid"), reason="POSIX permissions")
+@pytest.mark.parametrize("whole_folder", [False, True])
+def test_read_only_corrupt_cache_is_still_an_error(open_folder: Path, whole_folder: bool) -> None:
+    """Garbage, or an SQLite file that is not a cache, is reported as such when read-only."""
+    _corrupt_file(open_folder / "m.sqlite")
+    with sqlite3.connect(open_folder / "other.sqlite") as conn:
+        conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    with _read_only(open_folder, whole_folder=whole_folder):
+        for name in ("m.sqlite", "other.sqlite"):
+            with pytest.raises(CacheError, match=f"{name}.*not a valid ios-tvm measurement"):
+                MeasurementCache(open_folder / name)
+
+
+@pytest.mark.skipif(not hasattr(os, "seteuid"), reason="POSIX permissions")
+def test_cache_in_a_read_only_folder_that_does_not_exist_yet(open_folder: Path) -> None:
+    with _read_only(open_folder, whole_folder=True):
+        with pytest.raises(CacheError, match="cannot create"):
+            MeasurementCache(open_folder / "m.sqlite")
 
 
 @pytest.mark.parametrize("stored", [-1.0, 0.0, "nan", "garbage", 1e999, -1e999])
@@ -239,7 +322,37 @@ def test_twins_are_measured_once(sample8: Any, tmp_path: Path) -> None:
     a = cost(Stage(((i,),)))
     b = cost(Stage(((j,),)))
     assert a == b == pytest.approx(1.1e-3)  # the median
-    assert len(prof.calls) == 1 and cost.measured == 1 and cost.cache_hits == 1
+    # The twin reuses a measurement of this run: that is not "from the cache" (there is none).
+    assert len(prof.calls) == 1 and cost.measured == 1 and cost.reused == 1
+    assert cost.cache_hits == 0
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_from_cache_counts_only_measurements_older_than_the_run(sample8: Any, tmp_path: Path,
+                                                                prefetch: bool) -> None:
+    """Issue 17 #11: a fresh cache served nothing, whatever the run reused of its own."""
+    from ios_tvm.config import SearchConfig
+    from ios_tvm.cost.measured import MeasuredCost, candidate_stages
+    from ios_tvm.search import search
+
+    cfg = SearchConfig(max_groups=4)
+    path = tmp_path / "m.sqlite"
+
+    def run() -> tuple[Any, Any]:
+        cost = MeasuredCost(sample8, profiler=FakeManyProfiler(), device="dev",
+                            cache=MeasurementCache(path))
+        if prefetch:
+            cost.prefetch(candidate_stages(sample8.graph, cfg))
+        return cost, search(sample8.graph, cost, cfg).stats
+
+    first, stats = run()
+    keys = {first.stage_key(s) for s in candidate_stages(sample8.graph, cfg)}
+    assert first.measured == len(keys) == len(MeasurementCache(path))
+    assert first.cache_hits == 0
+    assert first.reused == stats.stages_costed - len(keys) > 0  # sample8 has twins
+    second, stats = run()  # everything was measured before this run, twins too
+    assert second.measured == 0 and second.reused == 0
+    assert second.cache_hits == stats.stages_costed
 
 
 def test_invalid_cached_value_is_remeasured(sample8: Any, tmp_path: Path) -> None:
@@ -292,7 +405,7 @@ def test_prefetch_measures_every_stage_once_in_one_batch(sample8: Any, tmp_path:
     result = search(sample8.graph, cost, cfg)
     assert len(prof.calls) == n  # the search itself measured nothing
     assert result.stats.stages_costed == len(stages)
-    assert cost.measured + cost.cache_hits == result.stats.stages_costed
+    assert cost.measured + cost.reused == result.stats.stages_costed and cost.cache_hits == 0
     # Prefetching again, or with a new cost model on the same cache, measures nothing.
     assert cost.prefetch(stages) == 0
     again = MeasuredCost(sample8, profiler=FakeManyProfiler(), device="dev",
@@ -337,6 +450,25 @@ def native() -> None:
         pytest.skip("native library not built")
 
 
+def _stored_keys(path: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return {row[0] for row in conn.execute("SELECT stage FROM measurements")}
+
+
+def _expected_counts(model: Any, known: set[str]) -> tuple[int, int, int]:
+    """(measured, from cache, reused twins) of a default build of ``model`` on a cache that
+    holds the stage keys ``known``: each stage the search costs is served by the cache when
+    its key was there before, else measured once per key and reused for the other twins."""
+    from ios_tvm.cost.measured import MeasuredCost, candidate_stages
+    from ios_tvm.extract import graph_from_model
+
+    ex = graph_from_model(model, "llvm", cpu_layout="NHWC")  # as build() lowers it
+    keys = [MeasuredCost(ex, profiler=FakeProfiler(), device="dev").stage_key(s)
+            for s in candidate_stages(ex.graph)]
+    new = [k for k in keys if k not in known]
+    return len(set(new)), len(keys) - len(new), len(new) - len(set(new))
+
+
 def test_second_build_measures_nothing(native: None, tmp_path: Path) -> None:
     from ios_tvm.build import build
     from ios_tvm.models import sample_block
@@ -344,8 +476,11 @@ def test_second_build_measures_nothing(native: None, tmp_path: Path) -> None:
     path = tmp_path / "m.sqlite"
     model = sample_block(channels=8, size=8)
     first = build(model, "llvm", cache=path, settings=_fast(), compare_vm=False)
-    assert first.stages_measured > 0
-    assert first.stages_measured + first.stages_cached == first.search_stats.stages_costed
+    measured, cached, reused = _expected_counts(model, set())
+    # A fresh cache serves nothing; twins of a stage measured now are not "from cache".
+    assert (first.stages_measured, first.stages_cached) == (measured, cached) == (measured, 0)
+    assert measured > 0 and reused > 0
+    assert measured + reused == first.search_stats.stages_costed
     n = len(MeasurementCache(path))
     assert n == first.stages_measured
     second = build(model, "llvm", cache=MeasurementCache(path), settings=_fast(),
@@ -365,16 +500,13 @@ def test_models_sharing_kernels_share_measurements(native: None, tmp_path: Path)
 
     shared = tmp_path / "shared.sqlite"
     a = build(om.inception_block(), "llvm", cache=shared, settings=_fast(), compare_vm=False)
+    measured, cached, reused = _expected_counts(om.inception_net(blocks=1), _stored_keys(shared))
     b = build(om.inception_net(blocks=1), "llvm", cache=shared, settings=_fast(),
               compare_vm=False)
+    assert a.stages_measured > 0 and a.stages_cached == 0
+    assert (b.stages_measured, b.stages_cached) == (measured, cached)
+    assert measured + cached + reused == b.search_stats.stages_costed
     # Alone, model b would measure one stage per distinct stage key.
-    from ios_tvm.cost.measured import MeasuredCost, candidate_stages
-    from ios_tvm.extract import graph_from_model
-
-    ex = graph_from_model(om.inception_net(blocks=1), "llvm")
-    keys = MeasuredCost(ex, profiler=FakeProfiler(), device="dev").stage_key
-    distinct = {keys(s) for s in candidate_stages(ex.graph)}
-    assert a.stages_measured > 0
-    assert b.stages_measured + b.stages_cached == b.search_stats.stages_costed
-    assert 0 < b.stages_measured < len(distinct)
+    assert 0 < b.stages_measured < measured + len({k for k in _stored_keys(shared)})
+    assert cached > 0
     assert len(MeasurementCache(shared)) == a.stages_measured + b.stages_measured

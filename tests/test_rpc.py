@@ -226,7 +226,8 @@ def test_measured_cost_prefetch_over_rpc(cluster: str, extraction, tmp_path: Pat
         before = dict(prof.counts)
         result = search(extraction.graph, cost, cfg)
         assert dict(prof.counts) == before  # the search measured nothing more
-        assert cost.measured + cost.cache_hits == result.stats.stages_costed
+        assert cost.measured + cost.reused == result.stats.stages_costed  # reused: twins
+        assert cost.cache_hits == 0  # a fresh cache
 
 
 def test_build_over_rpc(cluster: str, tmp_path: Path) -> None:

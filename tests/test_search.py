@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import random
+import zlib
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,6 +36,27 @@ def dags(draw: st.DrawFn, max_nodes: int = 9) -> OpGraph:
     return OpGraph.from_edges(n, edges)
 
 
+def stable_seed(*key: object) -> int:
+    """A seed from ``key`` that is the same in every process (``hash`` of a str is not:
+    it changes with PYTHONHASHSEED, and so would every cost table below)."""
+    return zlib.crc32(repr(key).encode())
+
+
+@st.composite
+def chained_dags(draw: st.DrawFn, max_units: int = 6, max_chain: int = 3) -> OpGraph:
+    """Random DAGs whose nodes are replaced by chains of 1 to ``max_chain`` kernels (what
+    TVM's fusion leaves of a ReLU-SepConv unit), so that chain collapsing has work to do."""
+    n = draw(st.integers(1, max_units))
+    density = draw(st.sampled_from([0.15, 0.3, 0.5]))
+    base = [(u, v) for v in range(n) for u in range(v) if draw(st.floats(0, 1)) < density]
+    lengths = [draw(st.integers(1, max_chain)) for _ in range(n)]
+    heads = [sum(lengths[:i]) for i in range(n)]
+    edges = [(h + k, h + k + 1) for h, length in zip(heads, lengths, strict=True)
+             for k in range(length - 1)]
+    edges += [(heads[u] + lengths[u] - 1, heads[v]) for u, v in base]
+    return OpGraph.from_edges(sum(lengths), edges)
+
+
 class RandomCost:
     """A random but fixed cost per (op set, strategy): no structure for the DP to exploit."""
 
@@ -41,17 +64,47 @@ class RandomCost:
         self.seed = seed
 
     def __call__(self, stage: Stage) -> float:
-        rng = random.Random(hash((self.seed, stage.mask, stage.strategy)))
+        rng = random.Random(stable_seed(self.seed, stage.mask, stage.strategy))
         return rng.uniform(0.1, 2.0) * len(stage.ops) ** rng.uniform(0.3, 1.2)
+
+
+class StreamCost:
+    """Groups run side by side, each its ops one after another (random fixed op times), plus a
+    fixed price for every group of several ops: a cost model under which keeping a chain of
+    kernels in one group (as the unit search must) loses to greedy's one op per group."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def op_seconds(self, op: int) -> float:
+        return random.Random(stable_seed(self.seed, "op", op)).uniform(0.1, 2.0)
+
+    def __call__(self, stage: Stage) -> float:
+        return max(sum(self.op_seconds(op) for op in g) for g in stage.groups) + sum(
+            1.0 for g in stage.groups if len(g) > 1)
 
 
 def merge_table(seed: int):
     """A random but fixed merge predicate per op set."""
 
     def can_merge(graph: OpGraph, ops: tuple[int, ...]) -> bool:
-        return random.Random(hash((seed, "merge", ops))).random() < 0.5
+        return random.Random(stable_seed(seed, "merge", ops)).random() < 0.5
 
     return can_merge
+
+
+def test_random_cost_is_the_same_in_every_process():
+    """The cost tables must not depend on PYTHONHASHSEED, or a failure cannot be replayed."""
+    import subprocess
+    import sys
+
+    code = ("from test_search import RandomCost; from ios_tvm import Stage; "
+            "print(RandomCost(7)(Stage(((0, 1), (2,)), 'concurrent')))")
+    out = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, env={**__import__("os").environ, "PYTHONHASHSEED": seed,
+                                           "PYTHONPATH": str(Path(__file__).parent)}
+                          ).stdout for seed in ("1", "2")}
+    assert len(out) == 1 and out != {""}
 
 
 # -- brute force, written independently of the DP's ending enumeration -----------------------
@@ -214,7 +267,9 @@ def test_cost_is_memoised_and_counted():
     first = search(graph, cache)
     assert first.stats.stages_costed == len(calls) == len(set(calls))
     assert first.stats.cost_calls >= first.stats.stages_costed
-    assert first.stats.transitions == first.stats.cost_calls
+    # The DP costs one stage per transition; then the two baselines are priced.
+    baselines = len(sequential_schedule(graph)) + len(greedy_schedule(graph, 8))
+    assert first.stats.transitions + baselines == first.stats.cost_calls
     assert first.stats.states > 0
     again = search(graph, cache)
     assert again.stats.stages_costed == 0  # everything came from the cache
@@ -225,6 +280,32 @@ def test_cost_model_returning_nan_is_rejected():
     graph = OpGraph.from_edges(2, [(0, 1)])
     with pytest.raises(ValueError, match="cost model returned nan"):
         search(graph, lambda stage: float("nan"))
+
+
+@IMPLEMENTATIONS
+def test_cost_model_returning_inf_is_rejected_except_for_merges(native):
+    """Infinite means impossible, which only a merge may be; it used to end the DP in an
+    AssertionError (Python) or a TVM RuntimeError (C++)."""
+    graph = OpGraph.from_edges(3, [(0, 1), (0, 2)])
+    with pytest.raises(ValueError, match="cost model returned inf for the concurrent stage"):
+        search(graph, lambda stage: float("inf"), native=native)
+
+    def no_merge(stage: Stage) -> float:
+        return float("inf") if stage.strategy == "merge" else 1.0
+
+    result = search(graph, no_merge, SearchConfig(strategy="both"),
+                    can_merge=lambda g, ops: True, native=native)
+    assert result.schedule.cost < float("inf")
+    assert all(s.strategy != "merge" for s in result.schedule.stages)
+
+
+def test_partition_rejects_a_part_size_below_one():
+    from ios_tvm.partition import partition
+
+    graph = OpGraph.from_edges(3, [(0, 1), (1, 2)])
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="max_part_size must be a positive integer"):
+            partition(graph, bad)
 
 
 # -- baselines -----------------------------------------------------------------------------
@@ -339,3 +420,75 @@ def test_analytic_cpu_stage_never_beats_its_ops_one_by_one(cores: int) -> None:
             groups = tuple(tuple(range(c * length, c * length + size)) for c in range(k))
             assert cpu(Stage(groups)) > sum(alone[i] for grp in groups for i in grp)
     assert all(len(s.groups) == 1 for s in search(g, cpu, SearchConfig()).schedule.stages)
+
+
+# -- never worse than the baselines, whatever the path --------------------------------------
+def _baseline_costs(graph: OpGraph, cost, cfg: SearchConfig) -> list[float]:
+    """The costs of the baselines a strategy's search must never lose to."""
+    costs = [schedule_cost(sequential_schedule(graph), cost)]
+    if cfg.strategy in ("concurrent", "both"):
+        greedy = greedy_schedule(graph, min(cfg.greedy_max_streams, cfg.max_groups))
+        costs.append(schedule_cost(greedy, cost))
+    return costs
+
+
+@IMPLEMENTATIONS
+def test_unit_search_in_one_part_never_loses_to_greedy(native):
+    """Issue 17 #12: 0 -> 2 is a chain, so with 3 ops > max_part_size=2 the search collapses it
+    into a unit; the two units then fit in one part, and greedy's {0}|{1}, {2} (0.2) was never
+    compared with the unit DP's {0, 2}, {1} (2.0)."""
+    graph = OpGraph.from_edges(3, [(0, 2)])
+
+    def cost(stage: Stage) -> float:
+        if stage.groups in (((0,), (1,)), ((2,),)):
+            return 0.1
+        return 5.0 if len(stage.groups) > 1 else 1.0
+
+    cfg = SearchConfig(max_part_size=2)
+    result = search(graph, cost, cfg, native=native)
+    validate_schedule(graph, result.schedule)
+    assert result.schedule.cost == pytest.approx(0.2)
+    assert schedule_cost(result.schedule, cost) == pytest.approx(0.2)
+    assert result.schedule.meta["chosen"] == "greedy"
+
+
+@IMPLEMENTATIONS
+@settings(max_examples=200)
+@given(graph=st.one_of(dags(max_nodes=12), chained_dags()), seed=st.integers(0, 10_000),
+       part=st.integers(1, 6),
+       r=st.integers(1, 3), s=st.integers(1, 4),
+       strategy=st.sampled_from(["concurrent", "merge", "both"]),
+       collapse=st.sampled_from([None, True, False]),
+       cost_model=st.sampled_from([RandomCost, StreamCost]))
+def test_search_never_loses_to_its_baselines(native, graph, seed, part, r, s, strategy,
+                                             collapse, cost_model):
+    """On every path (one part, parts, chains collapsed into units, units in one part or
+    several) the schedule costs, under the search's own cost model, no more than sequential
+    and, for the concurrent strategies, no more than greedy within the same stream limit."""
+    cost = cost_model(seed)
+    cfg = SearchConfig(strategy=strategy, max_groups=s, max_group_size=r, max_part_size=part,
+                       collapse_chains=collapse)
+    result = search(graph, cost, cfg, can_merge=merge_table(seed), native=native)
+    validate_schedule(graph, result.schedule, max_groups=s)
+    actual = schedule_cost(result.schedule, cost)
+    assert result.schedule.cost == pytest.approx(actual, rel=1e-9)
+    assert actual <= min(_baseline_costs(graph, cost, cfg)) * (1 + 1e-9)
+
+
+# -- settings are checked where they are made ------------------------------------------------
+@pytest.mark.parametrize("field", ["max_groups", "max_group_size", "max_part_size",
+                                   "greedy_max_streams"])
+@pytest.mark.parametrize("value", [0, -5, True, 2.0, "3"])
+def test_search_config_rejects_bad_limits(field, value):
+    from ios_tvm.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{field} must be a positive integer") as info:
+        SearchConfig(**{field: value})
+    assert isinstance(info.value, ValueError)  # a user's mistake
+
+
+def test_unknown_analytic_device_names_the_presets():
+    from ios_tvm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown analytic device 'nonsense'.*cpu, h100, v100"):
+        AnalyticCost(OpGraph.from_edges(1, []), "nonsense")

@@ -73,14 +73,18 @@ def test_unit_search_is_optimal_over_unit_schedules(native, graph, seed, r, s, s
         ops = units.single_kernel(us)
         return ops is not None and can_merge(graph, ops)
 
-    # The best unit schedule, or the sequential one (outside the unit space) when cheaper.
+    # The best unit schedule, or a baseline (outside the unit space) when cheaper: sequential,
+    # and greedy for the concurrent strategies.
     sequential = schedule_cost(sequential_schedule(graph), cost)
-    expected = min(brute_force(units.graph, unit_cost, strategy, r, s, unit_merge), sequential)
+    baselines = [sequential]
+    if strategy != "merge":
+        baselines.append(schedule_cost(greedy_schedule(graph, s), cost))
+    expected = min(brute_force(units.graph, unit_cost, strategy, r, s, unit_merge), *baselines)
     assert result.schedule.cost == pytest.approx(expected, rel=1e-9)
     # A valid kernel schedule that costs what the search says; groups hold <= r units.
     validate_schedule(graph, result.schedule, max_groups=s)
     assert schedule_cost(result.schedule, cost) == pytest.approx(result.schedule.cost, rel=1e-9)
-    unit_schedule = result.schedule.meta.get("chosen") != "sequential"
+    unit_schedule = "chosen" not in result.schedule.meta
     for stage in result.schedule.stages:
         for group in stage.groups if unit_schedule else ():
             if stage.strategy == "concurrent":

@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..config import ConfigError
 from ..graph import OpGraph
 from ..schedule import Stage
 
@@ -76,6 +77,9 @@ class AnalyticCost:
 
     def __init__(self, graph: OpGraph, device: DeviceSpec | str = "v100") -> None:
         self.graph = graph
+        if isinstance(device, str) and device not in DEVICES:
+            raise ConfigError(f"unknown analytic device {device!r}; the presets are "
+                              f"{', '.join(sorted(DEVICES))}")
         self.device = DEVICES[device] if isinstance(device, str) else device
         self.work = [self._work(n.flops, n.nbytes) for n in graph.nodes]
         self.alone = [self._alone(w) for w in self.work]

@@ -53,6 +53,10 @@ class StageCostCache:
             value = float(self.cost(stage))
             if not value >= 0.0:  # also rejects NaN
                 raise ValueError(f"cost model returned {value!r} for stage {stage}")
+            if value == float("inf") and stage.strategy != "merge":
+                # Only a merge may be impossible (inf); the search needs every other stage.
+                raise ValueError(f"cost model returned inf for the {stage.strategy} stage "
+                                 f"{stage}; only merge stages may be infinite (not mergeable)")
             self.table[key] = value
             self.counters.distinct += 1
         return value

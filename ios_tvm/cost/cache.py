@@ -8,7 +8,9 @@ model, or another model that shares stages, measures nothing again.
 SQLite makes it safe for several processes at once (WAL journal, busy timeout). A file that
 is not a valid cache raises :class:`CacheError` naming it, or with ``on_corrupt="rebuild"``
 is moved aside to ``<file>.corrupt`` and started afresh. A row with a value that cannot be a
-latency is dropped and measured again rather than trusted.
+latency is dropped and measured again rather than trusted. A valid cache that this process
+may not write (a shared, read-only file or folder) is read, with a warning that new
+measurements are not saved.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from ..errors import IosTvmError
 
@@ -53,11 +56,20 @@ class MeasurementCache:
         if on_corrupt not in ("raise", "rebuild"):
             raise ValueError(f"on_corrupt must be 'raise' or 'rebuild', not {on_corrupt!r}")
         self.path = Path(path) if path is not None else DEFAULT_CACHE_DIR / "measurements.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CacheError(f"cannot create the folder of the measurement cache {self.path}: "
+                             f"{e}") from e
         self._lock = threading.Lock()
+        #: True when the file can only be read: lookups work, new measurements are not saved.
+        self.read_only = False
         try:
             self._conn = self._open()
         except sqlite3.DatabaseError as e:
+            if not self._writable():
+                self._conn = self._open_read_only(e)
+                return
             if on_corrupt == "raise":
                 raise CacheError(f"{self.path} is not a valid ios-tvm measurement cache ({e}); "
                                  "delete it or open it with on_corrupt='rebuild'") from e
@@ -81,6 +93,44 @@ class MeasurementCache:
             raise
         return conn
 
+    def _writable(self) -> bool:
+        """Whether this process may write the file and the journal beside it."""
+        eff = os.access in os.supports_effective_ids  # as this process, even when setuid
+        folder = self.path.parent
+        return os.access(folder, os.W_OK, effective_ids=eff) and (
+            not self.path.exists() or os.access(self.path, os.W_OK, effective_ids=eff))
+
+    def _open_read_only(self, error: sqlite3.DatabaseError) -> sqlite3.Connection:
+        """Open a cache this process may not write, for reading; CacheError if it is none."""
+        if not self.path.is_file():
+            raise CacheError(f"cannot create the measurement cache {self.path}: its folder is "
+                             f"not writable ({error}); pass another cache file or none") from error
+        uri = f"file:{quote(str(self.path.resolve()))}"
+        # mode=ro still needs the WAL index beside the file; immutable=1 reads without it
+        # (in a read-only folder), trusting that nobody writes the file meanwhile.
+        last: sqlite3.DatabaseError = error
+        for query in ("?mode=ro", "?immutable=1"):
+            try:
+                conn = sqlite3.connect(uri + query, uri=True, timeout=60.0,
+                                       check_same_thread=False)
+            except sqlite3.DatabaseError as e:
+                last = e
+                continue
+            try:
+                conn.execute("SELECT context, stage, seconds FROM measurements LIMIT 1")
+            except sqlite3.DatabaseError as e:
+                conn.close()
+                last = e
+                if not isinstance(e, sqlite3.OperationalError) or "no such table" in str(e):
+                    break  # readable, but not a cache: no point trying further
+                continue
+            self.read_only = True
+            logger.warning("measurement cache %s is read-only: reading it, but new "
+                           "measurements will not be saved", self.path)
+            return conn
+        raise CacheError(f"{self.path} is not a valid ios-tvm measurement cache ({last}); it "
+                         "is read-only here too, so pass another cache file or none") from last
+
     def get(self, context: str, stage: str) -> float | None:
         """The stored latency (seconds) of ``stage`` in ``context``, or None."""
         with self._lock:
@@ -95,16 +145,22 @@ class MeasurementCache:
             value = row[0]
             if not isinstance(value, float) or not math.isfinite(value) or value <= 0.0:
                 logger.warning("dropping an invalid cached latency %r in %s", value, self.path)
-                self._conn.execute("DELETE FROM measurements WHERE context=? AND stage=?",
-                                   (context, stage))
-                self._conn.commit()
+                if not self.read_only:
+                    self._conn.execute("DELETE FROM measurements WHERE context=? AND stage=?",
+                                       (context, stage))
+                    self._conn.commit()
                 return None
             return value
 
     def put(self, context: str, stage: str, seconds: float, samples: list[float]) -> None:
-        """Store a measurement (replacing an older one for the same key)."""
+        """Store a measurement (replacing an older one for the same key).
+
+        A read-only cache (:attr:`read_only`, warned about when opened) keeps what it had.
+        """
         if not math.isfinite(seconds) or seconds <= 0.0:
             raise ValueError(f"refusing to cache latency {seconds!r} for stage {stage}")
+        if self.read_only:
+            return
         with self._lock:
             try:
                 self._conn.execute(
@@ -120,6 +176,8 @@ class MeasurementCache:
 
     def clear(self) -> None:
         """Delete every measurement."""
+        if self.read_only:
+            raise CacheError(f"the measurement cache {self.path} is read-only")
         with self._lock:
             self._conn.execute("DELETE FROM measurements")
             self._conn.commit()

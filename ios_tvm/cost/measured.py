@@ -194,8 +194,13 @@ class MeasuredCost:
         #: Latency by stage key, of every stage measured or read from the cache so far.
         self.values: dict[str, float] = {}
         self._fresh: set[str] = set()  # measured by prefetch, not yet asked for
+        self._measured_keys: set[str] = set()  # measured by this cost model, not read
+        #: Stages timed on the device by this cost model (one per distinct stage key).
         self.measured = 0
+        #: Stages served by a measurement that was in the cache before this cost model.
         self.cache_hits = 0
+        #: Stages served by a twin measured by this cost model (same kernels, other ops).
+        self.reused = 0
         self._bar: Any = None
         if progress:
             from tqdm import tqdm
@@ -220,6 +225,8 @@ class MeasuredCost:
         if known is not None:
             if key in self._fresh:  # measured by prefetch: already counted in `measured`
                 self._fresh.discard(key)
+            elif key in self._measured_keys:
+                self.reused += 1
             else:
                 self.cache_hits += 1
             return known
@@ -233,6 +240,7 @@ class MeasuredCost:
             samples = self._profile_merge(stage)
             if samples is None:
                 self.values[key] = math.inf  # not persisted: a later ios-tvm may merge them
+                self._measured_keys.add(key)
                 return math.inf
         else:
             samples = self.profiler.profile([list(g) for g in stage.groups])
@@ -266,6 +274,7 @@ class MeasuredCost:
         if self.cache is not None:
             self.cache.put(self.context, key, value, samples)
         self.values[key] = value
+        self._measured_keys.add(key)
         self.measured += 1
         if self._bar is not None:
             self._bar.update(1)

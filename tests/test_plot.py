@@ -1,0 +1,37 @@
+"""The pictures (ios_tvm.plot): written whole or not at all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from ios_tvm import OpGraph, search  # noqa: E402
+from ios_tvm.plot import plot_graph, plot_speedups, plot_timeline  # noqa: E402
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_pictures_are_written(tmp_path: Path) -> None:
+    g = OpGraph.from_edges(4, [(0, 1), (0, 2), (1, 3), (2, 3)])
+    sch = search(g, lambda s: 1.0).schedule
+    for fmt in ("png", "svg", "pdf"):
+        assert plot_timeline(sch, [1e-3] * len(sch), tmp_path / f"t.{fmt}").stat().st_size > 0
+        assert plot_graph(g, sch, tmp_path / f"g.{fmt}").stat().st_size > 0
+        assert plot_speedups({"m": {"sequential": 2.0, "ios": 1.0}},
+                             tmp_path / f"s.{fmt}").stat().st_size > 0
+    assert not [n for n in _leftovers(tmp_path) if n.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("name", ["chart.txt", "folder"])
+def test_a_failed_save_leaves_nothing(tmp_path: Path, name: str) -> None:
+    """An unknown format, or a path that is a folder: an error, and no file nor temporary."""
+    if name == "folder":
+        (tmp_path / name).mkdir()
+    with pytest.raises((ValueError, OSError)):
+        plot_speedups({"m": {"sequential": 2.0, "ios": 1.0}}, tmp_path / name)
+    assert _leftovers(tmp_path) == ([name] if name == "folder" else [])
