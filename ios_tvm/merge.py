@@ -55,10 +55,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ACTIVATIONS", "MERGE_ALIGNMENT", "MERGE_KINDS", "MergeCompiler", "MergeError",
-    "MergeMember", "MergeRewrite", "MergeSpec", "MergedKernel", "conv_merge_predicate",
-    "matmul_merge_predicate", "merge_member", "merge_predicate", "merge_problem",
-    "merge_spec", "merge_tensor_names", "merged_relax_module", "merged_weights",
-    "rewrite_merges",
+    "MergeMember", "MergeRewrite", "MergeSpec", "MergedKernel", "merge_member",
+    "merge_predicate", "merge_problem", "merge_spec", "merge_tensor_names",
+    "merged_relax_module", "merged_weights", "rewrite_merges",
 ]
 
 #: Slices of the merged output must start at multiples of this many bytes (TVM's
@@ -434,18 +433,6 @@ def _spec_or_reason(graph: OpGraph, ops: Sequence[int]) -> MergeSpec | str:
 def merge_predicate(graph: OpGraph, ops: tuple[int, ...]) -> bool:
     """The search's ``can_merge``: convs or matmuls that :func:`merge_problem` accepts."""
     return merge_problem(graph, ops) is None
-
-
-def conv_merge_predicate(graph: OpGraph, ops: tuple[int, ...]) -> bool:
-    """Like :func:`merge_predicate`, for convolutions only."""
-    return all(graph.nodes[o].attrs.get("op") == "conv2d" for o in ops) and \
-        merge_predicate(graph, ops)
-
-
-def matmul_merge_predicate(graph: OpGraph, ops: tuple[int, ...]) -> bool:
-    """Like :func:`merge_predicate`, for matmuls (dense layers) only."""
-    return all(graph.nodes[o].attrs.get("op") == "matmul" for o in ops) and \
-        merge_predicate(graph, ops)
 
 
 # --------------------------------------------------------------------------------------------

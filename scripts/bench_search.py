@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Benchmark the IOS schedule search on the IOS benchmark networks (no compiler, no device).
 
-For each model of :data:`ios_tvm.benchgraphs.BENCH_GRAPHS` and each search strategy, the
-script runs :func:`ios_tvm.search.search` with the analytic cost model and records the size of
+For each model of :data:`ios_tvm.models.opgraph.BENCH_GRAPHS` and each search strategy, the
+script runs :func:`ios_tvm.search.search` with the analytic cost model (merges decided by
+:func:`ios_tvm.merge.merge_predicate`, as in ``build``) and records the size of
 the search (parts, DP states, transitions, distinct stages costed), its wall time, and the cost
 of the schedule found against the sequential and greedy baselines under the same model. It
 prints a table and writes everything as JSON, with the machine and the command line.
@@ -43,10 +44,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from ios_tvm.bench import machine_info  # noqa: E402
-from ios_tvm.benchgraphs import BENCH_GRAPHS, GRANULARITIES, conv_merge_predicate  # noqa: E402
 from ios_tvm.config import SearchConfig  # noqa: E402
 from ios_tvm.cost import AnalyticCost  # noqa: E402
 from ios_tvm.graph import OpGraph  # noqa: E402
+from ios_tvm.merge import merge_predicate  # noqa: E402
+from ios_tvm.models.opgraph import BENCH_GRAPHS, GRANULARITIES  # noqa: E402
 from ios_tvm.native_search import MAX_NATIVE_OPS, native_search_enabled  # noqa: E402
 from ios_tvm.partition import cut_widths, partition  # noqa: E402
 from ios_tvm.schedule import Stage, validate_schedule  # noqa: E402
@@ -163,7 +165,7 @@ def run_one(graph: OpGraph, cost: AnalyticCost, cfg: SearchConfig, timeout: floa
             prof.enable()
         try:
             result = search(graph, limited, cfg,
-                            can_merge=conv_merge_predicate, progress=progress, native=native)
+                            can_merge=merge_predicate, progress=progress, native=native)
         finally:
             if prof is not None:
                 prof.disable()
@@ -171,9 +173,11 @@ def run_one(graph: OpGraph, cost: AnalyticCost, cfg: SearchConfig, timeout: floa
         row.update(timed_out=True, seconds=time.perf_counter() - t0,
                    stages_costed_before_timeout=limited.calls)
     else:
-        validate_schedule(graph, result.schedule, max_groups=cfg.max_groups,
-                          max_group_size=cfg.max_group_size)
         sched = result.schedule
+        # Searched over chains of kernels ("units"), a group holds at most r units, not r
+        # kernels.
+        max_size = None if "units" in sched.meta else cfg.max_group_size
+        validate_schedule(graph, sched, max_groups=cfg.max_groups, max_group_size=max_size)
         row.update(
             timed_out=False, **result.stats.to_json(), cost=sched.cost,
             stages=len(sched.stages),
@@ -253,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
                    help="comma-separated search strategies (concurrent, merge, both)")
     p.add_argument("--granularity", default="kernel", choices=(*GRANULARITIES, "all"),
-                   help="graph granularity (see ios_tvm.benchgraphs); 'all' runs both")
+                   help="graph granularity (see ios_tvm.models.opgraph); 'all' runs both")
     p.add_argument("--grid", action="store_true",
                    help="also run r in {1,2,3} x s in {3,8} (IOS's pruning study)")
     p.add_argument("--max-groups", "-s", type=int, default=8, help="s when not --grid")

@@ -18,7 +18,8 @@ onnx = pytest.importorskip("onnx")
 from onnx import helper  # noqa: E402
 
 from ios_tvm.models import BUILTIN_MODELS, MODEL_INFO, export_model  # noqa: E402
-from ios_tvm.models.randwire import RANDWIRE_GRAPHS, read_randwire_graph  # noqa: E402
+from ios_tvm.models.opgraph import BENCH_GRAPHS  # noqa: E402
+from ios_tvm.models.randwire import RANDWIRE_GRAPHS, load_randwire_graph  # noqa: E402
 
 SMALL = ("sample", "squeezenet")
 LARGE = ("inception_v3", "randwire", "nasnet", "resnet50")
@@ -119,6 +120,32 @@ def test_conv_counts(name: str) -> None:
     assert _ops(_model(name))["Conv"] == MODEL_INFO[name].convs
 
 
+#: ONNX op types and the anchor ops of the OpGraph nodes they become.
+_GRAPH_OPS = {"Conv": "conv2d", "MaxPool": "max_pool2d", "AveragePool": "avg_pool2d",
+              "GlobalAveragePool": "mean", "Concat": "concat"}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_opgraph_backend_matches_onnx(name: str) -> None:
+    """One definition, two backends: the same convs, pools and concats, by name and shape."""
+    model = _model(name)
+    build_graph = BENCH_GRAPHS["nasnet_large" if name == "nasnet" else name]
+    graph = build_graph()
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    onnx_ops = {n.name: (_GRAPH_OPS[n.op_type], shapes.get(n.input[1]) if n.op_type == "Conv"
+                         else None)
+                for n in model.graph.node if n.op_type in _GRAPH_OPS}
+    graph_ops = {n.name: (n.attrs["op"], tuple(n.attrs["weight_shape"])
+                          if n.attrs["op"] == "conv2d" else None)
+                 for n in graph.nodes if n.attrs["op"] in _GRAPH_OPS.values()}
+    assert graph_ops == onnx_ops
+    assert sum(op == "conv2d" for op, _ in graph_ops.values()) == MODEL_INFO[name].convs
+    assert [graph.tensors[t].shape for t in graph.outputs] == [(1, *MODEL_INFO[name].output_shape)]
+    units = build_graph(granularity="ios")
+    # IOS's ResNet has no global pool; ours has, and counts it.
+    assert len(units.nodes) == MODEL_INFO[name].units + (name == "resnet50")
+
+
 def test_inception_v3_units() -> None:
     ops = _ops(_model("inception_v3"))
     assert ops["Conv"] == 94 and ops["Relu"] == 94
@@ -182,7 +209,7 @@ def test_resnet50_structure() -> None:
 
 @pytest.mark.parametrize("graph", RANDWIRE_GRAPHS)
 def test_randwire_graph_files(graph: str) -> None:
-    n, edges = read_randwire_graph(graph)
+    n, edges = load_randwire_graph(graph)
     expect = {"ws-16-4-0.75-2": (16, 6, 1), "ws-32-4-0.75-3": (32, 4, 5),
               "ws-32-4-0.75-4": (32, 5, 2), "ws-32-4-0.75-5": (32, 6, 4)}[graph]
     assert n == expect[0] and len(edges) == 2 * n

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from test_search import IMPLEMENTATIONS, RandomCost, brute_force, dags, merge_table, schedule_cost
 
 from ios_tvm import OpGraph, SearchConfig, search, sequential_schedule, validate_schedule
-from ios_tvm.benchgraphs import nasnet_large
 from ios_tvm.cost import AnalyticCost
 from ios_tvm.errors import IosTvmError
+from ios_tvm.models.opgraph import nasnet_large
 from ios_tvm.search import greedy_schedule
 from ios_tvm.units import collapse_chains
 

@@ -8,6 +8,11 @@ model (opset 17) with one input ``x`` and one output ``y``; convs have a bias an
 activation, there is no BatchNorm and no classifier (the output is the global average pool,
 except for the sample block). Weights are scaled so that activations stay O(1) through the
 deep networks (see :mod:`ios_tvm.models._builder`).
+
+Each network is defined once, against the builder interface of :mod:`ios_tvm.models._builder`
+(``define_<name>(b, batch)`` in its module); the builders here use its ONNX backend, and
+:mod:`ios_tvm.models.opgraph` its TVM-free :class:`~ios_tvm.graph.OpGraph` backend (the same
+networks as kernel or IOS-unit graphs for search benchmarks and tests).
 """
 
 from __future__ import annotations

@@ -1,11 +1,22 @@
-"""A small ONNX graph builder shared by the model zoo (:mod:`ios_tvm.models`).
+"""The builder interface the model zoo is written against, and its ONNX backend.
 
-:class:`OnnxBuilder` emits NCHW float32 ONNX nodes (opset 17) for the operators the IOS
-benchmark networks are made of: convolution with bias and a fused activation, max/average
-pooling, global average pooling, channel concat, element-wise sums, ReLU, and the separable
-unit ReLU -> depthwise kxk -> pointwise 1x1. It tracks every tensor's shape, names every node
-(``scope/name``, unique), and draws deterministic weights from one seeded generator in the order
-the layers are created.
+Every network of :mod:`ios_tvm.models` is defined once, as a function ``define_*(b, batch)``
+that calls the methods of :class:`NetBuilder` on ``b`` and returns ``b.finish(output)``. The
+backend decides what comes out:
+
+* :class:`OnnxBuilder` (here) emits an NCHW float32 ONNX model (opset 17) with deterministic
+  weights: what ``ios_tvm.models.<name>(batch, seed)`` returns;
+* :class:`ios_tvm.models.opgraph.OpGraphBuilder` emits an :class:`~ios_tvm.graph.OpGraph`
+  (no TVM) at kernel or IOS-unit granularity, for search benchmarks and tests.
+
+The operators are those the IOS benchmark networks are made of: convolution with bias and a
+fused activation, ``relu_conv`` (ReLU -> conv), the separable unit ReLU -> depthwise kxk ->
+pointwise 1x1, max/average pooling, global average pooling, channel concat, element-wise sums
+(``add``: an IOS ``Identity`` unit; ``lazy_sum``: a sum IOS folds into its consumer's input)
+and a standalone ReLU.
+
+:class:`OnnxBuilder` tracks every tensor's shape, names every node (``scope/name``, unique), and
+draws deterministic weights from one seeded generator in the order the layers are created.
 
 Weight scaling
 --------------
@@ -36,12 +47,15 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import UnsupportedGraphError
 
 #: ONNX opset and IR version of every zoo model (IR 8 loads in older ONNX Runtime releases).
 OPSET = 17
@@ -68,6 +82,93 @@ def _pair(v: IntPair) -> tuple[int, int]:
 
 def _out_size(size: int, kernel: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - kernel) // stride + 1
+
+
+def check_batch(batch: object) -> int:
+    """Return ``batch`` if it is a positive integer, else raise :class:`UnsupportedGraphError`."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise UnsupportedGraphError(f"batch must be a positive integer, got {batch!r}")
+    return batch
+
+
+class NetValue(Protocol):
+    """A value flowing between a network's operators (a backend's tensor handle)."""
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(N, C, H, W)``."""
+        ...
+
+    @property
+    def channels(self) -> int:
+        """``C``."""
+        ...
+
+
+class NetBuilder(Protocol):
+    """The operators a zoo network is defined with; see the module docstring.
+
+    Sizes (``kernel``, ``stride``, ``pad``) are an int or ``(h, w)``; padding is symmetric.
+    ``name`` names the node inside the current :meth:`scope`.
+    """
+
+    def scope(self, name: str) -> AbstractContextManager[None]:
+        """Prefix the names of the nodes created inside the ``with`` block by ``name/``."""
+        ...
+
+    def input(self, batch: int, channels: int, height: int, width: int,
+              name: str = "x") -> Any:
+        """Declare the graph input ``(batch, channels, height, width)``."""
+        ...
+
+    def finish(self, output: Any) -> Any:
+        """Return the built network (the backend's product) with ``output`` as its output."""
+        ...
+
+    def conv(self, x: Any, out: int, kernel: IntPair, stride: IntPair = 1, pad: IntPair = 0,
+             groups: int = 1, act: str | None = "relu", name: str = "conv") -> Any:
+        """Convolution with bias, then ``act`` (``"relu"`` or ``None``/``"identity"``)."""
+        ...
+
+    def relu_conv(self, x: Any, out: int, kernel: IntPair = 1, stride: IntPair = 1,
+                  pad: IntPair = 0, name: str = "relu_conv") -> Any:
+        """ReLU, then a convolution with bias and no activation (NASNet's ``relu_conv``)."""
+        ...
+
+    def sep_conv(self, x: Any, out: int, kernel: int, stride: int = 1, pad: int | None = None,
+                 name: str = "sep") -> Any:
+        """ReLU -> depthwise ``kernel`` (pad ``kernel // 2`` by default) -> pointwise 1x1."""
+        ...
+
+    def max_pool(self, x: Any, kernel: IntPair = 3, stride: IntPair = 2, pad: IntPair = 0,
+                 name: str = "maxpool") -> Any:
+        """Max pooling."""
+        ...
+
+    def avg_pool(self, x: Any, kernel: IntPair = 3, stride: IntPair = 1, pad: IntPair = 1,
+                 count_include_pad: bool = True, name: str = "avgpool") -> Any:
+        """Average pooling."""
+        ...
+
+    def global_avg_pool(self, x: Any, name: str = "gap") -> Any:
+        """Global average pooling to ``(N, C, 1, 1)``."""
+        ...
+
+    def concat(self, xs: Sequence[Any], name: str = "concat") -> Any:
+        """Concatenation on channels."""
+        ...
+
+    def add(self, xs: Sequence[Any], name: str = "add") -> Any:
+        """An element-wise sum that is a scheduling unit of its own (IOS ``Identity``)."""
+        ...
+
+    def lazy_sum(self, xs: Sequence[Any], name: str = "add") -> Any:
+        """An element-wise sum that IOS folds into the input of its consumer."""
+        ...
+
+    def relu(self, x: Any, name: str = "relu") -> Any:
+        """A standalone ReLU."""
+        ...
 
 
 def _valid_fraction(size: int, kernel: int, stride: int, pad: int) -> float:
@@ -138,7 +239,7 @@ class Tensor:
 
 
 class OnnxBuilder:
-    """Accumulates ONNX nodes and initializers for one NCHW float32 network.
+    """Accumulates ONNX nodes and initializers for one NCHW float32 network (the ONNX backend).
 
     Parameters
     ----------
@@ -201,9 +302,7 @@ class OnnxBuilder:
 
         The moment estimates assume it is standard normal.
         """
-        if batch < 1:
-            raise ValueError(f"batch must be a positive integer, got {batch}")
-        t = Tensor(name, (batch, channels, height, width), 0.0, 1.0)
+        t = Tensor(name, (check_batch(batch), channels, height, width), 0.0, 1.0)
         self._used.add(name)
         self.inputs.append(t)
         self.tensors[name] = t
@@ -391,3 +490,7 @@ class OnnxBuilder:
             base = name if len(xs) == 2 else f"{name}{i}"
             acc = self._emit("Add", [acc.name, t.name], base, acc.shape, mean, m2)
         return acc
+
+    def lazy_sum(self, xs: Sequence[Tensor], name: str = "add") -> Tensor:
+        """A sum IOS folds into its consumer's input; in ONNX the same as :meth:`add`."""
+        return self.add(xs, name)

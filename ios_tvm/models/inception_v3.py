@@ -17,6 +17,8 @@ with bias and a fused ReLU, stride 1 and no padding unless given:
 * global average pool -> ``y`` of shape ``(batch, 2048, 1, 1)``.
 
 94 convolutions, 14 poolings (13 + the global one) and 11 concats: the paper's 119 units.
+:func:`define_inception_block` is one Inception-A module on its own (by default the first,
+Mixed_5b, on a 192x35x35 input): 9 ops, width 4, whose three 1x1 convs may merge.
 
 Choice where the IOS sources leave it open: the 3x3 average pools count the zero padding
 (``count_include_pad=1``), as torchvision's ``F.avg_pool2d`` does by default.
@@ -24,14 +26,16 @@ Choice where the IOS sources leave it open: the 3x3 average pools count the zero
 
 from __future__ import annotations
 
+from typing import Any
+
 import onnx
 
-from ._builder import OnnxBuilder, Tensor
+from ._builder import NetBuilder, NetValue, OnnxBuilder
 
-__all__ = ["inception_v3"]
+__all__ = ["define_inception_block", "define_inception_v3", "inception_v3"]
 
 
-def _inception_a(b: OnnxBuilder, x: Tensor, pool_features: int) -> Tensor:
+def _inception_a(b: NetBuilder, x: NetValue, pool_features: int) -> NetValue:
     br1 = b.conv(x, 64, 1, name="branch1x1")
     br5 = b.conv(x, 48, 1, name="branch5x5_1")
     br5 = b.conv(br5, 64, 5, pad=2, name="branch5x5_2")
@@ -43,7 +47,7 @@ def _inception_a(b: OnnxBuilder, x: Tensor, pool_features: int) -> Tensor:
     return b.concat([br1, br5, br3, bp])
 
 
-def _inception_b(b: OnnxBuilder, x: Tensor) -> Tensor:
+def _inception_b(b: NetBuilder, x: NetValue) -> NetValue:
     br3 = b.conv(x, 384, 3, stride=2, name="branch3x3")
     brd = b.conv(x, 64, 1, name="branch3x3dbl_1")
     brd = b.conv(brd, 96, 3, pad=1, name="branch3x3dbl_2")
@@ -52,7 +56,7 @@ def _inception_b(b: OnnxBuilder, x: Tensor) -> Tensor:
     return b.concat([br3, brd, bp])
 
 
-def _inception_c(b: OnnxBuilder, x: Tensor, c7: int) -> Tensor:
+def _inception_c(b: NetBuilder, x: NetValue, c7: int) -> NetValue:
     br1 = b.conv(x, 192, 1, name="branch1x1")
     br7 = b.conv(x, c7, 1, name="branch7x7_1")
     br7 = b.conv(br7, c7, (1, 7), pad=(0, 3), name="branch7x7_2")
@@ -67,7 +71,7 @@ def _inception_c(b: OnnxBuilder, x: Tensor, c7: int) -> Tensor:
     return b.concat([br1, br7, brd, bp])
 
 
-def _inception_d(b: OnnxBuilder, x: Tensor) -> Tensor:
+def _inception_d(b: NetBuilder, x: NetValue) -> NetValue:
     br3 = b.conv(x, 192, 1, name="branch3x3_1")
     br3 = b.conv(br3, 320, 3, stride=2, name="branch3x3_2")
     br7 = b.conv(x, 192, 1, name="branch7x7x3_1")
@@ -78,7 +82,7 @@ def _inception_d(b: OnnxBuilder, x: Tensor) -> Tensor:
     return b.concat([br3, br7, bp])
 
 
-def _inception_e(b: OnnxBuilder, x: Tensor) -> Tensor:
+def _inception_e(b: NetBuilder, x: NetValue) -> NetValue:
     br1 = b.conv(x, 320, 1, name="branch1x1")
     br3 = b.conv(x, 384, 1, name="branch3x3_1")
     br3a = b.conv(br3, 384, (1, 3), pad=(0, 1), name="branch3x3_2a")
@@ -107,7 +111,11 @@ def inception_v3(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
     onnx.ModelProto
         Input ``x``, output ``y`` of shape ``(batch, 2048, 1, 1)`` (the global average pool).
     """
-    b = OnnxBuilder("inception_v3", seed)
+    return define_inception_v3(OnnxBuilder("inception_v3", seed), batch)
+
+
+def define_inception_v3(b: NetBuilder, batch: int = 1) -> Any:
+    """Define Inception V3 on ``b`` (see the module docstring); returns ``b.finish(y)``."""
     x = b.input(batch, 3, 299, 299)
     with b.scope("front"):
         x = b.conv(x, 32, 3, stride=2, name="Conv2d_1a_3x3")  # 149
@@ -131,4 +139,23 @@ def inception_v3(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
         with b.scope(name):
             x = _inception_e(b, x)
     y = b.global_avg_pool(x, name="avgpool")
+    return b.finish(y)
+
+
+def define_inception_block(b: NetBuilder, batch: int = 1, channels: int = 192, size: int = 35,
+                           pool_features: int = 32) -> Any:
+    """Define one Inception-A module (scope ``Mixed_5b``) on ``b``; returns ``b.finish(y)``.
+
+    Parameters
+    ----------
+    b
+        The builder (backend).
+    batch, channels, size
+        Input shape ``(batch, channels, size, size)``.
+    pool_features
+        Output channels of the pool branch; the output has ``224 + pool_features`` channels.
+    """
+    x = b.input(batch, channels, size, size)
+    with b.scope("Mixed_5b"):
+        y = _inception_a(b, x, pool_features)
     return b.finish(y)

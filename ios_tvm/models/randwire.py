@@ -17,7 +17,8 @@ nodes' outputs (in index order). Nodes are created in Kahn order with a LIFO sta
 does, which fixes the order of the ONNX nodes and of the weight draws.
 
 226 convolutions (1 + 2 x 112 + 1); 120 IOS units (front 1, stages 17 + 33 x 3 including
-the exit sums, tail 3).
+the exit sums, tail 3): a node's input sum folds into its unit (``lazy_sum``), the exit sum
+is an ``Identity`` unit of its own (``add``).
 
 Follows IOS where it differs from the RandWire paper: plain sums instead of sigmoid-weighted
 ones, a sum (not an average) at the stage output, no BatchNorm, no classifier.
@@ -25,46 +26,71 @@ ones, a sum (not an average) at the stage output, no BatchNorm, no classifier.
 
 from __future__ import annotations
 
+import os
 from importlib import resources
+from typing import Any
 
 import onnx
 
-from ._builder import OnnxBuilder, Tensor
+from ..errors import UnsupportedGraphError
+from ._builder import NetBuilder, NetValue, OnnxBuilder
 
-__all__ = ["RANDWIRE_GRAPHS", "randwire", "read_randwire_graph"]
+__all__ = ["RANDWIRE_GRAPHS", "define_randwire", "load_randwire_graph", "randwire"]
 
 #: Graph files of the four random stages, in stage order.
 RANDWIRE_GRAPHS = ("ws-16-4-0.75-2", "ws-32-4-0.75-3", "ws-32-4-0.75-4", "ws-32-4-0.75-5")
 
 
-def read_randwire_graph(name: str) -> tuple[int, list[tuple[int, int]]]:
-    """Read a shipped RandWire graph file.
+def load_randwire_graph(path: str | os.PathLike[str]) -> tuple[int, list[tuple[int, int]]]:
+    """Read a RandWire graph file: node count and edges ``(u, v)`` with ``u < v``.
+
+    The format is IOS's: the node count ``n``, the edge count ``m``, then ``m`` pairs ``u v``.
 
     Parameters
     ----------
-    name
-        File name without ``.txt``, e.g. ``"ws-16-4-0.75-2"``.
+    path
+        A file path, or the name of a shipped graph (e.g. ``"ws-16-4-0.75-2"``, with or without
+        ``.txt``; see :data:`RANDWIRE_GRAPHS`).
 
     Returns
     -------
-    tuple[int, list[tuple[int, int]]]
-        The node count ``n`` and the edges ``(u, v)`` in file order, ``u < v``.
+    tuple of int and list of tuple of int
+        ``(n, edges)``, the edges in file order.
+
+    Raises
+    ------
+    UnsupportedGraphError
+        No such shipped graph, or a malformed file (named in the message).
     """
-    res = resources.files(__package__).joinpath("randwire_graphs", f"{name}.txt")
-    tokens = res.read_text(encoding="utf-8").split()
-    n, m = int(tokens[0]), int(tokens[1])
-    vals = [int(t) for t in tokens[2:2 + 2 * m]]
-    if len(vals) != 2 * m:
-        raise ValueError(f"RandWire graph {name}: expected {m} edges, found {len(vals) // 2}")
-    edges = list(zip(vals[0::2], vals[1::2], strict=True))
+    name = os.fspath(path)
+    if os.path.sep not in name and not os.path.exists(name):
+        fname = name if name.endswith(".txt") else f"{name}.txt"
+        res = resources.files(__package__).joinpath("randwire_graphs", fname)
+        if not res.is_file():
+            raise UnsupportedGraphError(f"no packaged RandWire graph {name!r}; packaged: "
+                                        f"{', '.join(RANDWIRE_GRAPHS)}")
+        text = res.read_text(encoding="utf-8")
+    else:
+        with open(name, encoding="utf-8") as f:
+            text = f.read()
+    tokens = text.split()
+    try:
+        n, m = int(tokens[0]), int(tokens[1])
+        nums = [int(t) for t in tokens[2:2 + 2 * m]]
+    except (IndexError, ValueError) as e:
+        raise UnsupportedGraphError(f"malformed RandWire graph file {name!r}: {e}") from None
+    if len(nums) != 2 * m:
+        raise UnsupportedGraphError(f"RandWire graph file {name!r} lists fewer than {m} edges")
+    edges = list(zip(nums[0::2], nums[1::2], strict=True))
     for u, v in edges:
         if not 0 <= u < v < n:
-            raise ValueError(f"RandWire graph {name}: bad edge ({u}, {v}) for n = {n}")
+            raise UnsupportedGraphError(f"RandWire graph file {name!r}: bad edge ({u}, {v}) "
+                                        f"for n = {n}")
     return n, edges
 
 
-def _stage(b: OnnxBuilder, x: Tensor, channels: int, graph: str) -> Tensor:
-    n, edges = read_randwire_graph(graph)
+def _stage(b: NetBuilder, x: NetValue, channels: int, graph: str) -> NetValue:
+    n, edges = load_randwire_graph(graph)
     indeg = [0] * n
     outs: list[list[int]] = [[] for _ in range(n)]
     ins: list[list[int]] = [[] for _ in range(n)]
@@ -72,13 +98,12 @@ def _stage(b: OnnxBuilder, x: Tensor, channels: int, graph: str) -> Tensor:
         indeg[v] += 1
         outs[u].append(v)
         ins[v].append(u)
-    out: list[Tensor | None] = [None] * n
+    out: list[Any] = [None] * n
     stack = [u for u in range(n) if indeg[u] == 0]
     while stack:
         u = stack.pop()
         if ins[u]:
-            preds = [out[p] for p in ins[u]]
-            src = b.add([p for p in preds if p is not None], name=f"node{u}/in")
+            src = b.lazy_sum([out[p] for p in ins[u]], name=f"node{u}/in")
             out[u] = b.sep_conv(src, channels, 3, 1, name=f"node{u}")
         else:
             out[u] = b.sep_conv(x, channels, 3, 2, name=f"node{u}")
@@ -86,8 +111,7 @@ def _stage(b: OnnxBuilder, x: Tensor, channels: int, graph: str) -> Tensor:
             indeg[v] -= 1
             if indeg[v] == 0:
                 stack.append(v)
-    sinks = [t for u, t in enumerate(out) if not outs[u] and t is not None]
-    return b.add(sinks, name="exit")
+    return b.add([out[u] for u in range(n) if not outs[u]], name="exit")
 
 
 def randwire(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
@@ -105,14 +129,17 @@ def randwire(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
     onnx.ModelProto
         Input ``x``, output ``y`` of shape ``(batch, 1280, 1, 1)``.
     """
-    c = 154
-    b = OnnxBuilder("randwire", seed)
+    return define_randwire(OnnxBuilder("randwire", seed), batch)
+
+
+def define_randwire(b: NetBuilder, batch: int = 1, channels: int = 154) -> Any:
+    """Define RandWire-WS with C = ``channels`` on ``b``; returns ``b.finish(y)``."""
     x = b.input(batch, 3, 224, 224)
     with b.scope("front"):
-        x = b.conv(x, c // 2, 3, stride=2, pad=1, act=None, name="conv")  # 77 x 112 x 112
+        x = b.conv(x, channels // 2, 3, stride=2, pad=1, act=None, name="conv")  # 77x112x112
     for i, graph in enumerate(RANDWIRE_GRAPHS):
         with b.scope(f"stage{i + 1}"):
-            x = _stage(b, x, c * 2 ** i, graph)
+            x = _stage(b, x, channels * 2 ** i, graph)
     with b.scope("tail"):
         x = b.relu(x)
         x = b.conv(x, 1280, 1, act=None, name="conv")

@@ -11,7 +11,8 @@ classifier, as IOS models have no BatchNorm; every conv has a bias:
   shortcut 1x1 (4 x width, stride s), no activation; the others use the identity;
 * global average pool -> ``y`` of shape ``(batch, 2048, 1, 1)``.
 
-53 convolutions; 86 IOS units (stem 2, 16 x (3 convs + add + ReLU), 4 projections).
+53 convolutions; 86 IOS units (stem 2, 16 x (3 convs + add + ReLU), 4 projections; IOS's
+ResNet has no global pool, so its graph at IOS granularity, which has one, has 87 nodes).
 
 Choices: the stride of a downsampling bottleneck sits on its 3x3 conv (torchvision v1.5;
 IOS's ``resnet.py`` and the original paper put it on the first 1x1), and the projection has
@@ -21,14 +22,16 @@ no activation (IOS's has a ReLU). IOS's own ``resnet50`` has a bug (its last 1x1
 
 from __future__ import annotations
 
+from typing import Any
+
 import onnx
 
-from ._builder import OnnxBuilder, Tensor
+from ._builder import NetBuilder, NetValue, OnnxBuilder
 
-__all__ = ["resnet50"]
+__all__ = ["define_resnet50", "resnet50"]
 
 
-def _bottleneck(b: OnnxBuilder, x: Tensor, width: int, stride: int) -> Tensor:
+def _bottleneck(b: NetBuilder, x: NetValue, width: int, stride: int) -> NetValue:
     out = 4 * width
     if stride != 1 or x.channels != out:
         shortcut = b.conv(x, out, 1, stride=stride, act=None, name="downsample")
@@ -56,7 +59,11 @@ def resnet50(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
     onnx.ModelProto
         Input ``x``, output ``y`` of shape ``(batch, 2048, 1, 1)``.
     """
-    b = OnnxBuilder("resnet50", seed)
+    return define_resnet50(OnnxBuilder("resnet50", seed), batch)
+
+
+def define_resnet50(b: NetBuilder, batch: int = 1) -> Any:
+    """Define ResNet-50 on ``b`` (see the module docstring); returns ``b.finish(y)``."""
     x = b.input(batch, 3, 224, 224)
     with b.scope("stem"):
         x = b.conv(x, 64, 7, stride=2, pad=3, name="conv1")  # 112

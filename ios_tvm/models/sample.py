@@ -1,14 +1,20 @@
 """The IOS sample block: three convolutions on one input, a fourth after the first, a concat.
 
 This is the toy block of the IOS paper's utilisation study (§4.8 of our brief): small enough
-to build in a second, wide enough (three independent branches) to show concurrency.
+to build in a second, wide enough (three independent branches) to show concurrency. Every
+conv is 3x3 (padding 1) with a bias and a ReLU and keeps the channels; the output concatenates
+``conv_d(conv_a(x))``, ``conv_b(x)`` and ``conv_c(x)``.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
+
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+
+from ._builder import NetBuilder, OnnxBuilder
+
+__all__ = ["define_sample_block", "sample_block"]
 
 
 def sample_block(batch: int = 1, channels: int = 64, size: int = 28,
@@ -27,33 +33,15 @@ def sample_block(batch: int = 1, channels: int = 64, size: int = 28,
     onnx.ModelProto
         Input ``x``, output ``y`` of shape ``(batch, 3 * channels, size, size)``.
     """
-    rng = np.random.default_rng(seed)
-    inits = []
-    nodes = []
+    return define_sample_block(OnnxBuilder("ios_sample_block", seed), batch, channels, size)
 
-    def conv(name: str, src: str) -> str:
-        w = rng.standard_normal((channels, channels, 3, 3)) / np.sqrt(9 * channels)
-        b = (0.1 * rng.standard_normal(channels)).astype("float32")
-        inits.extend([numpy_helper.from_array(w.astype("float32"), f"{name}.weight"),
-                      numpy_helper.from_array(b, f"{name}.bias")])
-        nodes.append(helper.make_node("Conv", [src, f"{name}.weight", f"{name}.bias"],
-                                      [f"{name}.c"], name=name, kernel_shape=[3, 3],
-                                      pads=[1, 1, 1, 1]))
-        nodes.append(helper.make_node("Relu", [f"{name}.c"], [name], name=f"{name}.relu"))
-        return name
 
-    a = conv("conv_a", "x")
-    b = conv("conv_b", "x")
-    c = conv("conv_c", "x")
-    d = conv("conv_d", a)
-    nodes.append(helper.make_node("Concat", [d, b, c], ["y"], name="concat", axis=1))
-    graph = helper.make_graph(
-        nodes, "ios_sample_block",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, channels, size, size])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3 * channels, size, size])],
-        inits)
-    model = helper.make_model(graph, producer_name="ios_tvm",
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+def define_sample_block(b: NetBuilder, batch: int = 1, channels: int = 64,
+                        size: int = 28) -> Any:
+    """Define the sample block on ``b`` (see :func:`sample_block`); returns ``b.finish(y)``."""
+    x = b.input(batch, channels, size, size)
+    a = b.conv(x, channels, 3, pad=1, name="conv_a")
+    bb = b.conv(x, channels, 3, pad=1, name="conv_b")
+    c = b.conv(x, channels, 3, pad=1, name="conv_c")
+    d = b.conv(a, channels, 3, pad=1, name="conv_d")
+    return b.finish(b.concat([d, bb, c], name="concat"))

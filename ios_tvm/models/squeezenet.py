@@ -20,14 +20,16 @@ then 55x55 after the first pool), no dropout and no softmax.
 
 from __future__ import annotations
 
+from typing import Any
+
 import onnx
 
-from ._builder import OnnxBuilder, Tensor
+from ._builder import NetBuilder, NetValue, OnnxBuilder
 
-__all__ = ["squeezenet"]
+__all__ = ["define_squeezenet", "squeezenet"]
 
 
-def _fire(b: OnnxBuilder, x: Tensor, squeeze: int, expand: int) -> Tensor:
+def _fire(b: NetBuilder, x: NetValue, squeeze: int, expand: int) -> NetValue:
     s = b.conv(x, squeeze, 1, name="squeeze")
     e3 = b.conv(s, expand, 3, pad=1, name="expand3x3")
     e1 = b.conv(s, expand, 1, name="expand1x1")
@@ -51,7 +53,11 @@ def squeezenet(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
     onnx.ModelProto
         Input ``x``, output ``y`` of shape ``(batch, 1000, 1, 1)``.
     """
-    b = OnnxBuilder("squeezenet", seed)
+    return define_squeezenet(OnnxBuilder("squeezenet", seed), batch)
+
+
+def define_squeezenet(b: NetBuilder, batch: int = 1) -> Any:
+    """Define SqueezeNet on ``b`` (see the module docstring); returns ``b.finish(y)``."""
     x = b.input(batch, 3, 224, 224)
     with b.scope("front"):
         x = b.conv(x, 96, 7, stride=2, pad=3, name="conv1")  # 112
