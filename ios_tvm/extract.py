@@ -26,6 +26,7 @@ can find every kernel's arguments. Constant values are not copied into the OpGra
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from tvm import relax
 from .errors import IosTvmError, UnsupportedGraphError
 from .frontend import ShapeDict, _entry_function, _num_inputs, load_model
 from .graph import OpGraph, OpNode, TensorInfo
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "KERNEL_INFO_ATTR", "OP_PATTERN_KINDS", "Extraction", "TensorSource", "extract_graph",
@@ -286,26 +289,169 @@ def _scheduled_kernels(mod: tvm.IRModule) -> set[str]:
 CPU_LAYOUTS = ("NHWC", "NCHW")
 
 
+#: Relax ops that ConvertLayout is trusted to carry a converted layout through: elementwise
+#: and broadcasting ops, pools, concat/split and reductions, the ops around convolutions in CNNs
+#: (tests/test_onnx_robustness.py checks each against NCHW). Every other op that has a layout
+#: rule is hidden from the pass (see :func:`convert_conv_layout`): TVM 0.27's rules for some
+#: of them fail (``stack`` of converted tensors: "Invalid SLayout"), and a layout choice must
+#: never make a valid model fail.
+LAYOUT_SAFE_OPS = frozenset({
+    "relax.nn.conv2d",
+    # elementwise
+    "relax.abs", "relax.astype", "relax.ceil", "relax.cos", "relax.erf", "relax.exp",
+    "relax.floor", "relax.log", "relax.negative", "relax.round", "relax.rsqrt",
+    "relax.sigmoid", "relax.sign", "relax.sin", "relax.sqrt", "relax.square", "relax.tanh",
+    "relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.relu", "relax.nn.silu",
+    "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
+    "relax.minimum", "relax.power",
+    # pools, channel concat/split, reductions
+    "relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d",
+    "relax.concat", "relax.split", "relax.mean", "relax.sum", "relax.max", "relax.min",
+})
+
+_KEEP_PREFIX = "ios_tvm_keep_layout"
+
+
+def _needs_hiding(op: Any) -> bool:
+    """Whether ConvertLayout would apply an untrusted layout rule to a call of ``op``."""
+    return (isinstance(op, tvm.ir.Op) and op.name not in LAYOUT_SAFE_OPS
+            and op.get_attr("FRelaxInferLayout") is not None)
+
+
+def _layout_work(mod: tvm.IRModule) -> bool:
+    """Whether any binding needs :func:`_hide_from_layout_pass` (none in a plain CNN)."""
+    for func in _relax_functions(mod):
+        for b in _bindings(func):
+            if isinstance(b, relax.MatchCast) and not isinstance(b.value, relax.Var):
+                return True
+            if isinstance(b.value, relax.Call) and _needs_hiding(b.value.op):
+                return True
+    return False
+
+
+def _sub_vars(e: Any, fn: Any) -> Any:
+    """``e`` with each Var replaced by ``fn(var)``, through (nested) tuples."""
+    if isinstance(e, relax.Var):
+        return fn(e)
+    if isinstance(e, relax.Tuple):
+        return relax.Tuple([_sub_vars(f, fn) for f in e.fields])
+    return e
+
+
+@relax.expr_functor.mutator
+class _HideFromLayout(relax.PyExprMutator):
+    """Moves each call of an untrusted op into a private function of its own.
+
+    ConvertLayout gives calls of functions (not ops) the default policy: their arguments are
+    converted back to the original layout, and their result is in it. A ``match_cast`` of a
+    call gets the call bound to a var first (TVM 0.27's pass fails on a ``match_cast`` whose
+    value is a call whose layout it does not know, e.g. ``NonZero``, ``Range``).
+    """
+
+    def __init__(self, mod: tvm.IRModule) -> None:
+        super().__init__(mod)
+        self.hidden: dict[str, tuple[list[Any], Any]] = {}  # function -> (params, call)
+
+    def visit_call_(self, call: Any) -> Any:
+        call = super().visit_call_(call)
+        if not _needs_hiding(call.op):
+            return call
+        outer: list[Any] = []
+        params: list[Any] = []
+
+        def param(v: Any) -> Any:
+            outer.append(v)
+            params.append(relax.Var(v.name, v.ty))
+            return params[-1]
+
+        inner = relax.Call(call.op, [_sub_vars(a, param) for a in call.args], call.attrs,
+                           call.ty_args)
+        name = f"{_KEEP_PREFIX}{len(self.hidden)}"
+        bb = relax.BlockBuilder()
+        with bb.function(name, params, private=True):
+            bb.emit_func_output(bb.emit(inner))
+        gv = self.builder_.add_func(bb.get()[name], name)
+        self.hidden[gv.name_hint] = (params, inner)
+        return relax.Call(gv, outer)
+
+    def visit_match_cast_(self, binding: Any) -> None:
+        value = self.visit_expr(binding.value)
+        if not isinstance(value, relax.Var):
+            value = self.builder_.emit(value)
+        self.builder_.emit_normalized(relax.MatchCast(binding.var, value, binding.ty))
+
+
+@relax.expr_functor.mutator
+class _RestoreHidden(relax.PyExprMutator):
+    """Puts the calls :class:`_HideFromLayout` moved out back in place of their functions."""
+
+    def __init__(self, mod: tvm.IRModule, hidden: Mapping[str, tuple[list[Any], Any]]) -> None:
+        super().__init__(mod)
+        self.hidden = hidden
+
+    def visit_call_(self, call: Any) -> Any:
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, tvm.ir.GlobalVar) and call.op.name_hint in self.hidden):
+            return call
+        # By position: ConvertLayout also rebuilds the private functions, with new params.
+        params, inner = self.hidden[call.op.name_hint]
+        args = dict(zip(params, call.args, strict=True))
+        return relax.Call(inner.op, [_sub_vars(a, lambda v: args[v]) for a in inner.args],
+                          inner.attrs, inner.ty_args)
+
+
+def _map_relax_functions(mod: tvm.IRModule, mutator: Any) -> tvm.IRModule:
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function) and not gv.name_hint.startswith(_KEEP_PREFIX):
+            mutator.builder_.update_func(gv, mutator.visit_expr(func))
+    return mutator.builder_.get()
+
+
+def _convert_layout_robust(mod: tvm.IRModule, desired: Mapping[str, list[str]]
+                           ) -> tvm.IRModule:
+    """ConvertLayout that converts only :data:`LAYOUT_SAFE_OPS` and keeps the rest as is."""
+    convert = relax.transform.ConvertLayout(dict(desired))
+    if not _layout_work(mod):
+        return convert(mod)
+    hide = _HideFromLayout(mod)
+    hidden = _map_relax_functions(mod, hide)
+    converted = convert(hidden)
+    restored = _map_relax_functions(converted, _RestoreHidden(converted, hide.hidden))
+    keep = [gv for gv in restored.get_global_vars() if gv.name_hint in hide.hidden]
+    for gv in keep:
+        del restored[gv]
+    return restored
+
+
 def convert_conv_layout(mod: tvm.IRModule, layout: str) -> tvm.IRModule:
     """Give every 2-D convolution ``layout`` (``"NHWC"``: weights ``HWIO``; ``"NCHW"``: as is).
 
     Relax's ConvertLayout rewrites the convs and carries the layout through the elementwise
-    ops, pools and concats around them, so transposes remain only where the model's inputs
-    enter and its outputs leave; FoldConstant then transposes constant weights once, at
-    build time. Why NHWC on CPU: the output channels become the innermost axis, which every
-    conv has in multiples of the vector width and which the weights (HWIO) are contiguous
-    along, so :mod:`ios_tvm.cpu_schedule` vectorises over channels; in NCHW it must
-    vectorise along the image width, and widths such as 17, 35 or 71 leave the vector units
-    mostly idle (Inception V3's convs ran at scalar speed).
+    ops, pools and concats around them (:data:`LAYOUT_SAFE_OPS`), so transposes remain only
+    where the model's inputs enter and its outputs leave, and around other ops, which keep
+    the model's layout; FoldConstant then transposes constant weights once, at build time.
+    If the conversion still fails, the model keeps its layout (a logged warning): a layout is
+    a speed choice and must not make a valid model fail. Why NHWC on CPU: the output
+    channels become the innermost axis, which every conv has in multiples of the vector
+    width and which the weights (HWIO) are contiguous along, so :mod:`ios_tvm.cpu_schedule`
+    vectorises over channels; in NCHW it must vectorise along the image width, and widths
+    such as 17, 35 or 71 leave the vector units mostly idle (Inception V3's convs ran at
+    scalar speed).
     """
     if layout == "NCHW":
         return mod
     if layout != "NHWC":
         raise IosTvmError(f"unknown CPU conv layout {layout!r}; choose from {CPU_LAYOUTS}")
-    mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
-    mod = relax.transform.FoldConstant()(mod)
+    try:
+        converted = _convert_layout_robust(mod, {"relax.nn.conv2d": ["NHWC", "HWIO"]})
+    except Exception as e:  # TVM raises InternalError, ValueError, TypeError, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+        logger.warning("converting the convolutions to NHWC failed in TVM (%s); keeping the "
+                       "model's layout", first)
+        return mod
+    converted = relax.transform.FoldConstant()(converted)
     # ConvertLayout transposes a tensor once per consumer; keep one transpose per tensor.
-    return relax.transform.EliminateCommonSubexpr()(mod)
+    return relax.transform.EliminateCommonSubexpr()(converted)
 
 
 def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm", *,
@@ -538,10 +684,12 @@ def _static_shape(ty: Any, what: str) -> tuple[tuple[int, ...], str]:
 
 
 class _Extractor:
-    def __init__(self, mod: tvm.IRModule, fname: str, kinfo: Mapping[str, Any]) -> None:
+    def __init__(self, mod: tvm.IRModule, fname: str, kinfo: Mapping[str, Any],
+                 lowered: bool = False) -> None:
         self.mod = mod
         self.fname = fname
         self.kinfo = kinfo
+        self.lowered = lowered  # by lower_to_kernels (it records KERNEL_INFO_ATTR)
         self.val: dict[Any, _Value] = {}
         self.tensors: dict[str, TensorInfo] = {}
         self.sources: dict[str, TensorSource] = {}
@@ -664,12 +812,7 @@ class _Extractor:
                 if name in _VIEW_OPS:
                     self.view(var, e, where)
                     return
-                raise UnsupportedGraphError(
-                    f"{where} calls {name}, which is neither a kernel call (call_tir, "
-                    "call_dps_packed) nor a view; lower the module with lower_to_kernels first"
-                    if not name.startswith(("relax.builtin", "relax.vm", "relax.memory"))
-                    else f"{where} calls {name}, which is not supported in a schedulable "
-                         "dataflow (expected call_tir / call_dps_packed / reshape)")
+                raise UnsupportedGraphError(self.not_a_kernel(where, e))
             if isinstance(e.op, tvm.ir.GlobalVar):
                 callee = self.mod[e.op]
                 what = "Relax function" if isinstance(callee, relax.Function) else "function"
@@ -681,6 +824,24 @@ class _Extractor:
         raise UnsupportedGraphError(
             f"{where} binds a {type(e).__name__} ({_short(e)}), which is not supported; "
             "expected a dataflow of kernel calls")
+
+    def not_a_kernel(self, where: str, call: Any) -> str:
+        """Why a call that is not a kernel cannot be scheduled (for the error message)."""
+        name = call.op.name
+        if name == "relax.call_pure_packed" and call.args:
+            name = f"{name}({_short(call.args[0])})"
+        if self.lowered:
+            # lower_to_kernels turned every op it could into a kernel; what is left runs in
+            # TVM's VM, which here means shapes computed from values at run time.
+            return (f"{where} calls {name}, which TVM's lowering leaves to run time: the model "
+                    "computes a shape from tensor values (a data-dependent or dynamic shape, "
+                    "e.g. NonZero, or Range/Reshape/Expand of a computed size); ios-tvm "
+                    "schedules static shapes only")
+        if name.startswith(("relax.builtin", "relax.vm", "relax.memory")):
+            return (f"{where} calls {name}, which is not supported in a schedulable dataflow "
+                    "(expected call_tir / call_dps_packed / reshape)")
+        return (f"{where} calls {name}, which is neither a kernel call (call_tir, "
+                "call_dps_packed) nor a view; lower the module with lower_to_kernels first")
 
     def view(self, var: Any, call: Any, where: str) -> None:
         base = self.tensor_arg(call.args[0], where)
@@ -876,7 +1037,7 @@ def extract_graph(mod: tvm.IRModule, func_name: str | None = None) -> Extraction
                 target = tvm.target.Target(json.loads(data["target"]))
             except Exception:
                 target = data["target"]
-    ex = _Extractor(mod, fname, kinfo)
+    ex = _Extractor(mod, fname, kinfo, lowered=record is not None)
     graph = ex.run()
     return Extraction(graph, mod, fname, ex.var_of_node, ex.kernel_of_node, ex.call_of_node,
                       ex.sources, ex.inplace, target)

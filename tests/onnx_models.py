@@ -16,6 +16,8 @@ Builders:
 - :func:`split_model`: a Split, i.e. a kernel with two outputs.
 - :func:`unsupported_op_model`, :func:`custom_domain_model`: ops TVM's ONNX importer lacks.
 - :func:`if_model`: control flow (an ONNX If).
+- :func:`sum_conv_model`, :func:`range_model`, :func:`nonzero_model`: ops around convs that
+  TVM's NHWC layout conversion could not handle (issue 17).
 """
 
 from __future__ import annotations
@@ -265,3 +267,48 @@ def if_model() -> onnx.ModelProto:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def sum_conv_model(channels: int = 4, size: int = 8) -> onnx.ModelProto:
+    """Convs fed by multi-input ``Sum`` nodes (imported as ``stack`` + ``sum``); output ``y``.
+
+    ``Sum(x, relu(x), sigmoid(x)) -> conv -> Sum(conv, x, relu) -> conv``.
+    """
+    b = _Builder(seed=10)
+    c = channels
+    (r,) = b.op("Relu", ["x"])
+    (g,) = b.op("Sigmoid", ["x"])
+    (s,) = b.op("Sum", ["x", r, g])
+    h = b.conv(s, c, c, 3)
+    (s2,) = b.op("Sum", [h, "x", r])
+    b.conv(s2, c, c, 3, out="y")
+    return b.model([_input("x", (1, c, size, size))], ["y"], "sum_conv_model")
+
+
+def range_model(channels: int = 4, size: int = 8) -> onnx.ModelProto:
+    """``conv(x) + Cast(Range(0, size, 1))``: a Range of constants added to a conv output."""
+    b = _Builder(seed=11)
+    c = channels
+    h = b.conv("x", c, c, 3)
+    start, limit, delta = (b.name(n) for n in ("start", "limit", "delta"))
+    for name, v in ((start, 0), (limit, size), (delta, 1)):
+        b.inits.append(onnx.numpy_helper.from_array(np.int64(v), name))
+    (r,) = b.op("Range", [start, limit, delta])
+    (rf,) = b.op("Cast", [r], to=TensorProto.FLOAT)
+    b.op("Add", [h, rf], out="y")
+    return b.model([_input("x", (1, c, size, size))], ["y"], "range_model")
+
+
+def nonzero_model(channels: int = 4, size: int = 8) -> onnx.ModelProto:
+    """conv + (number of non-zeros of a constant mask, via NonZero): a data-dependent shape."""
+    b = _Builder(seed=12)
+    c = channels
+    h = b.conv("x", c, c, 3)
+    mask = b.name("mask")
+    b.inits.append(onnx.numpy_helper.from_array(
+        (np.arange(size) % 3 == 0).astype(np.float32).reshape(1, size), mask))
+    (nz,) = b.op("NonZero", [mask])
+    (nzf,) = b.op("Cast", [nz], to=TensorProto.FLOAT)
+    (s,) = b.op("ReduceSum", [nzf], keepdims=0)
+    b.op("Add", [h, s], out="y")
+    return b.model([_input("x", (1, c, size, size))], ["y"], "nonzero_model")
