@@ -253,17 +253,13 @@ def _add_torch_runners(proto: Any, inputs: Mapping[str, np.ndarray], device_type
 
 # -- the benchmark ---------------------------------------------------------------------------------
 def resolve_model(model: Any, batch_size: int = 1) -> tuple[str, Any]:
-    """A display name and the model: a zoo name becomes its ONNX ModelProto at ``batch_size``."""
-    from .models import BUILTIN_MODELS
+    """A display name and the model (:func:`ios_tvm.models.resolve_model`)."""
+    from .models import resolve_model as resolve
 
-    if isinstance(model, str) and model in BUILTIN_MODELS:
-        return model, BUILTIN_MODELS[model](batch=batch_size)
-    if isinstance(model, (str, os.PathLike)):
+    loaded = resolve(model, batch_size)
+    if isinstance(model, str | os.PathLike):
         path = Path(model)
-        if not path.exists():
-            raise IosTvmError(f"model {str(model)!r} is neither a file nor a built-in model "
-                              f"({', '.join(sorted(BUILTIN_MODELS))})")
-        return path.stem, str(path)
+        return (path.stem, str(path)) if loaded is model else (os.fspath(model), loaded)
     return type(model).__name__, model
 
 

@@ -383,7 +383,8 @@ def load_model(model: Any, input_shapes: ShapeDict | None = None,
     Parameters
     ----------
     model
-        An ONNX file path (``str`` or ``Path``), an ``onnx.ModelProto``, a Relax
+        An ONNX file path (``str`` or ``Path``), the name of a built-in model
+        (:func:`ios_tvm.models.resolve_model`; batch 1), an ``onnx.ModelProto``, a Relax
         ``tvm.IRModule``, or a ``relax.frontend.nn.Module`` (then ``input_shapes`` must give
         every argument of ``forward``).
     input_shapes
@@ -413,6 +414,9 @@ def load_model(model: Any, input_shapes: ShapeDict | None = None,
     UnsupportedGraphError
         An operator TVM cannot import, or a dynamic input dim without a size.
     """
+    from .models import resolve_model
+
+    model = resolve_model(model)
     if isinstance(model, str | os.PathLike):
         path = Path(model)
         proto = _read_onnx_file(path)

@@ -189,3 +189,45 @@ def test_zoo_converts_exactly_as_before() -> None:
         assert tvm_ffi.structural_equal(ours, plain), name
         layouts = conv_layouts(ours)
         assert layouts == ["NHWC"] * MODEL_INFO[name].convs, name
+
+
+# ---------------------------------------------------------------------------------------------
+# item 13: built-in model names work wherever a model is taken, through one resolver
+# ---------------------------------------------------------------------------------------------
+def test_builtin_names_load_everywhere() -> None:
+    from ios_tvm.models import sample_block
+
+    ex = graph_from_model("sample", "llvm")
+    assert len(ex.graph.nodes) == len(graph_from_model(sample_block(), "llvm").graph.nodes)
+    mod = load_model("sample")
+    assert [int(d) for d in mod["main"].params[0].ty.shape.values] == [1, 64, 28, 28]
+
+
+@needs_native
+def test_build_accepts_a_builtin_name() -> None:
+    from ios_tvm.models import sample_block
+
+    result = analytic_build("sample")
+    x = np.random.default_rng(0).standard_normal((1, 64, 28, 28)).astype(np.float32)
+    want = ort_run(sample_block(), {"x": x})["y"]
+    np.testing.assert_allclose(result(x)[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_an_existing_path_wins_over_a_builtin_name(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from ios_tvm.models import resolve_model
+
+    onnx.save(om.residual_block(), str(tmp_path / "sample"))
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model("sample") == "sample"
+    assert len(graph_from_model("sample", "llvm").graph.nodes) == 2  # the residual block's
+    assert resolve_model("squeezenet", batch_size=2).graph.input[0].type.tensor_type \
+        .shape.dim[0].dim_value == 2
+
+
+def test_unknown_model_name_lists_the_builtins() -> None:
+    from ios_tvm.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match=r"'nope' is neither a file nor a built-in model "
+                                             r"\(inception_v3, nasnet, .*sample.*\)"):
+        load_model("nope")
