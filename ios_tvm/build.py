@@ -197,6 +197,8 @@ def build(model: Any, target: Any = "llvm", *,
         which merges NCHW convs only); see :func:`ios_tvm.extract.convert_conv_layout`.
     """
     from .extract import graph_from_model, resolve_target
+    from .frontend import describe_model, tvm_errors
+    from .models import resolve_model
 
     cfg = config or SearchConfig()
     settings = settings or ProfileSettings()
@@ -208,6 +210,7 @@ def build(model: Any, target: Any = "llvm", *,
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     load_kwargs = {"params": params} if params is not None else {}
+    model = resolve_model(model)
     extraction = graph_from_model(model, target, input_shapes=input_shapes,
                                   cpu_schedule=cpu_schedule, database=database,
                                   cpu_layout=cpu_layout, **load_kwargs)
@@ -223,7 +226,8 @@ def build(model: Any, target: Any = "llvm", *,
         raise IosTvmError(f"cost='measured' needs a {device_type} device on this machine; use "
                           "cost='analytic' (or profile remotely over RPC: rpc_tracker, "
                           "rpc_key)")
-    lib = build_kernel_library(extraction.mod, extraction.target)
+    with tvm_errors(f"compiling the kernels of {describe_model(model)} failed", IosTvmError):
+        lib = build_kernel_library(extraction.mod, extraction.target)
     times["lower_and_compile"] = time.perf_counter() - t0
     profiler = None
     if remote:

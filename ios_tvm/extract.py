@@ -25,6 +25,7 @@ can find every kernel's arguments. Constant values are not copied into the OpGra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -36,7 +37,15 @@ import tvm
 from tvm import relax
 
 from .errors import IosTvmError, UnsupportedGraphError
-from .frontend import ShapeDict, _entry_function, _num_inputs, load_model
+from .frontend import (
+    OUTPUT_NAMES_ATTR,
+    ShapeDict,
+    _entry_function,
+    _num_inputs,
+    describe_model,
+    load_model,
+    tvm_errors,
+)
 from .graph import OpGraph, OpNode, TensorInfo
 
 logger = logging.getLogger(__name__)
@@ -529,7 +538,8 @@ def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm", *,
             name = p.info.name
             if name == "LegalizeOps":
                 prov.before_legalize(mod)
-            mod = _run_pass(p, mod)
+            with tvm_errors(f"TVM's {name} pass failed", IosTvmError):
+                mod = _run_pass(p, mod)
             if name == "LegalizeOps":
                 prov.after_legalize(mod)
             elif name == "FuseOps":
@@ -544,8 +554,10 @@ def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm", *,
                 # Logical FLOPs, before GPU schedules pad the loops.
                 flops = {gv.name_hint: kernel_flops(f) for gv, f in mod.functions.items()
                          if isinstance(f, tvm.tirx.PrimFunc)}
-        mod = _run_pass(relax.transform.RewriteDataflowReshape(), mod)
-        mod = apply_default_schedules(mod, tgt, tuned=tuned, enabled=cpu_schedule)
+        with tvm_errors("TVM's RewriteDataflowReshape pass failed", IosTvmError):
+            mod = _run_pass(relax.transform.RewriteDataflowReshape(), mod)
+        with tvm_errors("scheduling the kernels failed", IosTvmError):
+            mod = apply_default_schedules(mod, tgt, tuned=tuned, enabled=cpu_schedule)
     how = schedule_report(mod)
     kernels: dict[str, dict[str, Any]] = {}
     for gv, f in mod.functions.items():
@@ -685,11 +697,14 @@ def _static_shape(ty: Any, what: str) -> tuple[tuple[int, ...], str]:
 
 class _Extractor:
     def __init__(self, mod: tvm.IRModule, fname: str, kinfo: Mapping[str, Any],
-                 lowered: bool = False) -> None:
+                 lowered: bool = False, output_names: Sequence[str] | None = None) -> None:
         self.mod = mod
         self.fname = fname
         self.kinfo = kinfo
         self.lowered = lowered  # by lower_to_kernels (it records KERNEL_INFO_ATTR)
+        self.output_names = output_names
+        # Internal tensors never take a model output's name (inputs keep theirs).
+        self.reserved = set(output_names or ())
         self.val: dict[Any, _Value] = {}
         self.tensors: dict[str, TensorInfo] = {}
         self.sources: dict[str, TensorSource] = {}
@@ -702,10 +717,11 @@ class _Extractor:
         self.flops_cache: dict[str, float] = {}
 
     # -- naming ----------------------------------------------------------------------------
-    def fresh(self, base: str) -> str:
+    def fresh(self, base: str, reserved_ok: bool = False) -> str:
         base = base or "t"
         name, k = base, 0
-        while name in self.tensors or name in self.sources:
+        while name in self.tensors or name in self.sources or (
+                name in self.reserved and not reserved_ok):
             k += 1
             name = f"{base}_{k}"
         return name
@@ -768,7 +784,7 @@ class _Extractor:
         for i, p in enumerate(func.params):
             kind = "input" if i < ninp else "param"
             shape, dtype = _static_shape(p.ty, f"{kind} {p.name!r}")
-            name = self.fresh(p.name)
+            name = self.fresh(p.name, reserved_ok=True)
             self.add_tensor(TensorInfo(name, shape, dtype, kind),
                             TensorSource(name, kind, p, param_index=i))
             self.val[p] = name
@@ -777,10 +793,53 @@ class _Extractor:
             for b in block.bindings:
                 self.binding(b)
         where = f"the return value of {self.fname!r}"
-        outputs = _flatten(self.arg(func.body.body, where))
+        outputs = self.name_outputs(_flatten(self.arg(func.body.body, where)))
         graph = OpGraph(self.nodes, self.tensors, graph_inputs, outputs)
         self.check_inplace(graph)
         return graph
+
+    def name_outputs(self, outputs: list[str]) -> list[str]:
+        """Give the graph outputs the model's output names (``output0``, ... if unknown).
+
+        An activation or view returned once is renamed; an input, a constant or a tensor
+        returned a second time gets a view of its own under the output's name.
+        """
+        names = list(self.output_names or ())
+        if len(names) != len(outputs) or not all(isinstance(n, str) and n for n in names):
+            names = [f"output{i}" for i in range(len(outputs))]
+        rename: dict[str, str] = {}
+        for t, n in zip(outputs, names, strict=True):
+            info = self.tensors[t]
+            renamable = info.alias_of is not None or info.kind == "activation"
+            if t != n and renamable and t not in rename and n not in self.tensors \
+                    and n not in rename.values():
+                rename[t] = n
+        self.apply_renames(rename)
+        named = []
+        for t, n in zip(outputs, names, strict=True):
+            t = rename.get(t, t)
+            if t != n and n not in self.tensors:
+                info = self.tensors[t]
+                self.add_tensor(dataclasses.replace(info, name=n, alias_of=t, offset=0),
+                                TensorSource(n, "view", self.sources[t].expr))
+                t = n
+            named.append(t)
+        return named
+
+    def apply_renames(self, rename: Mapping[str, str]) -> None:
+        """Rename tensors everywhere they are named (tensors, sources, nodes, in-place map)."""
+        if not rename:
+            return
+
+        def r(name: str | None) -> Any:
+            return rename.get(name, name) if name is not None else None
+
+        self.tensors = {r(k): dataclasses.replace(v, name=r(k), alias_of=r(v.alias_of))
+                        for k, v in self.tensors.items()}
+        self.sources = {r(k): dataclasses.replace(v, name=r(k)) for k, v in self.sources.items()}
+        self.nodes = [dataclasses.replace(n, inputs=tuple(map(r, n.inputs)),
+                                          outputs=tuple(map(r, n.outputs))) for n in self.nodes]
+        self.inplace = {r(k): r(v) for k, v in self.inplace.items()}
 
     def binding(self, b: Any) -> None:
         var = b.var
@@ -993,6 +1052,18 @@ def _op_from_kernel_name(kernel: str) -> str:
     return name.rstrip("0123456789") or name
 
 
+def _output_names(mod: tvm.IRModule) -> list[str] | None:
+    """The model's output names recorded by :func:`ios_tvm.frontend.load_model`, if any."""
+    # (attrs[...], not get_attr: get_attr fails on short strings in TVM 0.27)
+    names = mod.attrs[OUTPUT_NAMES_ATTR] if mod.attrs is not None \
+        and OUTPUT_NAMES_ATTR in mod.attrs else None
+    try:
+        value = json.loads(str(names)) if names is not None else None
+    except ValueError:
+        return None
+    return value if isinstance(value, list) else None
+
+
 def extract_graph(mod: tvm.IRModule, func_name: str | None = None) -> Extraction:
     """Build the OpGraph of a lowered Relax function.
 
@@ -1002,7 +1073,10 @@ def extract_graph(mod: tvm.IRModule, func_name: str | None = None) -> Extraction
     ``const0``, ``const1``, ... by first use, deduplicated); call outputs are ``"activation"``
     (``var`` or ``var.i`` for a multi-output call). Alias bindings (``y = x``), tuples and
     tuple items are resolved; ``R.reshape`` / ``R.memory.view`` bindings become views
-    (``alias_of``, no node). Graph outputs are the flattened return value.
+    (``alias_of``, no node). Graph outputs are the flattened return value, named as the
+    model's outputs (:data:`ios_tvm.frontend.OUTPUT_NAMES_ATTR`, set for ONNX models) or
+    ``output0``, ``output1``, ...; an output that is an input, a constant or another output
+    becomes a view of it under its own name.
 
     Per node: ``flops`` from the lowering record (see :func:`lower_to_kernels`) or
     :func:`kernel_flops`; ``nbytes`` = bytes of the distinct input and output tensors;
@@ -1037,7 +1111,8 @@ def extract_graph(mod: tvm.IRModule, func_name: str | None = None) -> Extraction
                 target = tvm.target.Target(json.loads(data["target"]))
             except Exception:
                 target = data["target"]
-    ex = _Extractor(mod, fname, kinfo, lowered=record is not None)
+    ex = _Extractor(mod, fname, kinfo, lowered=record is not None,
+                    output_names=_output_names(mod))
     graph = ex.run()
     return Extraction(graph, mod, fname, ex.var_of_node, ex.kernel_of_node, ex.call_of_node,
                       ex.sources, ex.inplace, target)
@@ -1052,9 +1127,16 @@ def graph_from_model(model: Any, target: TargetLike = "llvm",
     ``cpu_schedule``, ``database`` and ``cpu_layout`` go to :func:`lower_to_kernels`;
     ``load_kwargs`` to :func:`ios_tvm.frontend.load_model` (``dtype``, ``params``, ``seed``).
     """
+    from .models import resolve_model
+
+    model = resolve_model(model)
     mod = load_model(model, input_shapes, **load_kwargs)
     tgt = resolve_target(target)
-    ex = extract_graph(lower_to_kernels(mod, tgt, cpu_schedule=cpu_schedule, database=database,
-                                        cpu_layout=cpu_layout))
+    try:
+        ex = extract_graph(lower_to_kernels(mod, tgt, cpu_schedule=cpu_schedule,
+                                            database=database, cpu_layout=cpu_layout))
+    except IosTvmError as e:
+        # Name the model: lowering and extraction see only the Relax module.
+        raise type(e)(f"{describe_model(model)}: {e}") from e
     ex.target = tgt
     return ex

@@ -16,6 +16,7 @@ Builders:
 - :func:`split_model`: a Split, i.e. a kernel with two outputs.
 - :func:`unsupported_op_model`, :func:`custom_domain_model`: ops TVM's ONNX importer lacks.
 - :func:`if_model`: control flow (an ONNX If).
+- :func:`aliased_outputs_model`: outputs that are another output, the input, a constant.
 - :func:`sum_conv_model`, :func:`range_model`, :func:`nonzero_model`: ops around convs that
   TVM's NHWC layout conversion could not handle (issue 17).
 """
@@ -312,3 +313,18 @@ def nonzero_model(channels: int = 4, size: int = 8) -> onnx.ModelProto:
     (s,) = b.op("ReduceSum", [nzf], keepdims=0)
     b.op("Add", [h, s], out="y")
     return b.model([_input("x", (1, c, size, size))], ["y"], "nonzero_model")
+
+
+def aliased_outputs_model(channels: int = 4, size: int = 4) -> onnx.ModelProto:
+    """Outputs ``y`` (conv+relu), ``same`` (Identity of ``y``), ``echo`` (Identity of the input
+    ``x``) and ``k`` (a Constant), in that order."""
+    b = _Builder(seed=13)
+    c = channels
+    b.conv("x", c, c, 3, out="y")
+    b.op("Identity", ["y"], out="same")
+    b.op("Identity", ["x"], out="echo")
+    b.nodes.append(helper.make_node("Constant", [], ["k"], name="const_k",
+                                    value=onnx.numpy_helper.from_array(
+                                        np.arange(6, dtype=np.float32).reshape(2, 3))))
+    return b.model([_input("x", (1, c, size, size))], ["y", "same", "echo", "k"],
+                   "aliased_outputs_model")

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import onnx_models as om  # noqa: E402
 
 from ios_tvm import _ffi  # noqa: E402
-from ios_tvm.errors import UnsupportedGraphError  # noqa: E402
+from ios_tvm.errors import IosTvmError, UnsupportedGraphError  # noqa: E402
 from ios_tvm.extract import (  # noqa: E402
     LAYOUT_SAFE_OPS,
     convert_conv_layout,
@@ -231,3 +231,197 @@ def test_unknown_model_name_lists_the_builtins() -> None:
     with pytest.raises(ModelLoadError, match=r"'nope' is neither a file nor a built-in model "
                                              r"\(inception_v3, nasnet, .*sample.*\)"):
         load_model("nope")
+
+
+# ---------------------------------------------------------------------------------------------
+# item 9: outputs carry the model's names
+# ---------------------------------------------------------------------------------------------
+@needs_native
+@pytest.mark.parametrize("builder", ["two_output_model", "aliased_outputs_model",
+                                     "residual_block"])
+def test_outputs_are_named_as_in_the_model(builder: str, tmp_path: Path) -> None:
+    from ios_tvm.executor import load
+
+    model = getattr(om, builder)()
+    feeds = float_feeds(model)
+    want = ort_run(model, feeds)
+    result = analytic_build(model)
+    assert result.executor.output_names == [o.name for o in model.graph.output] == list(want)
+    for name, got in zip(result.executor.output_names, result(**feeds), strict=True):
+        np.testing.assert_allclose(got, want[name], rtol=1e-4, atol=1e-4, err_msg=name)
+    result.export(str(tmp_path / "art"))
+    assert load(str(tmp_path / "art")).output_names == list(want)
+
+
+def test_outputs_of_modules_without_names_are_numbered() -> None:
+    from tvm.relax.frontend import nn
+
+    class TwoHeads(nn.Module):
+        def forward(self, x: nn.Tensor) -> Any:
+            return nn.relu(x), x * x
+
+    ex = graph_from_model(TwoHeads(), input_shapes={"x": (2, 3)})
+    assert list(ex.graph.outputs) == ["output0", "output1"]
+    assert ex.graph.inputs == ("x",)
+
+
+# ---------------------------------------------------------------------------------------------
+# item 10: what ONNX Runtime refuses is refused, naming the node or tensor
+# ---------------------------------------------------------------------------------------------
+def mutated(model: Any, change: Any) -> Any:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    change(copy)
+    return copy
+
+
+def _set_opset(m: Any) -> None:
+    m.opset_import[0].version = 99
+
+
+def _dup_node_name(m: Any) -> None:
+    m.graph.node[1].name = m.graph.node[0].name
+
+
+def _two_producers(m: Any) -> None:
+    m.graph.node[1].output[0] = m.graph.node[0].output[0]
+
+
+def _node_writes_initializer(m: Any) -> None:
+    m.graph.node[0].output[0] = m.graph.initializer[0].name
+
+
+def _node_writes_input(m: Any) -> None:
+    m.graph.node[1].output[0] = "x"
+
+
+@pytest.mark.parametrize("change, match", [
+    (_set_opset, r"imports opset 99 of the default domain; the installed onnx .* knows "
+                 r"opsets 1 to \d+"),
+    (_dup_node_name, r"two nodes named 'conv_0': #0 \(Conv\) and #1 \(Relu\)"),
+    (_two_producers, r"defines tensor 'conv_0_out' twice: by node 'conv_0' \(Conv\) and by "
+                     r"node 'relu_0' \(Relu\)"),
+    (_node_writes_initializer, r"defines tensor 'w0' twice: by an initializer and by node "
+                               r"'conv_0' \(Conv\)"),
+    (_node_writes_input, r"defines tensor 'x' twice: by a graph input and by node 'relu_0'"),
+])
+def test_models_onnxruntime_refuses_are_refused(change: Any, match: str) -> None:
+    from ios_tvm.errors import ModelLoadError
+
+    model = mutated(om.residual_block(), change)
+    with pytest.raises(Exception, match="ONNXRuntimeError"):
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    with pytest.raises(ModelLoadError, match=match):
+        load_model(model)
+
+
+def test_undefined_tensor_is_named() -> None:
+    from ios_tvm.errors import ModelLoadError
+
+    model = mutated(om.residual_block(), lambda m: m.graph.node[1].input.__setitem__(0, "nope"))
+    with pytest.raises(ModelLoadError, match=r"node 'relu_0' \(Relu\) of .* reads tensor "
+                                             r"'nope', which no node"):
+        load_model(model)
+
+
+@needs_native
+def test_nodes_out_of_topological_order_are_sorted() -> None:
+    """ONNX Runtime runs such a model; so does ios-tvm (the user's proto is not changed)."""
+    def reverse(m: Any) -> None:
+        nodes = list(m.graph.node)
+        del m.graph.node[:]
+        m.graph.node.extend(nodes[::-1])
+
+    model = mutated(om.residual_block(), reverse)
+    feeds = float_feeds(model)
+    want = ort_run(model, feeds)["y"]
+    np.testing.assert_allclose(analytic_build(model)(**feeds)[0], want, rtol=1e-4, atol=1e-4)
+    assert model.graph.node[0].op_type == "Relu"
+
+
+def test_zero_size_input_is_reported_as_such() -> None:
+    model = mutated(om.residual_block(),
+                    lambda m: setattr(m.graph.input[0].type.tensor_type.shape.dim[0],
+                                      "dim_value", 0))
+    with pytest.raises(UnsupportedGraphError,
+                       match=r"input 'x' of .* has a zero-size dimension \(axis 0, shape "
+                             r"\(0, 8, 8, 8\)\)"):
+        load_model(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# item 8: sizes checked before lowering; TVM's errors become one IosTvmError naming the model
+# ---------------------------------------------------------------------------------------------
+def test_an_input_too_large_for_memory_is_refused_before_lowering(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import ios_tvm.extract as extract
+    from ios_tvm.errors import ModelLoadError
+
+    def no_lowering(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("lowered a model with a 2^48-element input")
+
+    monkeypatch.setattr(extract, "lower_to_kernels", no_lowering)
+    model = mutated(om.residual_block(), lambda m: [
+        setattr(d, "dim_value", v) for d, v in zip(m.graph.input[0].type.tensor_type.shape.dim,
+                                                   (1, 1 << 16, 1 << 16, 1 << 16), strict=True)])
+    with pytest.raises(ModelLoadError, match=r"input 'x' of .* has shape \(1, 65536, 65536, "
+                                             r"65536\): 1,125,899,906,842,624 bytes, more than"):
+        graph_from_model(model, "llvm")
+
+
+def test_an_intermediate_tensor_too_large_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnx import TensorProto, helper
+
+    from ios_tvm.errors import ModelLoadError
+
+    shape = onnx.numpy_helper.from_array(np.array([1 << 20, 1 << 20, 4], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Expand", ["x", "shape"], ["y"], name="blow_up")], "expand",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ModelLoadError, match=r"tensor '\w+' \(relax.broadcast_to\) of .* has "
+                                             r"shape \(1048576, 1048576, 4\)"):
+        load_model(model)
+    # The limit can be set; the residual block's 2 KiB input is over 1000 bytes.
+    monkeypatch.setenv("IOS_TVM_MAX_TENSOR_BYTES", "1000")
+    with pytest.raises(ModelLoadError, match=r"input 'x' .*2,048 bytes.*\(1,000 bytes"):
+        load_model(om.residual_block())
+
+
+def test_importer_failure_names_the_node(capsys: pytest.CaptureFixture) -> None:
+    from ios_tvm.errors import ModelLoadError
+
+    def bad_reshape(m: Any) -> None:
+        for i in m.graph.initializer:
+            if i.name.startswith("shape"):
+                i.CopyFrom(onnx.numpy_helper.from_array(np.array([3, 7], np.int64), i.name))
+
+    model = mutated(om.flatten_gemm_model(), bad_reshape)
+    with pytest.raises(ModelLoadError, match=r"TVM's ONNX importer failed on .* at node "
+                                             r"'reshape_0' \(Reshape\): ValueError") as info:
+        load_model(model)
+    assert "\n" not in str(info.value) and info.value.__cause__ is not None
+    assert capsys.readouterr().out == ""  # TVM's own print of the failing op is swallowed
+
+
+def test_lowering_failure_is_one_error_naming_the_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ios_tvm.extract as extract
+
+    real = extract._run_pass
+
+    def flaky(p: Any, mod: Any) -> Any:
+        if p.info.name == "LegalizeOps":
+            raise tvm.error.InternalError("Check failed: simulated\nlegalize bug")
+        return real(p, mod)
+
+    monkeypatch.setattr(extract, "_run_pass", flaky)
+    path = tmp_path / "res.onnx"
+    onnx.save(om.residual_block(), str(path))
+    with pytest.raises(IosTvmError, match=r"res\.onnx'?: TVM's LegalizeOps pass failed: "
+                                          r"InternalError: Check failed: simulated legalize "
+                                          r"bug") as info:
+        graph_from_model(str(path), "llvm")
+    assert isinstance(info.value.__cause__, IosTvmError)
+    assert isinstance(info.value.__cause__.__cause__, tvm.error.InternalError)
