@@ -17,6 +17,7 @@ Builders:
 - :func:`unsupported_op_model`, :func:`custom_domain_model`: ops TVM's ONNX importer lacks.
 - :func:`if_model`: control flow (an ONNX If).
 - :func:`aliased_outputs_model`: outputs that are another output, the input, a constant.
+- :func:`two_tower_model`: float features + int64 ids -> embedding Gather -> concat -> MatMul.
 - :func:`sum_conv_model`, :func:`range_model`, :func:`nonzero_model`: ops around convs that
   TVM's NHWC layout conversion could not handle (issue 17).
 """
@@ -328,3 +329,22 @@ def aliased_outputs_model(channels: int = 4, size: int = 4) -> onnx.ModelProto:
                                         np.arange(6, dtype=np.float32).reshape(2, 3))))
     return b.model([_input("x", (1, c, size, size))], ["y", "same", "echo", "k"],
                    "aliased_outputs_model")
+
+
+def two_tower_model(features: int = 8, ids: int = 4, vocab: int = 50, dim: int = 8,
+                    hidden: int = 16) -> onnx.ModelProto:
+    """Inputs ``features`` (float32, ``(1, features)``) and ``ids`` (int64, ``(1, ids)``).
+
+    ``y = relu(concat(features, flatten(Gather(table, ids))) @ W)``: the ids index the rows of
+    an embedding ``table`` of ``vocab`` rows, so valid ids lie in ``[-vocab, vocab)``.
+    """
+    b = _Builder(seed=14)
+    table = b.weight("table", (vocab, dim), scale=1.0)
+    (emb,) = b.op("Gather", [table, "ids"], axis=0)
+    (flat,) = b.op("Reshape", [emb, b.const_i64("shape", [1, ids * dim])])
+    (cat,) = b.op("Concat", ["features", flat], axis=1)
+    (h,) = b.op("MatMul", [cat, b.weight("w", (features + ids * dim, hidden))])
+    b.op("Relu", [h], out="y")
+    inputs = [_input("features", (1, features)),
+              helper.make_tensor_value_info("ids", TensorProto.INT64, [1, ids])]
+    return b.model(inputs, ["y"], "two_tower_model")

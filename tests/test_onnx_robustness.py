@@ -425,3 +425,139 @@ def test_lowering_failure_is_one_error_naming_the_model(
         graph_from_model(str(path), "llvm")
     assert isinstance(info.value.__cause__, IosTvmError)
     assert isinstance(info.value.__cause__.__cause__, tvm.error.InternalError)
+
+
+# ---------------------------------------------------------------------------------------------
+# item 14: integer index inputs: valid profiling inputs, out-of-range ids raise
+# ---------------------------------------------------------------------------------------------
+def run_isolated(code: str, timeout: float = 600) -> Any:
+    """Run ``code`` in a fresh Python (a crash there fails the test instead of killing pytest)."""
+    import subprocess
+
+    prelude = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+               "import numpy as np, onnxruntime as ort, onnx_models as om\n")
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+TOWER_FEEDS = ("rng = np.random.default_rng(0)\n"
+               "feeds = {'features': rng.standard_normal((1, 8)).astype(np.float32),\n"
+               "         'ids': np.array([[3, -1, 49, -50]], np.int64)}\n"
+               "model = om.two_tower_model()\n"
+               "want = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]\n")
+
+
+@needs_native
+def test_two_tower_model_builds_measured_and_equals_onnxruntime() -> None:
+    """Stage profiling ran on uninitialised buffers: the ids read by Gather crashed the build."""
+    proc = run_isolated(TOWER_FEEDS + (
+        "from ios_tvm.build import build\n"
+        "from ios_tvm.cost.measured import ProfileSettings\n"
+        "result = build(model, cache=False, settings=ProfileSettings(1, 2, 2))\n"
+        "np.testing.assert_allclose(result(**feeds)[0], want, rtol=1e-5, atol=1e-5)\n"
+        "print('EQUAL', result.stages_measured)\n"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "EQUAL" in proc.stdout
+
+
+@needs_native
+def test_out_of_range_ids_raise_a_clear_error() -> None:
+    proc = run_isolated(TOWER_FEEDS + (
+        "from ios_tvm.build import build\n"
+        "result = build(model, cost='analytic', measure=False)\n"
+        "for bad in (50, -51, 1 << 40):\n"
+        "    try:\n"
+        "        result(features=feeds['features'], ids=np.array([[3, bad, 0, 0]], np.int64))\n"
+        "        print('NO ERROR', bad)\n"
+        "    except Exception as e:\n"
+        "        print('ERROR', type(e).__name__, e)\n"
+        "np.testing.assert_allclose(result(**feeds)[0], want, rtol=1e-5, atol=1e-5)\n"
+        "print('STILL EQUAL')\n"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    errors = [ln for ln in lines if ln.startswith("ERROR")]
+    assert len(errors) == 3, proc.stdout
+    for line in errors:
+        assert ("index out of range in take (ONNX Gather/Scatter): indices from model input "
+                "'ids' must lie in [-50, 50)") in line
+    assert "STILL EQUAL" in lines
+
+
+def test_profiling_inputs_are_valid_for_the_model() -> None:
+    from ios_tvm.cost.measured import SampleInputError, profiling_inputs
+    from ios_tvm.extract import INDEX_BOUNDS_ATTR
+
+    ex = graph_from_model(om.two_tower_model(), "llvm")
+    assert ex.mod.attrs[INDEX_BOUNDS_ATTR] == '{"ids": 50}'
+    features, ids = profiling_inputs(ex, seed=3)
+    assert features.dtype == np.float32 and features.shape == (1, 8)
+    assert ids.dtype == np.int64 and ids.shape == (1, 4)
+    assert ids.min() >= 0 and ids.max() < 50 and len(set(ids.ravel())) > 1
+    given = {"ids": [[1, 2, 3, 4]], "features": np.zeros((1, 8))}
+    got = profiling_inputs(ex, given)
+    assert got[0].dtype == np.float32 and got[1].tolist() == [[1, 2, 3, 4]]
+    assert [x.tolist() for x in profiling_inputs(ex, list(got))] == [x.tolist() for x in got]
+    with pytest.raises(SampleInputError, match=r"lack \['features'\]"):
+        profiling_inputs(ex, {"ids": [[1, 2, 3, 4]]})
+    with pytest.raises(SampleInputError, match=r"'ids' has shape \(4,\); the model takes "
+                                               r"\(1, 4\)"):
+        profiling_inputs(ex, {"ids": [1, 2, 3, 4], "features": np.zeros((1, 8))})
+    with pytest.raises(SampleInputError, match=r"'ids' has dtype float64"):
+        profiling_inputs(ex, [np.zeros((1, 8)), np.zeros((1, 4))])
+
+
+@needs_native
+def test_build_profiles_on_the_given_sample_inputs() -> None:
+    """The fill run uses the user's inputs: ids out of range there fail the build clearly."""
+    from ios_tvm.build import build
+    from ios_tvm.cost.measured import ProfileSettings, SampleInputError
+
+    model = om.two_tower_model()
+    feats = np.zeros((1, 8), np.float32)
+    with pytest.raises(SampleInputError, match="'features' has shape"):
+        build(model, cache=False, sample_inputs={"features": feats[0], "ids": [[0] * 4]})
+    with pytest.raises(RuntimeError, match="index out of range in take"):
+        build(model, cache=False, settings=ProfileSettings(1, 1, 1),
+              sample_inputs={"features": feats, "ids": [[0, 0, 0, 77]]})
+
+
+def test_gathers_on_gpu_targets_clip_instead() -> None:
+    """A CUDA kernel cannot raise: there take is given TVM's memory-safe clip mode."""
+    from ios_tvm.extract import guard_indices
+
+    mod = guard_indices(load_model(om.two_tower_model()), "cuda")
+    takes = [b.value for blk in mod["main"].body.blocks for b in blk.bindings
+             if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)
+             and b.value.op.name == "relax.take"]
+    modes = [str(t.attrs.mode) for t in takes]
+    assert "clip" in modes and "fast" not in modes
+    assert not any("check_indices" in gv.name_hint for gv in mod.get_global_vars())
+
+
+def test_constant_indices_out_of_range_are_refused() -> None:
+    from onnx import TensorProto, helper
+
+    ids = onnx.numpy_helper.from_array(np.array([1, 9], np.int64), "ids")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["x", "ids"], ["y"], name="g", axis=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])], initializer=[ids])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UnsupportedGraphError, match=r"constant index 9 outside \[-n, n\) for "
+                                                    r"n = 5"):
+        graph_from_model(model, "llvm")
+
+
+@needs_native
+def test_bench_of_the_two_tower_model_measures_and_agrees() -> None:
+    proc = run_isolated(TOWER_FEEDS + (
+        "from ios_tvm.bench import bench\n"
+        "from ios_tvm.cost.measured import ProfileSettings\n"
+        "r = bench(model, cache=False, settings=ProfileSettings(1, 1, 1), rounds=1, min_ms=1,\n"
+        "          pytorch=(), relax_vm=True)\n"
+        "print('REFERENCE', r.reference, max(r.max_abs_err.values()))\n"
+        "r = bench(model, cost='analytic', rounds=1, min_ms=1, pytorch=(), sample_inputs=feeds)\n"
+        "print('GIVEN', r.input_shapes)\n"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ref = next(ln for ln in proc.stdout.splitlines() if ln.startswith("REFERENCE")).split()
+    assert ref[1] == "onnxruntime" and float(ref[2]) < 1e-4
