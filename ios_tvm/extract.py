@@ -470,13 +470,14 @@ def convert_conv_layout(mod: tvm.IRModule, layout: str) -> tvm.IRModule:
 #: (:func:`ios_tvm.cost.measured.profiling_inputs`).
 INDEX_BOUNDS_ATTR = "ios_tvm.index_bounds"
 
-#: Ops whose indices address their data tensor: where the index argument is, and how the
-#: bound of each index is found (``"axis"``: the size of the op's ``axis``; ``"coords"``: the
-#: last index axis holds coordinates of the data axes from ``batch_dims`` on).
+#: Ops whose indices address their data tensor: where the index argument is, how the bound
+#: of each index is found (``"axis"``: the size of the op's ``axis``; ``"coords"``: the last
+#: index axis holds coordinates of the data axes from ``batch_dims`` on), and whether the op
+#: itself takes negative indices (TVM's importer maps them to ``i + n`` before the others).
 _INDEXING_OPS = {
-    "relax.take": (1, "axis"), "relax.gather_elements": (1, "axis"),
-    "relax.scatter_elements": (1, "axis"), "relax.gather_nd": (1, "coords"),
-    "relax.scatter_nd": (1, "coords"),
+    "relax.take": (1, "axis", False), "relax.gather_elements": (1, "axis", False),
+    "relax.scatter_elements": (1, "axis", True), "relax.gather_nd": (1, "coords", False),
+    "relax.scatter_nd": (1, "coords", False),
 }
 
 
@@ -501,12 +502,13 @@ def _index_bounds(call: Any) -> list[int] | None:
 
 
 def _index_check_kernel(shape: Sequence[int], dtype: str, bounds: Sequence[int],
-                        message: str) -> tvm.tirx.PrimFunc:
-    """A kernel that copies indices and raises ``message`` unless each is in ``[0, bound)``.
+                        message: str, negative: bool = False) -> tvm.tirx.PrimFunc:
+    """A kernel that copies indices and raises ``message`` unless each is in range.
 
-    ``bounds`` has one bound for every index, or one per position along the last axis. It is
-    opaque to fusion and left unscheduled (a serial loop: indices are few), so its assert
-    raises from the executor's run instead of reading outside the data.
+    The range is ``[0, bound)``, or ``[-bound, bound)`` if ``negative``. ``bounds`` has one
+    bound for every index, or one per position along the last axis. The kernel is opaque to
+    fusion and left unscheduled (a serial loop: indices are few), so its assert raises from
+    the executor's run instead of letting the op read outside its data.
     """
     from tvm.script import from_source
 
@@ -531,8 +533,8 @@ def _index_check_kernel(shape: Sequence[int], dtype: str, bounds: Sequence[int],
     lines.append(f"{pad}T.writes(out[{whole}])")
     for j, b in enumerate(bounds if per_coord else bounds[:1]):
         at = ", ".join([*axes, str(j)] if per_coord else axes) or "()"
-        lines.append(f"{pad}assert a[{at}] >= T.{dtype}(0) and a[{at}] < T.{dtype}({b}), "
-                     f"{json.dumps(message)}")
+        lines.append(f"{pad}assert a[{at}] >= T.{dtype}({-b if negative else 0}) and "
+                     f"a[{at}] < T.{dtype}({b}), {json.dumps(message)}")
         lines.append(f"{pad}out[{at}] = a[{at}]")
     src = "\n".join([
         "@T.prim_func(private=True, s_tir=True)",
@@ -602,7 +604,8 @@ class _GuardIndices(relax.PyExprMutator):
         for p in feeding:
             self.bounds[p.name] = min(self.bounds.get(p.name, min(bounds)), min(bounds))
         if isinstance(indices, tvm.ir.GenericConst):
-            _check_constant_indices(op, indices.value.numpy(), bounds)
+            _check_constant_indices(op, indices.value.numpy(), bounds,
+                                    _INDEXING_OPS[call.op.name][2])
             return call
         if not self.check:
             if call.op.name == "relax.take" and str(call.attrs.mode) == "fast":
@@ -614,7 +617,8 @@ class _GuardIndices(relax.PyExprMutator):
                 + (f"[-{bounds[0]}, {bounds[0]})" if len(bounds) == 1 else
                    "[-n, n) for n = " + ", ".join(map(str, bounds)) + " per coordinate"))
         shape = _shape_of(indices)
-        kernel = _index_check_kernel(shape, str(ty.dtype), bounds, what)
+        kernel = _index_check_kernel(shape, str(ty.dtype), bounds, what,
+                                     negative=_INDEXING_OPS[call.op.name][2])
         gv = self.builder_.add_func(kernel, "check_indices")
         checked = self.builder_.emit(relax.call_tir(gv, [indices], ty))
         args = list(call.args)
@@ -622,12 +626,14 @@ class _GuardIndices(relax.PyExprMutator):
         return relax.Call(call.op, args, call.attrs, call.ty_args)
 
 
-def _check_constant_indices(op: str, values: Any, bounds: Sequence[int]) -> None:
+def _check_constant_indices(op: str, values: Any, bounds: Sequence[int],
+                            negative: bool = False) -> None:
     """Constant indices are checked now: out of range, the model could never run."""
     import numpy as np
 
     values = np.asarray(values)
-    ok = (values >= 0) & (values < (np.asarray(bounds) if len(bounds) > 1 else bounds[0]))
+    n = np.asarray(bounds) if len(bounds) > 1 else bounds[0]
+    ok = (values >= (-n if negative else 0)) & (values < n)
     if not ok.all():
         bad = values[~ok].ravel()[0] if values.ndim else values
         raise UnsupportedGraphError(f"{op} (ONNX Gather/Scatter) has a constant index {bad} "

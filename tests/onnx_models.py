@@ -18,6 +18,7 @@ Builders:
 - :func:`if_model`: control flow (an ONNX If).
 - :func:`aliased_outputs_model`: outputs that are another output, the input, a constant.
 - :func:`two_tower_model`: float features + int64 ids -> embedding Gather -> concat -> MatMul.
+- :func:`indexing_model`: one GatherElements / GatherND / ScatterElements / ScatterND.
 - :func:`sum_conv_model`, :func:`range_model`, :func:`nonzero_model`: ops around convs that
   TVM's NHWC layout conversion could not handle (issue 17).
 """
@@ -348,3 +349,33 @@ def two_tower_model(features: int = 8, ids: int = 4, vocab: int = 50, dim: int =
     inputs = [_input("features", (1, features)),
               helper.make_tensor_value_info("ids", TensorProto.INT64, [1, ids])]
     return b.model(inputs, ["y"], "two_tower_model")
+
+
+#: Index inputs of :func:`indexing_model`, valid ones (negatives included), per op.
+INDEXING_CASES = {
+    "GatherElements": [[0, 4, -5], [1, -1, 3]],
+    "GatherND": [[0, 2], [-1, -3]],
+    "ScatterElements": [[0, -1, 1], [1, 2, -5]],
+    "ScatterND": [[0], [-2]],
+}
+
+
+def indexing_model(op: str) -> onnx.ModelProto:
+    """``y = op(x, i[, u])`` with data ``x`` (5, 3), int64 indices ``i`` and updates ``u``.
+
+    ``op`` is a key of :data:`INDEXING_CASES` (axis 0 where the op has one).
+    """
+    shape = np.asarray(INDEXING_CASES[op]).shape
+    inputs = [_input("x", (5, 3)),
+              helper.make_tensor_value_info("i", TensorProto.INT64, list(shape))]
+    names = ["x", "i"]
+    if op.startswith("Scatter"):
+        inputs.append(_input("u", (2, 3)))
+        names.append("u")
+    attrs = {"axis": 0} if op.endswith("Elements") else {}
+    node = helper.make_node(op, names, ["y"], name=op.lower(), **attrs)
+    graph = helper.make_graph([node], f"{op.lower()}_model", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model)

@@ -561,3 +561,33 @@ def test_bench_of_the_two_tower_model_measures_and_agrees() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     ref = next(ln for ln in proc.stdout.splitlines() if ln.startswith("REFERENCE")).split()
     assert ref[1] == "onnxruntime" and float(ref[2]) < 1e-4
+
+
+@needs_native
+def test_other_gathers_and_scatters_check_their_indices() -> None:
+    """GatherElements, GatherND, ScatterElements, ScatterND: equal to ONNX Runtime in range
+    (negative indices included), a clear error out of range (it read or wrote outside)."""
+    proc = run_isolated(
+        "from ios_tvm.build import build\n"
+        "rng = np.random.default_rng(0)\n"
+        "for op, idx in om.INDEXING_CASES.items():\n"
+        "    model = om.indexing_model(op)\n"
+        "    feeds = {'x': rng.standard_normal((5, 3)).astype(np.float32),\n"
+        "             'i': np.array(idx, np.int64)}\n"
+        "    if op.startswith('Scatter'):\n"
+        "        feeds['u'] = rng.standard_normal((2, 3)).astype(np.float32)\n"
+        "    want = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]\n"
+        "    result = build(model, cost='analytic', measure=False)\n"
+        "    np.testing.assert_allclose(result(**feeds)[0], want, rtol=1e-6, atol=1e-6)\n"
+        "    for bad in (5, -6, 1 << 33):\n"
+        "        i = feeds['i'].copy()\n"
+        "        i.flat[0] = bad\n"
+        "        try:\n"
+        "            result(**{**feeds, 'i': i})\n"
+        "            print('NO ERROR', op, bad)\n"
+        "        except RuntimeError as e:\n"
+        "            print('ERROR', op, e)\n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stdout.splitlines() if ln.startswith("ERROR")]
+    assert len(errors) == 12, proc.stdout
+    assert all("index out of range in" in e and "from model input 'i'" in e for e in errors)
