@@ -154,7 +154,7 @@ def _check_onnx_inputs(model: Any, input_shapes: ShapeDict | None, src: str,
             for axis, d in enumerate(dims):
                 if not isinstance(d, int):
                     raise UnsupportedGraphError(
-                        f"input {inp.name!r} has symbolic dim {d!r} (axis {axis}); "
+                        f"input {inp.name!r} of {src} has symbolic dim {d!r} (axis {axis}); "
                         f"{_shape_hint(inp.name, dims)}")
                 if d == 0:
                     raise UnsupportedGraphError(
@@ -317,10 +317,14 @@ def _check_onnx_graph(model: Any, src: str) -> Any:
                 raise ModelLoadError(
                     f"{_node_label(node, i)} of {src} reads tensor {inp!r}, which no node, "
                     "graph input or initializer defines")
+    listed: set[str] = set()
     for out in graph.output:
         if out.name not in defined:
             raise ModelLoadError(f"output {out.name!r} of {src} is not defined by any node, "
                                  "graph input or initializer")
+        if out.name in listed:
+            raise ModelLoadError(f"ONNX model {src} lists output {out.name!r} twice")
+        listed.add(out.name)
     order = _topological_order(graph, producer, src)
     if order == list(range(len(graph.node))):
         return model
@@ -359,6 +363,30 @@ def _topological_order(graph: Any, producer: Mapping[str, int], src: str) -> lis
     return order
 
 
+def _check_onnx_nodes(model: Any, src: str) -> None:
+    """Check each node against its operator's schema, as ONNX Runtime does when it loads.
+
+    An attribute the operator does not define, a missing required one, or the wrong number
+    of inputs or outputs is refused, naming the node (TVM's importer ignores unknown
+    attributes and fails obscurely on missing inputs). Nodes with subgraphs (If, Loop) are
+    left to the importer and the scheduler.
+    """
+    import onnx
+
+    ctx = onnx.checker.C.CheckerContext()
+    ctx.ir_version = model.ir_version
+    ctx.opset_imports = {imp.domain: imp.version for imp in model.opset_import}
+    for i, node in enumerate(model.graph.node):
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for a in node.attribute):
+            continue
+        try:
+            onnx.checker.check_node(node, ctx)
+        except Exception as e:  # onnx raises ValidationError (and others for odd protos)
+            text = " ".join(str(e).split()).split(" ==> Context:")[0]
+            raise ModelLoadError(f"{_node_label(node, i)} of {src} is invalid: {text}") from e
+
+
 def _failing_onnx_node(exc: BaseException) -> str | None:
     """The ONNX node TVM's importer was converting when it raised ``exc``, if known.
 
@@ -394,7 +422,7 @@ def _load_onnx(model: Any, input_shapes: ShapeDict | None, dtype: str | Mapping[
         # The path form also checks models over 2 GB (external data).
         onnx.checker.check_model(path if path is not None else model)
     except Exception as e:
-        checker_msg = f"{type(e).__name__}: {e}".strip()
+        checker_msg = " ".join(f"{type(e).__name__}: {e}".split())  # one line
     if checker_msg is not None and (model.ir_version == 0 or len(model.graph.node) == 0):
         # A protobuf parse of random bytes "succeeds" with an empty model; only the checker
         # notices, so a checker failure on an empty model is fatal.
@@ -404,6 +432,7 @@ def _load_onnx(model: Any, input_shapes: ShapeDict | None, dtype: str | Mapping[
         checker_msg = None  # sorted now
     model = checked
     _check_onnx_ops(model, src)
+    _check_onnx_nodes(model, src)
     _check_onnx_inputs(model, input_shapes, src, dtype)
     shape_dict = {k: [int(d) for d in v] for k, v in (input_shapes or {}).items()}
     dtype_dict = dict(dtype) if isinstance(dtype, Mapping) else dtype

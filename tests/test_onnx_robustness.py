@@ -315,6 +315,34 @@ def test_models_onnxruntime_refuses_are_refused(change: Any, match: str) -> None
         load_model(model)
 
 
+def _unknown_attribute(m: Any) -> None:
+    m.graph.node[1].attribute.add().CopyFrom(onnx.helper.make_attribute("perm", 1))
+
+
+def _too_few_inputs(m: Any) -> None:
+    m.graph.node[3].input.pop()
+
+
+def _output_twice(m: Any) -> None:
+    m.graph.output.add().CopyFrom(m.graph.output[0])
+
+
+@pytest.mark.parametrize("change, match", [
+    (_unknown_attribute, r"node 'relu_0' \(Relu\) of .* is invalid: Unrecognized attribute: "
+                         r"perm for operator Relu$"),
+    (_too_few_inputs, r"node 'add_0' \(Add\) of .* is invalid: .*input size 1 not in range"),
+    (_output_twice, r"lists output 'y' twice"),
+])
+def test_nodes_are_checked_against_their_schema(change: Any, match: str) -> None:
+    """What ONNX Runtime checks when it loads (TVM ignored the attribute, and failed with an
+    AttributeError deep in its importer on the missing input)."""
+    from ios_tvm.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match=match) as info:
+        load_model(mutated(om.residual_block(), change))
+    assert "\n" not in str(info.value)
+
+
 def test_undefined_tensor_is_named() -> None:
     from ios_tvm.errors import ModelLoadError
 
