@@ -38,6 +38,7 @@ from tvm import relax
 
 from .errors import IosTvmError, UnsupportedGraphError
 from .frontend import (
+    INPUT_NAMES_ATTR,
     OUTPUT_NAMES_ATTR,
     ShapeDict,
     _entry_function,
@@ -901,11 +902,13 @@ def _static_shape(ty: Any, what: str) -> tuple[tuple[int, ...], str]:
 
 class _Extractor:
     def __init__(self, mod: tvm.IRModule, fname: str, kinfo: Mapping[str, Any],
-                 lowered: bool = False, output_names: Sequence[str] | None = None) -> None:
+                 lowered: bool = False, input_names: Sequence[str] | None = None,
+                 output_names: Sequence[str] | None = None) -> None:
         self.mod = mod
         self.fname = fname
         self.kinfo = kinfo
         self.lowered = lowered  # by lower_to_kernels (it records KERNEL_INFO_ATTR)
+        self.input_names = input_names
         self.output_names = output_names
         # Internal tensors never take a model output's name (inputs keep theirs).
         self.reserved = set(output_names or ())
@@ -984,11 +987,15 @@ class _Extractor:
         if not isinstance(func.body, relax.SeqExpr):
             raise UnsupportedGraphError(f"function {self.fname!r} is not a sequence of bindings")
         ninp = _num_inputs(func)
+        # The model's own input names (TVM's importer sanitises "input.1" to "input_1").
+        names = list(self.input_names or ())
+        if len(names) != ninp or len(set(names)) != ninp:
+            names = [p.name for p in func.params[:ninp]]
         graph_inputs = []
         for i, p in enumerate(func.params):
             kind = "input" if i < ninp else "param"
             shape, dtype = _static_shape(p.ty, f"{kind} {p.name!r}")
-            name = self.fresh(p.name, reserved_ok=True)
+            name = self.fresh(names[i] if i < ninp else p.name, reserved_ok=True)
             self.add_tensor(TensorInfo(name, shape, dtype, kind),
                             TensorSource(name, kind, p, param_index=i))
             self.val[p] = name
@@ -1256,16 +1263,17 @@ def _op_from_kernel_name(kernel: str) -> str:
     return name.rstrip("0123456789") or name
 
 
-def _output_names(mod: tvm.IRModule) -> list[str] | None:
-    """The model's output names recorded by :func:`ios_tvm.frontend.load_model`, if any."""
+def _model_names(mod: tvm.IRModule, attr: str) -> list[str] | None:
+    """The model's input or output names recorded by :func:`ios_tvm.frontend.load_model`."""
     # (attrs[...], not get_attr: get_attr fails on short strings in TVM 0.27)
-    names = mod.attrs[OUTPUT_NAMES_ATTR] if mod.attrs is not None \
-        and OUTPUT_NAMES_ATTR in mod.attrs else None
+    names = mod.attrs[attr] if mod.attrs is not None and attr in mod.attrs else None
     try:
         value = json.loads(str(names)) if names is not None else None
     except ValueError:
         return None
-    return value if isinstance(value, list) else None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        return None
+    return value
 
 
 def extract_graph(mod: tvm.IRModule, func_name: str | None = None) -> Extraction:
@@ -1316,7 +1324,8 @@ def extract_graph(mod: tvm.IRModule, func_name: str | None = None) -> Extraction
             except Exception:
                 target = data["target"]
     ex = _Extractor(mod, fname, kinfo, lowered=record is not None,
-                    output_names=_output_names(mod))
+                    input_names=_model_names(mod, INPUT_NAMES_ATTR),
+                    output_names=_model_names(mod, OUTPUT_NAMES_ATTR))
     graph = ex.run()
     return Extraction(graph, mod, fname, ex.var_of_node, ex.kernel_of_node, ex.call_of_node,
                       ex.sources, ex.inplace, target)

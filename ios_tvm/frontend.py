@@ -31,13 +31,16 @@ from .errors import IosTvmError, ModelLoadError, UnsupportedGraphError
 
 ShapeDict = Mapping[str, Sequence[int]]
 
-#: IRModule attribute (a JSON list of str) with the model's output names, in output order;
-#: :func:`load_model` sets it for ONNX models, and extraction names the graph outputs so.
+#: IRModule attributes (JSON lists of str) with the model's input and output names, in
+#: order; :func:`load_model` sets them for ONNX models (TVM's importer renames inputs such as
+#: ``input.1`` to ``input_1`` and calls outputs ``gv``), and extraction names the graph's
+#: inputs and outputs so.
+INPUT_NAMES_ATTR = "ios_tvm.input_names"
 OUTPUT_NAMES_ATTR = "ios_tvm.output_names"
 
 __all__ = [
-    "OUTPUT_NAMES_ATTR", "describe_model", "error_text", "format_input_shapes", "load_model",
-    "max_tensor_bytes", "parse_input_shapes", "tvm_errors",
+    "INPUT_NAMES_ATTR", "OUTPUT_NAMES_ATTR", "describe_model", "error_text",
+    "format_input_shapes", "load_model", "max_tensor_bytes", "parse_input_shapes", "tvm_errors",
 ]
 
 
@@ -453,6 +456,9 @@ def _load_onnx(model: Any, input_shapes: ShapeDict | None, dtype: str | Mapping[
     if checker_msg is not None:
         warnings.warn(f"onnx.checker rejected {src} ({checker_msg}) but TVM imported it",
                       stacklevel=3)
+    init_names = {t.name for t in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in init_names]
+    mod = mod.with_attr(INPUT_NAMES_ATTR, json.dumps(inputs))
     return mod.with_attr(OUTPUT_NAMES_ATTR, json.dumps([o.name for o in model.graph.output]))
 
 

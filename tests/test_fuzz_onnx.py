@@ -323,6 +323,9 @@ def _compare(model_bytes: bytes, result: Any) -> dict[str, Any]:
                                                 f"{type(e).__name__}: {e}"[:400]}
     if ort_error is not None:
         return {"outcome": "built-ort-refuses", "detail": ort_error}
+    if names != ex.input_names:
+        return {"outcome": "FINDING", "detail": f"input names {ex.input_names} != ONNX "
+                                                f"Runtime's {names}"}
     if list(want) != ex.output_names:
         return {"outcome": "FINDING", "detail": f"output names {ex.output_names} != ONNX "
                                                 f"Runtime's {list(want)}"}

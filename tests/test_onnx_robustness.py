@@ -253,6 +253,22 @@ def test_outputs_are_named_as_in_the_model(builder: str, tmp_path: Path) -> None
     assert load(str(tmp_path / "art")).output_names == list(want)
 
 
+@needs_native
+def test_inputs_keep_the_model_names() -> None:
+    """TVM's importer renames ``input.1`` to ``input_1``; the executor takes the model's name."""
+    def rename(m: Any) -> None:
+        m.graph.input[0].name = "input.1"
+        for n in m.graph.node:
+            n.input[:] = ["input.1" if t == "x" else t for t in n.input]
+
+    model = mutated(om.residual_block(), rename)
+    feeds = float_feeds(model)
+    result = analytic_build(model)
+    assert result.executor.input_names == ["input.1"]
+    np.testing.assert_allclose(result(**feeds)[0], ort_run(model, feeds)["y"], rtol=1e-4,
+                               atol=1e-4)
+
+
 def test_outputs_of_modules_without_names_are_numbered() -> None:
     from tvm.relax.frontend import nn
 
