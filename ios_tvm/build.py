@@ -22,7 +22,7 @@ import numpy as np
 from .config import SearchConfig
 from .cost.cache import MeasurementCache
 from .cost.measured import ProfileSettings, device_name, make_stage_cost, profiling_inputs
-from .errors import IosTvmError
+from .errors import IosTvmError, UnsupportedGraphError
 from .executor import Artifact, Executor
 from .lower import build_kernel_library, lower, target_device_type
 from .schedule import Schedule
@@ -222,6 +222,9 @@ def build(model: Any, target: Any = "llvm", *,
         raise IosTvmError(f"cost='measured' needs a {device_type} device on this machine; use "
                           "cost='analytic' (or profile remotely over RPC: rpc_tracker, "
                           "rpc_key)")
+    if not extraction.graph.nodes:
+        raise UnsupportedGraphError(f"{describe_model(model)} computes nothing: its outputs are "
+                                    "its inputs or constants, so there is no kernel to run")
     with tvm_errors(f"compiling the kernels of {describe_model(model)} failed", IosTvmError):
         lib = build_kernel_library(extraction.mod, extraction.target)
     times["lower_and_compile"] = time.perf_counter() - t0

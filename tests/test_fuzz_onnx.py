@@ -277,7 +277,13 @@ def make_case(seed: int, models: dict[str, Any]) -> tuple[str, bytes]:
         for _ in range(rng.randint(1, 8)):
             data[rng.randrange(len(data))] = rng.randrange(256)
         return f"{name}: flip bytes", bytes(data)
-    steps = [rng.choice(MUTATIONS)(m, rng) for _ in range(rng.choice([1, 1, 1, 2, 3]))]
+    steps = []
+    for _ in range(rng.choice([1, 1, 1, 2, 3])):
+        mutation = rng.choice(MUTATIONS)
+        try:
+            steps.append(mutation(m, rng))
+        except (IndexError, ValueError):  # nothing left to mutate (no node, no input)
+            steps.append(f"{mutation.__name__} skipped")
     return f"{name}: {'; '.join(steps)}", m.SerializeToString()
 
 

@@ -635,3 +635,15 @@ def test_other_gathers_and_scatters_check_their_indices() -> None:
     errors = [ln for ln in proc.stdout.splitlines() if ln.startswith("ERROR")]
     assert len(errors) == 12, proc.stdout
     assert all("index out of range in" in e and "from model input 'i'" in e for e in errors)
+
+
+def test_a_model_that_computes_nothing_is_named() -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"], name="id")], "noop",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UnsupportedGraphError, match=r"'noop'\) computes nothing: its outputs "
+                                                    r"are its inputs or constants"):
+        analytic_build(model)
