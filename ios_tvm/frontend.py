@@ -390,6 +390,32 @@ def _check_onnx_nodes(model: Any, src: str) -> None:
             raise ModelLoadError(f"{_node_label(node, i)} of {src} is invalid: {text}") from e
 
 
+def _check_onnx_types(model: Any, src: str) -> None:
+    """Run ONNX's strict type and shape inference, which ONNX Runtime also runs on load.
+
+    It refuses what TVM's importer would silently ignore or fail on deep inside (a conv on a
+    bool tensor, a ``kernel_shape`` that disagrees with the weights). Shapes the model
+    declares for intermediate tensors and outputs are left out: ONNX Runtime merges those
+    leniently (and ``input_shapes`` may change them). Models over protobuf's 2 GB limit are
+    not checked (inference needs the whole model in one message).
+    """
+    import onnx
+
+    if model.ByteSize() >= 2**31 - 1:
+        return
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.value_info[:]
+    for out in probe.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    try:
+        onnx.shape_inference.infer_shapes(probe, check_type=True, strict_mode=True)
+    except onnx.shape_inference.InferenceError as e:
+        text = " ".join(str(e).split())
+        raise ModelLoadError(f"ONNX model {src} fails ONNX's type and shape inference: "
+                             f"{text}") from e
+
+
 def _failing_onnx_node(exc: BaseException) -> str | None:
     """The ONNX node TVM's importer was converting when it raised ``exc``, if known.
 
@@ -436,6 +462,7 @@ def _load_onnx(model: Any, input_shapes: ShapeDict | None, dtype: str | Mapping[
     model = checked
     _check_onnx_ops(model, src)
     _check_onnx_nodes(model, src)
+    _check_onnx_types(model, src)
     _check_onnx_inputs(model, input_shapes, src, dtype)
     shape_dict = {k: [int(d) for d in v] for k, v in (input_shapes or {}).items()}
     dtype_dict = dict(dtype) if isinstance(dtype, Mapping) else dtype
@@ -451,8 +478,9 @@ def _load_onnx(model: Any, input_shapes: ShapeDict | None, dtype: str | Mapping[
         node = _failing_onnx_node(e)
         where = f" at {node}" if node else ""
         extra = f" (onnx.checker also failed: {checker_msg})" if checker_msg else ""
-        raise ModelLoadError(
-            f"TVM's ONNX importer failed on {src}{where}: {error_text(e)}{extra}") from e
+        # NotImplementedError: a valid model that TVM cannot import (e.g. a 4-D conv).
+        error = UnsupportedGraphError if isinstance(e, NotImplementedError) else ModelLoadError
+        raise error(f"TVM's ONNX importer failed on {src}{where}: {error_text(e)}{extra}") from e
     if checker_msg is not None:
         warnings.warn(f"onnx.checker rejected {src} ({checker_msg}) but TVM imported it",
                       stacklevel=3)

@@ -407,10 +407,11 @@ def test_an_input_too_large_for_memory_is_refused_before_lowering(
     monkeypatch.setattr(extract, "lower_to_kernels", no_lowering)
     model = mutated(om.residual_block(), lambda m: [
         setattr(d, "dim_value", v) for d, v in zip(m.graph.input[0].type.tensor_type.shape.dim,
-                                                   (1, 1 << 16, 1 << 16, 1 << 16), strict=True)])
-    with pytest.raises(ModelLoadError, match=r"input 'x' of .* has shape \(1, 65536, 65536, "
-                                             r"65536\): 1,125,899,906,842,624 bytes, more than"):
-        graph_from_model(model, "llvm")
+                                                   (1, 8, 1 << 22, 1 << 23), strict=True)])
+    with pytest.raises(ModelLoadError, match=r"input 'x' of .* has shape \(1, 8, 4194304, "
+                                             r"8388608\): 1,125,899,906,842,624 bytes, more "
+                                             r"than"):
+        graph_from_model(model, "llvm")  # 2^48 elements
 
 
 def test_an_intermediate_tensor_too_large_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -434,16 +435,20 @@ def test_an_intermediate_tensor_too_large_is_named(monkeypatch: pytest.MonkeyPat
 
 
 def test_importer_failure_names_the_node(capsys: pytest.CaptureFixture) -> None:
-    from ios_tvm.errors import ModelLoadError
+    """A valid model (ONNX Runtime runs it) that TVM's importer cannot convert: a 4-D conv."""
+    from onnx import TensorProto, helper
 
-    def bad_reshape(m: Any) -> None:
-        for i in m.graph.initializer:
-            if i.name.startswith("shape"):
-                i.CopyFrom(onnx.numpy_helper.from_array(np.array([3, 7], np.int64), i.name))
-
-    model = mutated(om.flatten_gemm_model(), bad_reshape)
-    with pytest.raises(ModelLoadError, match=r"TVM's ONNX importer failed on .* at node "
-                                             r"'reshape_0' \(Reshape\): ValueError") as info:
+    w = onnx.numpy_helper.from_array(np.ones((2, 2, 1, 1, 1, 1), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv4d")], "conv4d",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3, 3, 3])],
+        initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    ort_run(model, {"x": np.ones((1, 2, 3, 3, 3, 3), np.float32)})
+    with pytest.raises(UnsupportedGraphError, match=r"TVM's ONNX importer failed on .* at node "
+                                                    r"'conv4d' \(Conv\): "
+                                                    r"NotImplementedError") as info:
         load_model(model)
     assert "\n" not in str(info.value) and info.value.__cause__ is not None
     assert capsys.readouterr().out == ""  # TVM's own print of the failing op is swallowed
@@ -647,3 +652,27 @@ def test_a_model_that_computes_nothing_is_named() -> None:
     with pytest.raises(UnsupportedGraphError, match=r"'noop'\) computes nothing: its outputs "
                                                     r"are its inputs or constants"):
         analytic_build(model)
+
+
+def _bool_input(m: Any) -> None:
+    m.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.BOOL
+
+
+def _bad_kernel_shape(m: Any) -> None:
+    m.graph.node[0].attribute[0].ints[:] = [3, 0]
+
+
+@pytest.mark.parametrize("change, match", [
+    (_bool_input, r"fails ONNX's type and shape inference: .*node name: conv_0.*tensor\(bool\)"),
+    (_bad_kernel_shape, r"node name: conv_0.*kernel_shape must only contain positive values"),
+])
+def test_type_and_shape_errors_are_refused_like_onnxruntime(change: Any, match: str) -> None:
+    """Found by the fuzzer: TVM ignored kernel_shape, and compiled a conv on bools into a
+    kernel that failed in LLVM; ONNX Runtime refuses both on load."""
+    from ios_tvm.errors import ModelLoadError
+
+    model = mutated(om.residual_block(), change)
+    with pytest.raises(Exception, match="ONNXRuntimeError"):
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    with pytest.raises(ModelLoadError, match=match):
+        load_model(model)
