@@ -369,16 +369,17 @@ def _topological_order(graph: Any, producer: Mapping[str, int], src: str) -> lis
 def _check_onnx_nodes(model: Any, src: str) -> None:
     """Check each node against its operator's schema, as ONNX Runtime does when it loads.
 
-    An attribute the operator does not define, a missing required one, or the wrong number
-    of inputs or outputs is refused, naming the node (TVM's importer ignores unknown
-    attributes and fails obscurely on missing inputs). Nodes with subgraphs (If, Loop) are
-    left to the importer and the scheduler.
+    An attribute the operator does not define, a missing required one, the wrong number of
+    inputs or outputs, or a conv ``kernel_shape`` unlike its weights is refused, naming the
+    node (TVM's importer ignores such attributes and fails obscurely on missing inputs).
+    Nodes with subgraphs (If, Loop) are left to the importer and the scheduler.
     """
     import onnx
 
     ctx = onnx.checker.C.CheckerContext()
     ctx.ir_version = model.ir_version
     ctx.opset_imports = {imp.domain: imp.version for imp in model.opset_import}
+    weights = {t.name: t for t in model.graph.initializer}
     for i, node in enumerate(model.graph.node):
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                for a in node.attribute):
@@ -388,6 +389,22 @@ def _check_onnx_nodes(model: Any, src: str) -> None:
         except Exception as e:  # onnx raises ValidationError (and others for odd protos)
             text = " ".join(str(e).split()).split(" ==> Context:")[0]
             raise ModelLoadError(f"{_node_label(node, i)} of {src} is invalid: {text}") from e
+        _check_kernel_shape(node, i, weights, src)
+
+
+def _check_kernel_shape(node: Any, index: int, weights: Mapping[str, Any], src: str) -> None:
+    """Refuse a conv whose ``kernel_shape`` differs from its weights' kernel size.
+
+    TVM ignores the attribute; ONNX Runtime refuses to run such a model.
+    """
+    if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2:
+        return
+    w = weights.get(node.input[1])
+    ks = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), None)
+    if w is None or ks is None or list(w.dims[2:]) == ks:
+        return
+    raise ModelLoadError(f"{_node_label(node, index)} of {src} has kernel_shape {ks}, but its "
+                         f"weight {node.input[1]!r} has kernel size {list(w.dims[2:])}")
 
 
 def _check_onnx_types(model: Any, src: str) -> None:
@@ -410,7 +427,8 @@ def _check_onnx_types(model: Any, src: str) -> None:
         out.type.tensor_type.ClearField("shape")
     try:
         onnx.shape_inference.infer_shapes(probe, check_type=True, strict_mode=True)
-    except onnx.shape_inference.InferenceError as e:
+    except (onnx.shape_inference.InferenceError, ValueError, TypeError) as e:
+        # (ValueError: a tensor type onnx does not know, e.g. elem_type 1000)
         text = " ".join(str(e).split())
         raise ModelLoadError(f"ONNX model {src} fails ONNX's type and shape inference: "
                              f"{text}") from e

@@ -374,8 +374,11 @@ def worker(paths: list[str]) -> None:
 
     warnings.simplefilter("ignore")
     logging.disable(logging.WARNING)
+    crash_on = os.environ.get("IOS_TVM_FUZZ_CRASH_ON")  # to test the driver itself
     for p in paths:
         print(json.dumps({"start": p}), flush=True)
+        if crash_on and p.endswith(crash_on):
+            os.abort()
         print(json.dumps({"case": p, **run_case(p)}), flush=True)
 
 
@@ -454,6 +457,17 @@ def _check(results: list[dict[str, Any]]) -> None:
 @needs_native
 def test_fuzz_onnx_loader(tmp_path: Path) -> None:
     _check(fuzz(CI_CASES, workdir=str(tmp_path)))
+
+
+@needs_native
+def test_a_crashing_case_is_a_finding_and_the_rest_still_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IOS_TVM_FUZZ_CRASH_ON", "case1.onnx")
+    results = fuzz(3, workdir=str(tmp_path))
+    assert len(results) == 3
+    crashed = [r for r in results if r["outcome"] == "FINDING"]
+    assert len(crashed) == 1 and crashed[0]["case"].startswith("seed 1:")
+    assert "worker crashed (exit -6)" in crashed[0]["detail"]
 
 
 @pytest.mark.slow

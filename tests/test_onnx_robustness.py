@@ -343,7 +343,13 @@ def _output_twice(m: Any) -> None:
     m.graph.output.add().CopyFrom(m.graph.output[0])
 
 
+def _kernel_shape_unlike_weights(m: Any) -> None:
+    m.graph.node[0].attribute[0].ints[:] = [1, 3]
+
+
 @pytest.mark.parametrize("change, match", [
+    (_kernel_shape_unlike_weights, r"node 'conv_0' \(Conv\) of .* has kernel_shape \[1, 3\], "
+                                   r"but its weight 'w0' has kernel size \[3, 3\]"),
     (_unknown_attribute, r"node 'relu_0' \(Relu\) of .* is invalid: Unrecognized attribute: "
                          r"perm for operator Relu$"),
     (_too_few_inputs, r"node 'add_0' \(Add\) of .* is invalid: .*input size 1 not in range"),
@@ -662,8 +668,13 @@ def _bad_kernel_shape(m: Any) -> None:
     m.graph.node[0].attribute[0].ints[:] = [3, 0]
 
 
+def _unknown_dtype(m: Any) -> None:
+    m.graph.input[0].type.tensor_type.elem_type = 1000
+
+
 @pytest.mark.parametrize("change, match", [
     (_bool_input, r"fails ONNX's type and shape inference: .*node name: conv_0.*tensor\(bool\)"),
+    (_unknown_dtype, r"fails ONNX's type and shape inference: Invalid tensor data type 1000"),
     (_bad_kernel_shape, r"node name: conv_0.*kernel_shape must only contain positive values"),
 ])
 def test_type_and_shape_errors_are_refused_like_onnxruntime(change: Any, match: str) -> None:
