@@ -21,7 +21,13 @@ import numpy as np
 
 from .config import SearchConfig
 from .cost.cache import MeasurementCache
-from .cost.measured import ProfileSettings, device_name, make_stage_cost, profiling_inputs
+from .cost.measured import (
+    ProfileSettings,
+    device_name,
+    index_bounds_of,
+    make_stage_cost,
+    profiling_inputs,
+)
 from .errors import IosTvmError, UnsupportedGraphError
 from .executor import Artifact, Executor
 from .lower import build_kernel_library, lower, target_device_type
@@ -317,6 +323,11 @@ def _search_and_choose(extraction: Any, lib: Any, device_type: str, cfg: SearchC
             "input_shapes": {n: list(extraction.graph.tensors[n].shape)
                              for n in extraction.graph.inputs
                              if extraction.graph.tensors[n].kind == "input"}}
+    bounds = index_bounds_of(extraction.mod)
+    if bounds:
+        # Integer inputs that index a gather/scatter must lie in [-n, n): the CPU kernels
+        # check this themselves; on CUDA a runtime can check it on the host before a run.
+        spec["index_bounds"] = bounds
     cost_name = cost if isinstance(cost, str) else "custom"
 
     def plan_meta(sch: Schedule) -> dict[str, Any]:

@@ -576,6 +576,13 @@ def test_build_profiles_on_the_given_sample_inputs() -> None:
               sample_inputs={"features": feats, "ids": [[0, 0, 0, 77]]})
 
 
+@needs_native
+def test_plan_records_the_index_bounds() -> None:
+    """For runtimes that check ids on the host (CUDA kernels cannot raise)."""
+    plan = analytic_build(om.two_tower_model()).artifact.plan
+    assert plan.meta["specialised_for"]["index_bounds"] == {"ids": 50}
+
+
 def test_gathers_on_gpu_targets_clip_instead() -> None:
     """A CUDA kernel cannot raise: there take is given TVM's memory-safe clip mode."""
     from ios_tvm.extract import guard_indices
@@ -668,6 +675,11 @@ def _bad_kernel_shape(m: Any) -> None:
     m.graph.node[0].attribute[0].ints[:] = [3, 0]
 
 
+def _add_mismatch(m: Any) -> None:
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.ones(3, np.float32), "three"))
+    m.graph.node[3].input[1] = "three"
+
+
 def _unknown_dtype(m: Any) -> None:
     m.graph.input[0].type.tensor_type.elem_type = 1000
 
@@ -675,7 +687,8 @@ def _unknown_dtype(m: Any) -> None:
 @pytest.mark.parametrize("change, match", [
     (_bool_input, r"fails ONNX's type and shape inference: .*node name: conv_0.*tensor\(bool\)"),
     (_unknown_dtype, r"fails ONNX's type and shape inference: Invalid tensor data type 1000"),
-    (_bad_kernel_shape, r"node name: conv_0.*kernel_shape must only contain positive values"),
+    (_bad_kernel_shape, r"node 'conv_0' \(Conv\) of .* has kernel_shape \[3, 0\]"),
+    (_add_mismatch, r"node name: add_0\): \[ShapeInferenceError\] Incompatible dimensions"),
 ])
 def test_type_and_shape_errors_are_refused_like_onnxruntime(change: Any, match: str) -> None:
     """Found by the fuzzer: TVM ignored kernel_shape, and compiled a conv on bools into a

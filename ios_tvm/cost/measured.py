@@ -157,7 +157,7 @@ def profiling_inputs(extraction: Any, given: Any = None, seed: int = 0) -> list[
     if given is not None:
         return [_sample_value(graph.tensors[n], v)
                 for n, v in zip(names, _by_position(names, given), strict=True)]
-    bounds = _index_bounds_of(extraction.mod)
+    bounds = index_bounds_of(extraction.mod)
     rng = np.random.default_rng(seed)
     out = []
     for n in names:
@@ -204,7 +204,8 @@ def _sample_value(spec: Any, value: Any) -> np.ndarray:
     return np.ascontiguousarray(arr.astype(want, copy=False))
 
 
-def _index_bounds_of(mod: Any) -> dict[str, int]:
+def index_bounds_of(mod: Any) -> dict[str, int]:
+    """``{input: n}`` recorded by :func:`ios_tvm.extract.guard_indices` (valid: ``[-n, n)``)."""
     from ..extract import INDEX_BOUNDS_ATTR
 
     attrs = getattr(mod, "attrs", None)
