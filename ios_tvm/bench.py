@@ -253,17 +253,13 @@ def _add_torch_runners(proto: Any, inputs: Mapping[str, np.ndarray], device_type
 
 # -- the benchmark ---------------------------------------------------------------------------------
 def resolve_model(model: Any, batch_size: int = 1) -> tuple[str, Any]:
-    """A display name and the model: a zoo name becomes its ONNX ModelProto at ``batch_size``."""
-    from .models import BUILTIN_MODELS
+    """A display name and the model (:func:`ios_tvm.models.resolve_model`)."""
+    from .models import resolve_model as resolve
 
-    if isinstance(model, str) and model in BUILTIN_MODELS:
-        return model, BUILTIN_MODELS[model](batch=batch_size)
-    if isinstance(model, (str, os.PathLike)):
+    loaded = resolve(model, batch_size)
+    if isinstance(model, str | os.PathLike):
         path = Path(model)
-        if not path.exists():
-            raise IosTvmError(f"model {str(model)!r} is neither a file nor a built-in model "
-                              f"({', '.join(sorted(BUILTIN_MODELS))})")
-        return path.stem, str(path)
+        return (path.stem, str(path)) if loaded is model else (os.fspath(model), loaded)
     return type(model).__name__, model
 
 
@@ -339,7 +335,8 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
           onnxruntime: bool = True, relax_vm: bool = True, greedy: bool = True,
           pytorch: Sequence[str] = ("eager", "compile"), margin: float = 0.03,
           progress: bool = False, name: str | None = None,
-          seed: int = 0, cpu_layout: str | None = "NHWC") -> BenchReport:
+          seed: int = 0, cpu_layout: str | None = "NHWC",
+          sample_inputs: Any = None) -> BenchReport:
     """Time ``model`` every way (see the module docstring) and return a :class:`BenchReport`.
 
     Parameters
@@ -384,9 +381,13 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
     cpu_layout
         Conv layout on llvm targets, as for :func:`ios_tvm.build` (IOS-Merge needs
         ``"NCHW"``).
+    sample_inputs
+        Model inputs to time and compare on (mapping by name or sequence), as for
+        :func:`ios_tvm.build`; default: random inputs valid for the model
+        (:func:`~ios_tvm.cost.measured.profiling_inputs`, seeded by ``seed``).
     """
-    from .build import _random_inputs, warn_merge_layout
-    from .cost.measured import ProfileSettings, make_stage_cost
+    from .build import warn_merge_layout
+    from .cost.measured import ProfileSettings, make_stage_cost, profiling_inputs
     from .extract import graph_from_model, resolve_target
     from .lower import build_kernel_library, lower, target_device_type
     from .search import greedy_schedule, search, sequential_schedule
@@ -432,9 +433,10 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
         from .merge import MergeCompiler
 
         merges = MergeCompiler(extraction, lib=lib, params=params)
+    inputs = profiling_inputs(extraction, sample_inputs, seed)
     stage_cost, measured = make_stage_cost(extraction, cost, cache=cache, settings=settings,
                                            max_groups=base_cfg.max_groups, lib=lib,
-                                           merges=merges, progress=progress)
+                                           merges=merges, progress=progress, inputs=inputs)
     schedules: dict[str, Any] = {"sequential": sequential_schedule(graph)}
     if greedy:
         schedules["greedy"] = greedy_schedule(graph, base_cfg.greedy_max_streams)
@@ -482,7 +484,6 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
         peak[key] = art.plan.activation_nbytes
         artifacts[key] = art
     seq_plan = artifacts["sequential"].plan
-    inputs = _random_inputs(seq_plan, seed)
     names = [seq_plan.tensors[i].name for i in seq_plan.inputs]
     runners: dict[str, Callable[[], Any]] = {}
     outputs: dict[str, list[np.ndarray]] = {}

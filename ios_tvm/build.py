@@ -21,8 +21,14 @@ import numpy as np
 
 from .config import SearchConfig
 from .cost.cache import MeasurementCache
-from .cost.measured import ProfileSettings, device_name, make_stage_cost
-from .errors import IosTvmError
+from .cost.measured import (
+    ProfileSettings,
+    device_name,
+    index_bounds_of,
+    make_stage_cost,
+    profiling_inputs,
+)
+from .errors import IosTvmError, UnsupportedGraphError
 from .executor import Artifact, Executor
 from .lower import build_kernel_library, lower, target_device_type
 from .schedule import Schedule
@@ -81,18 +87,6 @@ class BuildResult:
                 "kernel_schedules": self.kernel_schedules}
 
 
-def _random_inputs(plan: Any, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in plan.inputs:
-        t = plan.tensors[i]
-        if t.dtype.startswith("float"):
-            out.append(rng.standard_normal(t.shape).astype(t.dtype))
-        else:
-            out.append(np.zeros(t.shape, t.dtype))
-    return out
-
-
 def relax_vm_latency(extraction: Any, inputs: list[np.ndarray], settings: ProfileSettings,
                      params: dict[str, Any] | None = None, *, cuda_graph: bool = False) -> float:
     """Median seconds per run of TVM's Relax VM on the same fused kernels.
@@ -132,7 +126,8 @@ def build(model: Any, target: Any = "llvm", *,
           progress: bool = False, rpc_tracker: str | tuple[str, int] | None = None,
           rpc_key: str | None = None, rpc_servers: int | None = None,
           cuda_graph: bool | None = None, database: Any = None,
-          cpu_schedule: bool = True, cpu_layout: str | None = "NHWC") -> BuildResult:
+          cpu_schedule: bool = True, cpu_layout: str | None = "NHWC",
+          sample_inputs: Any = None) -> BuildResult:
     """Compile ``model`` for ``target`` with an IOS schedule run by the ios-tvm executor.
 
     Parameters
@@ -195,8 +190,16 @@ def build(model: Any, target: Any = "llvm", *,
         Data layout of convolutions on llvm targets: ``"NHWC"`` (default; vectorises over
         channels, several times faster than NCHW on CPUs) or ``"NCHW"`` (needed for IOS-Merge,
         which merges NCHW convs only); see :func:`ios_tvm.extract.convert_conv_layout`.
+    sample_inputs
+        Model inputs that stage profiling and plan timing run on (a mapping by input name,
+        or a sequence in input order). Default: made to be valid for the model
+        (:func:`~ios_tvm.cost.measured.profiling_inputs`: random floats; ids that index an
+        embedding drawn within its rows; other integers zero). Give real inputs when a
+        model's speed or validity depends on the values.
     """
     from .extract import graph_from_model, resolve_target
+    from .frontend import describe_model, tvm_errors
+    from .models import resolve_model
 
     cfg = config or SearchConfig()
     settings = settings or ProfileSettings()
@@ -208,11 +211,13 @@ def build(model: Any, target: Any = "llvm", *,
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     load_kwargs = {"params": params} if params is not None else {}
+    model = resolve_model(model)
     extraction = graph_from_model(model, target, input_shapes=input_shapes,
                                   cpu_schedule=cpu_schedule, database=database,
                                   cpu_layout=cpu_layout, **load_kwargs)
     tgt = resolve_target(target)
     extraction.target = extraction.target or tgt
+    inputs = profiling_inputs(extraction, sample_inputs)
     warn_merge_layout(cfg.strategy, extraction.target, cpu_layout)
     device_type = target_device_type(extraction.target)
     if cuda_graph and device_type != "cuda":
@@ -223,7 +228,11 @@ def build(model: Any, target: Any = "llvm", *,
         raise IosTvmError(f"cost='measured' needs a {device_type} device on this machine; use "
                           "cost='analytic' (or profile remotely over RPC: rpc_tracker, "
                           "rpc_key)")
-    lib = build_kernel_library(extraction.mod, extraction.target)
+    if not extraction.graph.nodes:
+        raise UnsupportedGraphError(f"{describe_model(model)} computes nothing: its outputs are "
+                                    "its inputs or constants, so there is no kernel to run")
+    with tvm_errors(f"compiling the kernels of {describe_model(model)} failed", IosTvmError):
+        lib = build_kernel_library(extraction.mod, extraction.target)
     times["lower_and_compile"] = time.perf_counter() - t0
     profiler = None
     if remote:
@@ -238,7 +247,7 @@ def build(model: Any, target: Any = "llvm", *,
     try:
         result = _search_and_choose(extraction, lib, device_type, cfg, cost, cache, settings,
                                     margin, compare_vm, measure, progress, params, profiler,
-                                    times, t0, cuda_graph=cuda_graph)
+                                    times, t0, cuda_graph=cuda_graph, inputs=inputs)
         from .cpu_schedule import schedule_report
 
         report = schedule_report(extraction.mod)
@@ -255,7 +264,8 @@ def _search_and_choose(extraction: Any, lib: Any, device_type: str, cfg: SearchC
                        settings: ProfileSettings, margin: float, compare_vm: bool,
                        measure: bool, progress: bool, params: dict[str, Any] | None,
                        profiler: Any, times: dict[str, float], t0: float, *,
-                       cuda_graph: bool | None = None) -> BuildResult:
+                       cuda_graph: bool | None = None,
+                       inputs: list[np.ndarray] | None = None) -> BuildResult:
     """The search and the never-slower choice of :func:`build` (``profiler``: RPC or None)."""
     from .schedule import validate_schedule
     from .transform import schedule_of
@@ -284,7 +294,7 @@ def _search_and_choose(extraction: Any, lib: Any, device_type: str, cfg: SearchC
     memo_cost, measured = make_stage_cost(
         extraction, "analytic" if recorded is not None else cost, cache=cache,
         settings=settings, max_groups=cfg.max_groups, lib=lib, merges=merges,
-        profiler=profiler, progress=progress)
+        profiler=profiler, progress=progress, inputs=inputs)
     if measured is not None and profiler is not None:
         from .cost.measured import candidate_stages
 
@@ -313,6 +323,11 @@ def _search_and_choose(extraction: Any, lib: Any, device_type: str, cfg: SearchC
             "input_shapes": {n: list(extraction.graph.tensors[n].shape)
                              for n in extraction.graph.inputs
                              if extraction.graph.tensors[n].kind == "input"}}
+    bounds = index_bounds_of(extraction.mod)
+    if bounds:
+        # Integer inputs that index a gather/scatter must lie in [-n, n): the CPU kernels
+        # check this themselves; on CUDA a runtime can check it on the host before a run.
+        spec["index_bounds"] = bounds
     cost_name = cost if isinstance(cost, str) else "custom"
 
     def plan_meta(sch: Schedule) -> dict[str, Any]:
@@ -332,7 +347,8 @@ def _search_and_choose(extraction: Any, lib: Any, device_type: str, cfg: SearchC
         reason = "not measured (no device here); shipping the searched plan"
     else:
         t2 = time.perf_counter()
-        inputs = _random_inputs(ios_art.plan)
+        if inputs is None:
+            inputs = profiling_inputs(extraction)
         for name, art in (("ios", ios_art), ("sequential", seq_art)):
             if profiler is not None:
                 latencies[name] = profiler.benchmark_plan(art.plan, inputs, min_repeat_ms=50)

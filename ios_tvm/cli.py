@@ -189,14 +189,9 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def _resolve_model(args: argparse.Namespace) -> Any:
-    from .models import BUILTIN_MODELS
+    from .models import resolve_model
 
-    if args.model in BUILTIN_MODELS:
-        return BUILTIN_MODELS[args.model](batch=args.batch_size)
-    if not Path(args.model).exists():
-        raise IosTvmError(f"model {args.model!r} is neither a file nor a built-in model "
-                          f"({', '.join(sorted(BUILTIN_MODELS))})")
-    return args.model
+    return resolve_model(args.model, args.batch_size)
 
 
 def _search_config(args: argparse.Namespace, strategy: str = "concurrent") -> SearchConfig:

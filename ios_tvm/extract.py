@@ -25,7 +25,9 @@ can find every kernel's arguments. Constant values are not copied into the OpGra
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,12 +37,24 @@ import tvm
 from tvm import relax
 
 from .errors import IosTvmError, UnsupportedGraphError
-from .frontend import ShapeDict, _entry_function, _num_inputs, load_model
+from .frontend import (
+    INPUT_NAMES_ATTR,
+    OUTPUT_NAMES_ATTR,
+    ShapeDict,
+    _entry_function,
+    _num_inputs,
+    describe_model,
+    load_model,
+    tvm_errors,
+)
 from .graph import OpGraph, OpNode, TensorInfo
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
-    "KERNEL_INFO_ATTR", "OP_PATTERN_KINDS", "Extraction", "TensorSource", "extract_graph",
-    "graph_from_model", "kernel_flops", "lower_to_kernels", "resolve_target",
+    "INDEX_BOUNDS_ATTR", "KERNEL_INFO_ATTR", "LAYOUT_SAFE_OPS", "OP_PATTERN_KINDS", "Extraction",
+    "TensorSource", "convert_conv_layout", "extract_graph", "graph_from_model", "guard_indices",
+    "kernel_flops", "lower_to_kernels", "resolve_target",
 ]
 
 #: IRModule attribute (a JSON string) where :func:`lower_to_kernels` records per-kernel info.
@@ -286,26 +300,371 @@ def _scheduled_kernels(mod: tvm.IRModule) -> set[str]:
 CPU_LAYOUTS = ("NHWC", "NCHW")
 
 
+#: Relax ops that ConvertLayout is trusted to carry a converted layout through: elementwise
+#: and broadcasting ops, pools, concat/split and reductions, the ops around convolutions in CNNs
+#: (tests/test_onnx_robustness.py checks each against NCHW). Every other op that has a layout
+#: rule is hidden from the pass (see :func:`convert_conv_layout`): TVM 0.27's rules for some
+#: of them fail (``stack`` of converted tensors: "Invalid SLayout"), and a layout choice must
+#: never make a valid model fail.
+LAYOUT_SAFE_OPS = frozenset({
+    "relax.nn.conv2d",
+    # elementwise
+    "relax.abs", "relax.astype", "relax.ceil", "relax.cos", "relax.erf", "relax.exp",
+    "relax.floor", "relax.log", "relax.negative", "relax.round", "relax.rsqrt",
+    "relax.sigmoid", "relax.sign", "relax.sin", "relax.sqrt", "relax.square", "relax.tanh",
+    "relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.relu", "relax.nn.silu",
+    "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
+    "relax.minimum", "relax.power",
+    # pools, channel concat/split, reductions
+    "relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d",
+    "relax.concat", "relax.split", "relax.mean", "relax.sum", "relax.max", "relax.min",
+})
+
+_KEEP_PREFIX = "ios_tvm_keep_layout"
+
+
+def _needs_hiding(op: Any) -> bool:
+    """Whether ConvertLayout would apply an untrusted layout rule to a call of ``op``."""
+    return (isinstance(op, tvm.ir.Op) and op.name not in LAYOUT_SAFE_OPS
+            and op.get_attr("FRelaxInferLayout") is not None)
+
+
+def _layout_work(mod: tvm.IRModule) -> bool:
+    """Whether any binding needs :func:`_hide_from_layout_pass` (none in a plain CNN)."""
+    for func in _relax_functions(mod):
+        for b in _bindings(func):
+            if isinstance(b, relax.MatchCast) and not isinstance(b.value, relax.Var):
+                return True
+            if isinstance(b.value, relax.Call) and _needs_hiding(b.value.op):
+                return True
+    return False
+
+
+def _sub_vars(e: Any, fn: Any) -> Any:
+    """``e`` with each Var replaced by ``fn(var)``, through (nested) tuples."""
+    if isinstance(e, relax.Var):
+        return fn(e)
+    if isinstance(e, relax.Tuple):
+        return relax.Tuple([_sub_vars(f, fn) for f in e.fields])
+    return e
+
+
+@relax.expr_functor.mutator
+class _HideFromLayout(relax.PyExprMutator):
+    """Moves each call of an untrusted op into a private function of its own.
+
+    ConvertLayout gives calls of functions (not ops) the default policy: their arguments are
+    converted back to the original layout, and their result is in it. A ``match_cast`` of a
+    call gets the call bound to a var first (TVM 0.27's pass fails on a ``match_cast`` whose
+    value is a call whose layout it does not know, e.g. ``NonZero``, ``Range``).
+    """
+
+    def __init__(self, mod: tvm.IRModule) -> None:
+        super().__init__(mod)
+        self.hidden: dict[str, tuple[list[Any], Any]] = {}  # function -> (params, call)
+
+    def visit_call_(self, call: Any) -> Any:
+        call = super().visit_call_(call)
+        if not _needs_hiding(call.op):
+            return call
+        outer: list[Any] = []
+        params: list[Any] = []
+
+        def param(v: Any) -> Any:
+            outer.append(v)
+            params.append(relax.Var(v.name, v.ty))
+            return params[-1]
+
+        inner = relax.Call(call.op, [_sub_vars(a, param) for a in call.args], call.attrs,
+                           call.ty_args)
+        name = f"{_KEEP_PREFIX}{len(self.hidden)}"
+        bb = relax.BlockBuilder()
+        with bb.function(name, params, private=True):
+            bb.emit_func_output(bb.emit(inner))
+        gv = self.builder_.add_func(bb.get()[name], name)
+        self.hidden[gv.name_hint] = (params, inner)
+        return relax.Call(gv, outer)
+
+    def visit_match_cast_(self, binding: Any) -> None:
+        value = self.visit_expr(binding.value)
+        if not isinstance(value, relax.Var):
+            value = self.builder_.emit(value)
+        self.builder_.emit_normalized(relax.MatchCast(binding.var, value, binding.ty))
+
+
+@relax.expr_functor.mutator
+class _RestoreHidden(relax.PyExprMutator):
+    """Puts the calls :class:`_HideFromLayout` moved out back in place of their functions."""
+
+    def __init__(self, mod: tvm.IRModule, hidden: Mapping[str, tuple[list[Any], Any]]) -> None:
+        super().__init__(mod)
+        self.hidden = hidden
+
+    def visit_call_(self, call: Any) -> Any:
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, tvm.ir.GlobalVar) and call.op.name_hint in self.hidden):
+            return call
+        # By position: ConvertLayout also rebuilds the private functions, with new params.
+        params, inner = self.hidden[call.op.name_hint]
+        args = dict(zip(params, call.args, strict=True))
+        return relax.Call(inner.op, [_sub_vars(a, lambda v: args[v]) for a in inner.args],
+                          inner.attrs, inner.ty_args)
+
+
+def _map_relax_functions(mod: tvm.IRModule, mutator: Any) -> tvm.IRModule:
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function) and not gv.name_hint.startswith(_KEEP_PREFIX):
+            mutator.builder_.update_func(gv, mutator.visit_expr(func))
+    return mutator.builder_.get()
+
+
+def _convert_layout_robust(mod: tvm.IRModule, desired: Mapping[str, list[str]]
+                           ) -> tvm.IRModule:
+    """ConvertLayout that converts only :data:`LAYOUT_SAFE_OPS` and keeps the rest as is."""
+    convert = relax.transform.ConvertLayout(dict(desired))
+    if not _layout_work(mod):
+        return convert(mod)
+    hide = _HideFromLayout(mod)
+    hidden = _map_relax_functions(mod, hide)
+    converted = convert(hidden)
+    restored = _map_relax_functions(converted, _RestoreHidden(converted, hide.hidden))
+    keep = [gv for gv in restored.get_global_vars() if gv.name_hint in hide.hidden]
+    for gv in keep:
+        del restored[gv]
+    return restored
+
+
 def convert_conv_layout(mod: tvm.IRModule, layout: str) -> tvm.IRModule:
     """Give every 2-D convolution ``layout`` (``"NHWC"``: weights ``HWIO``; ``"NCHW"``: as is).
 
     Relax's ConvertLayout rewrites the convs and carries the layout through the elementwise
-    ops, pools and concats around them, so transposes remain only where the model's inputs
-    enter and its outputs leave; FoldConstant then transposes constant weights once, at
-    build time. Why NHWC on CPU: the output channels become the innermost axis, which every
-    conv has in multiples of the vector width and which the weights (HWIO) are contiguous
-    along, so :mod:`ios_tvm.cpu_schedule` vectorises over channels; in NCHW it must
-    vectorise along the image width, and widths such as 17, 35 or 71 leave the vector units
-    mostly idle (Inception V3's convs ran at scalar speed).
+    ops, pools and concats around them (:data:`LAYOUT_SAFE_OPS`), so transposes remain only
+    where the model's inputs enter and its outputs leave, and around other ops, which keep
+    the model's layout; FoldConstant then transposes constant weights once, at build time.
+    If the conversion still fails, the model keeps its layout (a logged warning): a layout is
+    a speed choice and must not make a valid model fail. Why NHWC on CPU: the output
+    channels become the innermost axis, which every conv has in multiples of the vector
+    width and which the weights (HWIO) are contiguous along, so :mod:`ios_tvm.cpu_schedule`
+    vectorises over channels; in NCHW it must vectorise along the image width, and widths
+    such as 17, 35 or 71 leave the vector units mostly idle (Inception V3's convs ran at
+    scalar speed).
     """
     if layout == "NCHW":
         return mod
     if layout != "NHWC":
         raise IosTvmError(f"unknown CPU conv layout {layout!r}; choose from {CPU_LAYOUTS}")
-    mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
-    mod = relax.transform.FoldConstant()(mod)
+    try:
+        converted = _convert_layout_robust(mod, {"relax.nn.conv2d": ["NHWC", "HWIO"]})
+    except Exception as e:  # TVM raises InternalError, ValueError, TypeError, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+        logger.warning("converting the convolutions to NHWC failed in TVM (%s); keeping the "
+                       "model's layout", first)
+        return mod
+    converted = relax.transform.FoldConstant()(converted)
     # ConvertLayout transposes a tensor once per consumer; keep one transpose per tensor.
-    return relax.transform.EliminateCommonSubexpr()(mod)
+    return relax.transform.EliminateCommonSubexpr()(converted)
+
+
+#: IRModule attribute (a JSON object ``{input name: n}``) that :func:`guard_indices` sets: the
+#: integer model inputs that index a gather or scatter, each with the smallest axis size it
+#: indexes; profiling inputs draw such an input from ``[0, n)``
+#: (:func:`ios_tvm.cost.measured.profiling_inputs`).
+INDEX_BOUNDS_ATTR = "ios_tvm.index_bounds"
+
+#: Ops whose indices address their data tensor: where the index argument is, how the bound
+#: of each index is found (``"axis"``: the size of the op's ``axis``; ``"coords"``: the last
+#: index axis holds coordinates of the data axes from ``batch_dims`` on), and whether the op
+#: itself takes negative indices (TVM's importer maps them to ``i + n`` before the others).
+_INDEXING_OPS = {
+    "relax.take": (1, "axis", False), "relax.gather_elements": (1, "axis", False),
+    "relax.scatter_elements": (1, "axis", True), "relax.gather_nd": (1, "coords", False),
+    "relax.scatter_nd": (1, "coords", False),
+}
+
+
+def _index_bounds(call: Any) -> list[int] | None:
+    """Per-index bounds of an indexing call: ``[n]`` for all indices, or one per coordinate."""
+    data = _shape_of(call.args[0])
+    index = _shape_of(call.args[_INDEXING_OPS[call.op.name][0]])
+    if data is None or index is None:
+        return None
+    if _INDEXING_OPS[call.op.name][1] == "axis":
+        axis = getattr(call.attrs, "axis", None)
+        if axis is None:  # take without an axis indexes the flattened tensor
+            return [math.prod(data)]
+        return [data[int(axis) % len(data)]] if data else None
+    if not index:
+        return None
+    start = int(getattr(call.attrs, "batch_dims", 0) or 0)
+    coords = index[-1]
+    if start + coords > len(data):
+        return None
+    return data[start:start + coords]
+
+
+def _index_check_kernel(shape: Sequence[int], dtype: str, bounds: Sequence[int],
+                        message: str, negative: bool = False) -> tvm.tirx.PrimFunc:
+    """A kernel that copies indices and raises ``message`` unless each is in range.
+
+    The range is ``[0, bound)``, or ``[-bound, bound)`` if ``negative``. ``bounds`` has one
+    bound for every index, or one per position along the last axis. The kernel is opaque to
+    fusion and left unscheduled (a serial loop: indices are few), so its assert raises from
+    the executor's run instead of letting the op read outside its data.
+    """
+    from tvm.script import from_source
+
+    def dims(ds: Sequence[int]) -> str:
+        return "".join(f"T.int64({d}), " for d in ds)
+
+    per_coord = len(bounds) > 1 or (len(shape) > 0 and len(bounds) == shape[-1] != 1)
+    loops = list(shape[:-1]) if per_coord else list(shape)
+    names = [f"i{k}" for k in range(len(loops))]
+    axes = [f"v{k}" for k in range(len(loops))]
+    pad = "    " * (3 if loops else 2)
+    lines = []
+    if loops:
+        lines.append(f"    for {', '.join(names)} in T.grid({dims(loops)}):")
+        lines.append("        with T.sblock(\"check\"):")
+        lines += [f"{pad}{v} = T.axis.spatial(T.int64({d}), {i})"
+                  for v, d, i in zip(axes, loops, names, strict=True)]
+    else:
+        lines.append("    with T.sblock(\"check\"):")
+    whole = ", ".join([*axes, f"0:{shape[-1]}"] if per_coord else axes) or "()"
+    lines.append(f"{pad}T.reads(a[{whole}])")
+    lines.append(f"{pad}T.writes(out[{whole}])")
+    for j, b in enumerate(bounds if per_coord else bounds[:1]):
+        at = ", ".join([*axes, str(j)] if per_coord else axes) or "()"
+        lines.append(f"{pad}assert a[{at}] >= T.{dtype}({-b if negative else 0}) and "
+                     f"a[{at}] < T.{dtype}({b}), {json.dumps(message)}")
+        lines.append(f"{pad}out[{at}] = a[{at}]")
+    src = "\n".join([
+        "@T.prim_func(private=True, s_tir=True)",
+        f"def check_indices(a: T.Buffer(({dims(shape)}), \"{dtype}\"), "
+        f"out: T.Buffer(({dims(shape)}), \"{dtype}\")):",
+        "    T.func_attr({\"op_pattern\": 8, \"tirx.is_scheduled\": True, "
+        "\"tirx.noalias\": True})", *lines, ""])
+    return from_source(src)
+
+
+def _feeding_inputs(func: relax.Function, expr: Any) -> list[Any]:
+    """The parameters of ``func`` whose values reach ``expr`` (through any bindings)."""
+    value = {b.var: b.value for b in _bindings(func)}
+    params = set(func.params)
+    found: list[Any] = []
+    seen: set[Any] = set()
+    todo = [expr]
+    while todo:
+        e = todo.pop()
+        if isinstance(e, relax.Var):
+            if e in seen:
+                continue
+            seen.add(e)
+            if e in params:
+                found.append(e)
+            elif e in value:
+                todo.append(value[e])
+        elif isinstance(e, relax.Call):
+            if not (isinstance(e.op, tvm.ir.Op) and e.op.name == "relax.shape_of"):
+                todo.extend(e.args)  # (a shape does not carry its tensor's values)
+        elif isinstance(e, relax.Tuple):
+            todo.extend(e.fields)
+        elif isinstance(e, relax.TupleGetItem):
+            todo.append(e.tuple_value)
+    return found
+
+
+@relax.expr_functor.mutator
+class _GuardIndices(relax.PyExprMutator):
+    """Routes the indices of every indexing op through :func:`_index_check_kernel` (CPU).
+
+    On other targets, which cannot raise from a kernel, ``take`` gets its memory-safe
+    ``clip`` mode instead.
+    """
+
+    def __init__(self, mod: tvm.IRModule, func: relax.Function, check: bool) -> None:
+        super().__init__(mod)
+        self.func = func
+        self.check = check
+        self.inputs = set(func.params[:_num_inputs(func)])
+        self.bounds: dict[str, int] = {}
+
+    def visit_call_(self, call: Any) -> Any:
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name in _INDEXING_OPS):
+            return call
+        pos = _INDEXING_OPS[call.op.name][0]
+        indices = call.args[pos]
+        bounds = _index_bounds(call)
+        ty = getattr(indices, "ty", None)
+        if bounds is None or not isinstance(ty, relax.TensorType) or _shape_of(indices) is None:
+            return call
+        op = call.op.name.rsplit(".", 1)[-1]
+        feeding = [p for p in _feeding_inputs(self.func, indices) if p in self.inputs
+                   and isinstance(p.ty, relax.TensorType)
+                   and str(p.ty.dtype).startswith(("int", "uint"))]
+        for p in feeding:
+            self.bounds[p.name] = min(self.bounds.get(p.name, min(bounds)), min(bounds))
+        if isinstance(indices, tvm.ir.GenericConst):
+            _check_constant_indices(op, indices.value.numpy(), bounds,
+                                    _INDEXING_OPS[call.op.name][2])
+            return call
+        if not self.check:
+            if call.op.name == "relax.take" and str(call.attrs.mode) == "fast":
+                return relax.op.take(call.args[0], indices, call.attrs.axis, mode="clip")
+            return call
+        src = (f" from model input{'s' if len(feeding) > 1 else ''} "
+               f"{', '.join(repr(p.name) for p in feeding)}" if feeding else "")
+        what = (f"index out of range in {op} (ONNX Gather/Scatter): indices{src} must lie in "
+                + (f"[-{bounds[0]}, {bounds[0]})" if len(bounds) == 1 else
+                   "[-n, n) for n = " + ", ".join(map(str, bounds)) + " per coordinate"))
+        shape = _shape_of(indices)
+        kernel = _index_check_kernel(shape, str(ty.dtype), bounds, what,
+                                     negative=_INDEXING_OPS[call.op.name][2])
+        gv = self.builder_.add_func(kernel, "check_indices")
+        checked = self.builder_.emit(relax.call_tir(gv, [indices], ty))
+        args = list(call.args)
+        args[pos] = checked
+        return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+
+def _check_constant_indices(op: str, values: Any, bounds: Sequence[int],
+                            negative: bool = False) -> None:
+    """Constant indices are checked now: out of range, the model could never run."""
+    import numpy as np
+
+    values = np.asarray(values)
+    n = np.asarray(bounds) if len(bounds) > 1 else bounds[0]
+    ok = (values >= (-n if negative else 0)) & (values < n)
+    if not ok.all():
+        bad = values[~ok].ravel()[0] if values.ndim else values
+        raise UnsupportedGraphError(f"{op} (ONNX Gather/Scatter) has a constant index {bad} "
+                                    f"outside [-n, n) for n = {', '.join(map(str, bounds))}")
+
+
+def guard_indices(mod: tvm.IRModule, target: TargetLike = "llvm") -> tvm.IRModule:
+    """Make every gather and scatter with run-time indices unable to touch memory outside its data.
+
+    TVM lowers ``take`` (ONNX Gather) and its kin without bounds checks (``mode="fast"``),
+    so an out-of-range index reads or writes outside the tensor: a crash or garbage, where
+    ONNX Runtime raises. On llvm targets each such op's indices first pass through a small
+    check kernel that raises ``index out of range in take ...: indices from model input
+    'ids' must lie in [-n, n)`` from the executor's run (a RuntimeError naming the op and
+    the input). Other targets cannot raise from a kernel: there ``take`` gets TVM's
+    ``clip`` mode (memory-safe; out-of-range indices are clamped). Constant indices are
+    checked here. Records :data:`INDEX_BOUNDS_ATTR` for the inputs that feed indices.
+    """
+    fname = _entry_function(mod)
+    if not any(isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)
+               and b.value.op.name in _INDEXING_OPS for b in _bindings(mod[fname])):
+        return mod
+    # Constant indices become constants (TVM's importer normalises them with Relax ops).
+    with tvm_errors("TVM's FoldConstant pass failed", IosTvmError):
+        mod = relax.transform.FoldConstant()(mod)
+    func = mod[fname]
+    guard = _GuardIndices(mod, func, check=resolve_target(target).kind.name == "llvm")
+    guard.builder_.update_func(mod.get_global_var(fname), guard.visit_expr(func))
+    out = guard.builder_.get()
+    return out.with_attr(INDEX_BOUNDS_ATTR, json.dumps(guard.bounds)) if guard.bounds else out
 
 
 def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm", *,
@@ -371,6 +730,7 @@ def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm", *,
         from .tune import open_database
 
         db = open_database(database, tgt)
+    mod = guard_indices(mod, tgt)
     if cpu_layout is not None and tgt.kind.name == "llvm":
         mod = convert_conv_layout(mod, cpu_layout)
     prov = _Provenance()
@@ -383,7 +743,8 @@ def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm", *,
             name = p.info.name
             if name == "LegalizeOps":
                 prov.before_legalize(mod)
-            mod = _run_pass(p, mod)
+            with tvm_errors(f"TVM's {name} pass failed", IosTvmError):
+                mod = _run_pass(p, mod)
             if name == "LegalizeOps":
                 prov.after_legalize(mod)
             elif name == "FuseOps":
@@ -398,8 +759,10 @@ def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm", *,
                 # Logical FLOPs, before GPU schedules pad the loops.
                 flops = {gv.name_hint: kernel_flops(f) for gv, f in mod.functions.items()
                          if isinstance(f, tvm.tirx.PrimFunc)}
-        mod = _run_pass(relax.transform.RewriteDataflowReshape(), mod)
-        mod = apply_default_schedules(mod, tgt, tuned=tuned, enabled=cpu_schedule)
+        with tvm_errors("TVM's RewriteDataflowReshape pass failed", IosTvmError):
+            mod = _run_pass(relax.transform.RewriteDataflowReshape(), mod)
+        with tvm_errors("scheduling the kernels failed", IosTvmError):
+            mod = apply_default_schedules(mod, tgt, tuned=tuned, enabled=cpu_schedule)
     how = schedule_report(mod)
     kernels: dict[str, dict[str, Any]] = {}
     for gv, f in mod.functions.items():
@@ -538,10 +901,17 @@ def _static_shape(ty: Any, what: str) -> tuple[tuple[int, ...], str]:
 
 
 class _Extractor:
-    def __init__(self, mod: tvm.IRModule, fname: str, kinfo: Mapping[str, Any]) -> None:
+    def __init__(self, mod: tvm.IRModule, fname: str, kinfo: Mapping[str, Any],
+                 lowered: bool = False, input_names: Sequence[str] | None = None,
+                 output_names: Sequence[str] | None = None) -> None:
         self.mod = mod
         self.fname = fname
         self.kinfo = kinfo
+        self.lowered = lowered  # by lower_to_kernels (it records KERNEL_INFO_ATTR)
+        self.input_names = input_names
+        self.output_names = output_names
+        # Internal tensors never take a model output's name (inputs keep theirs).
+        self.reserved = set(output_names or ())
         self.val: dict[Any, _Value] = {}
         self.tensors: dict[str, TensorInfo] = {}
         self.sources: dict[str, TensorSource] = {}
@@ -554,10 +924,11 @@ class _Extractor:
         self.flops_cache: dict[str, float] = {}
 
     # -- naming ----------------------------------------------------------------------------
-    def fresh(self, base: str) -> str:
+    def fresh(self, base: str, reserved_ok: bool = False) -> str:
         base = base or "t"
         name, k = base, 0
-        while name in self.tensors or name in self.sources:
+        while name in self.tensors or name in self.sources or (
+                name in self.reserved and not reserved_ok):
             k += 1
             name = f"{base}_{k}"
         return name
@@ -616,11 +987,15 @@ class _Extractor:
         if not isinstance(func.body, relax.SeqExpr):
             raise UnsupportedGraphError(f"function {self.fname!r} is not a sequence of bindings")
         ninp = _num_inputs(func)
+        # The model's own input names (TVM's importer sanitises "input.1" to "input_1").
+        names = list(self.input_names or ())
+        if len(names) != ninp or len(set(names)) != ninp:
+            names = [p.name for p in func.params[:ninp]]
         graph_inputs = []
         for i, p in enumerate(func.params):
             kind = "input" if i < ninp else "param"
             shape, dtype = _static_shape(p.ty, f"{kind} {p.name!r}")
-            name = self.fresh(p.name)
+            name = self.fresh(names[i] if i < ninp else p.name, reserved_ok=True)
             self.add_tensor(TensorInfo(name, shape, dtype, kind),
                             TensorSource(name, kind, p, param_index=i))
             self.val[p] = name
@@ -629,10 +1004,53 @@ class _Extractor:
             for b in block.bindings:
                 self.binding(b)
         where = f"the return value of {self.fname!r}"
-        outputs = _flatten(self.arg(func.body.body, where))
+        outputs = self.name_outputs(_flatten(self.arg(func.body.body, where)))
         graph = OpGraph(self.nodes, self.tensors, graph_inputs, outputs)
         self.check_inplace(graph)
         return graph
+
+    def name_outputs(self, outputs: list[str]) -> list[str]:
+        """Give the graph outputs the model's output names (``output0``, ... if unknown).
+
+        An activation or view returned once is renamed; an input, a constant or a tensor
+        returned a second time gets a view of its own under the output's name.
+        """
+        names = list(self.output_names or ())
+        if len(names) != len(outputs) or not all(isinstance(n, str) and n for n in names):
+            names = [f"output{i}" for i in range(len(outputs))]
+        rename: dict[str, str] = {}
+        for t, n in zip(outputs, names, strict=True):
+            info = self.tensors[t]
+            renamable = info.alias_of is not None or info.kind == "activation"
+            if t != n and renamable and t not in rename and n not in self.tensors \
+                    and n not in rename.values():
+                rename[t] = n
+        self.apply_renames(rename)
+        named = []
+        for t, n in zip(outputs, names, strict=True):
+            t = rename.get(t, t)
+            if t != n and n not in self.tensors:
+                info = self.tensors[t]
+                self.add_tensor(dataclasses.replace(info, name=n, alias_of=t, offset=0),
+                                TensorSource(n, "view", self.sources[t].expr))
+                t = n
+            named.append(t)
+        return named
+
+    def apply_renames(self, rename: Mapping[str, str]) -> None:
+        """Rename tensors everywhere they are named (tensors, sources, nodes, in-place map)."""
+        if not rename:
+            return
+
+        def r(name: str | None) -> Any:
+            return rename.get(name, name) if name is not None else None
+
+        self.tensors = {r(k): dataclasses.replace(v, name=r(k), alias_of=r(v.alias_of))
+                        for k, v in self.tensors.items()}
+        self.sources = {r(k): dataclasses.replace(v, name=r(k)) for k, v in self.sources.items()}
+        self.nodes = [dataclasses.replace(n, inputs=tuple(map(r, n.inputs)),
+                                          outputs=tuple(map(r, n.outputs))) for n in self.nodes]
+        self.inplace = {r(k): r(v) for k, v in self.inplace.items()}
 
     def binding(self, b: Any) -> None:
         var = b.var
@@ -664,12 +1082,7 @@ class _Extractor:
                 if name in _VIEW_OPS:
                     self.view(var, e, where)
                     return
-                raise UnsupportedGraphError(
-                    f"{where} calls {name}, which is neither a kernel call (call_tir, "
-                    "call_dps_packed) nor a view; lower the module with lower_to_kernels first"
-                    if not name.startswith(("relax.builtin", "relax.vm", "relax.memory"))
-                    else f"{where} calls {name}, which is not supported in a schedulable "
-                         "dataflow (expected call_tir / call_dps_packed / reshape)")
+                raise UnsupportedGraphError(self.not_a_kernel(where, e))
             if isinstance(e.op, tvm.ir.GlobalVar):
                 callee = self.mod[e.op]
                 what = "Relax function" if isinstance(callee, relax.Function) else "function"
@@ -681,6 +1094,24 @@ class _Extractor:
         raise UnsupportedGraphError(
             f"{where} binds a {type(e).__name__} ({_short(e)}), which is not supported; "
             "expected a dataflow of kernel calls")
+
+    def not_a_kernel(self, where: str, call: Any) -> str:
+        """Why a call that is not a kernel cannot be scheduled (for the error message)."""
+        name = call.op.name
+        if name == "relax.call_pure_packed" and call.args:
+            name = f"{name}({_short(call.args[0])})"
+        if self.lowered:
+            # lower_to_kernels turned every op it could into a kernel; what is left runs in
+            # TVM's VM, which here means shapes computed from values at run time.
+            return (f"{where} calls {name}, which TVM's lowering leaves to run time: the model "
+                    "computes a shape from tensor values (a data-dependent or dynamic shape, "
+                    "e.g. NonZero, or Range/Reshape/Expand of a computed size); ios-tvm "
+                    "schedules static shapes only")
+        if name.startswith(("relax.builtin", "relax.vm", "relax.memory")):
+            return (f"{where} calls {name}, which is not supported in a schedulable dataflow "
+                    "(expected call_tir / call_dps_packed / reshape)")
+        return (f"{where} calls {name}, which is neither a kernel call (call_tir, "
+                "call_dps_packed) nor a view; lower the module with lower_to_kernels first")
 
     def view(self, var: Any, call: Any, where: str) -> None:
         base = self.tensor_arg(call.args[0], where)
@@ -832,6 +1263,19 @@ def _op_from_kernel_name(kernel: str) -> str:
     return name.rstrip("0123456789") or name
 
 
+def _model_names(mod: tvm.IRModule, attr: str) -> list[str] | None:
+    """The model's input or output names recorded by :func:`ios_tvm.frontend.load_model`."""
+    # (attrs[...], not get_attr: get_attr fails on short strings in TVM 0.27)
+    names = mod.attrs[attr] if mod.attrs is not None and attr in mod.attrs else None
+    try:
+        value = json.loads(str(names)) if names is not None else None
+    except ValueError:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        return None
+    return value
+
+
 def extract_graph(mod: tvm.IRModule, func_name: str | None = None) -> Extraction:
     """Build the OpGraph of a lowered Relax function.
 
@@ -841,7 +1285,10 @@ def extract_graph(mod: tvm.IRModule, func_name: str | None = None) -> Extraction
     ``const0``, ``const1``, ... by first use, deduplicated); call outputs are ``"activation"``
     (``var`` or ``var.i`` for a multi-output call). Alias bindings (``y = x``), tuples and
     tuple items are resolved; ``R.reshape`` / ``R.memory.view`` bindings become views
-    (``alias_of``, no node). Graph outputs are the flattened return value.
+    (``alias_of``, no node). Graph outputs are the flattened return value, named as the
+    model's outputs (:data:`ios_tvm.frontend.OUTPUT_NAMES_ATTR`, set for ONNX models) or
+    ``output0``, ``output1``, ...; an output that is an input, a constant or another output
+    becomes a view of it under its own name.
 
     Per node: ``flops`` from the lowering record (see :func:`lower_to_kernels`) or
     :func:`kernel_flops`; ``nbytes`` = bytes of the distinct input and output tensors;
@@ -876,7 +1323,9 @@ def extract_graph(mod: tvm.IRModule, func_name: str | None = None) -> Extraction
                 target = tvm.target.Target(json.loads(data["target"]))
             except Exception:
                 target = data["target"]
-    ex = _Extractor(mod, fname, kinfo)
+    ex = _Extractor(mod, fname, kinfo, lowered=record is not None,
+                    input_names=_model_names(mod, INPUT_NAMES_ATTR),
+                    output_names=_model_names(mod, OUTPUT_NAMES_ATTR))
     graph = ex.run()
     return Extraction(graph, mod, fname, ex.var_of_node, ex.kernel_of_node, ex.call_of_node,
                       ex.sources, ex.inplace, target)
@@ -891,9 +1340,16 @@ def graph_from_model(model: Any, target: TargetLike = "llvm",
     ``cpu_schedule``, ``database`` and ``cpu_layout`` go to :func:`lower_to_kernels`;
     ``load_kwargs`` to :func:`ios_tvm.frontend.load_model` (``dtype``, ``params``, ``seed``).
     """
+    from .models import resolve_model
+
+    model = resolve_model(model)
     mod = load_model(model, input_shapes, **load_kwargs)
     tgt = resolve_target(target)
-    ex = extract_graph(lower_to_kernels(mod, tgt, cpu_schedule=cpu_schedule, database=database,
-                                        cpu_layout=cpu_layout))
+    try:
+        ex = extract_graph(lower_to_kernels(mod, tgt, cpu_schedule=cpu_schedule,
+                                            database=database, cpu_layout=cpu_layout))
+    except IosTvmError as e:
+        # Name the model: lowering and extraction see only the Relax module.
+        raise type(e)(f"{describe_model(model)}: {e}") from e
     ex.target = tgt
     return ex

@@ -13,7 +13,10 @@ size here, and the error says how.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -24,11 +27,21 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .errors import ModelLoadError, UnsupportedGraphError
+from .errors import IosTvmError, ModelLoadError, UnsupportedGraphError
 
 ShapeDict = Mapping[str, Sequence[int]]
 
-__all__ = ["format_input_shapes", "load_model", "parse_input_shapes"]
+#: IRModule attributes (JSON lists of str) with the model's input and output names, in
+#: order; :func:`load_model` sets them for ONNX models (TVM's importer renames inputs such as
+#: ``input.1`` to ``input_1`` and calls outputs ``gv``), and extraction names the graph's
+#: inputs and outputs so.
+INPUT_NAMES_ATTR = "ios_tvm.input_names"
+OUTPUT_NAMES_ATTR = "ios_tvm.output_names"
+
+__all__ = [
+    "INPUT_NAMES_ATTR", "OUTPUT_NAMES_ATTR", "describe_model", "error_text",
+    "format_input_shapes", "load_model", "max_tensor_bytes", "parse_input_shapes", "tvm_errors",
+]
 
 
 def parse_input_shapes(text: str) -> dict[str, tuple[int, ...]]:
@@ -95,8 +108,8 @@ def _onnx_dims(value_info: Any) -> list[int | str] | None:
         return None
     dims: list[int | str] = []
     for d in ttype.shape.dim:
-        if d.HasField("dim_value") and d.dim_value > 0:
-            dims.append(int(d.dim_value))
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))  # 0 and negative sizes are refused by the caller
         elif d.HasField("dim_param") and d.dim_param:
             dims.append(d.dim_param)
         else:
@@ -104,14 +117,25 @@ def _onnx_dims(value_info: Any) -> list[int | str] | None:
     return dims
 
 
-def _check_onnx_inputs(model: Any, input_shapes: ShapeDict | None, src: str) -> None:
-    """Every dynamic input dim must be given a size (the scheduler needs static shapes)."""
+def _check_onnx_inputs(model: Any, input_shapes: ShapeDict | None, src: str,
+                       dtype: str | Mapping[str, str] = "float32") -> None:
+    """Every input gets a static, non-empty shape of a size this machine can hold.
+
+    Dynamic dims must be given a size (the scheduler needs static shapes); the sizes are
+    checked here, before any lowering, against :func:`max_tensor_bytes`.
+    """
+    import onnx
+
     init_names = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in init_names]
     _check_shapes_arg(input_shapes, [i.name for i in inputs], f"ONNX model {src}")
     shapes = dict(input_shapes or {})
     for inp in inputs:
         dims = _onnx_dims(inp)
+        for axis, d in enumerate(dims or []):
+            if isinstance(d, int) and d < 0:
+                raise ModelLoadError(f"input {inp.name!r} of {src} has an invalid size {d} "
+                                     f"(axis {axis}, dims {dims})")
         if inp.name in shapes:
             given = tuple(int(d) for d in shapes[inp.name])
             if dims is not None and len(dims) != len(given):
@@ -124,15 +148,92 @@ def _check_onnx_inputs(model: Any, input_shapes: ShapeDict | None, src: str) -> 
                         raise ModelLoadError(
                             f"input_shapes[{inp.name!r}] = {given} disagrees with the static dim "
                             f"{d} (axis {axis}) of input {inp.name!r} in {src}")
-            continue
-        if dims is None:
-            raise UnsupportedGraphError(
-                f"input {inp.name!r} of {src} has unknown rank; {_shape_hint(inp.name, [])}")
-        for axis, d in enumerate(dims):
-            if not isinstance(d, int):
+            static = list(given)
+        else:
+            if dims is None:
                 raise UnsupportedGraphError(
-                    f"input {inp.name!r} has symbolic dim {d!r} (axis {axis}); "
-                    f"{_shape_hint(inp.name, dims)}")
+                    f"input {inp.name!r} of {src} has unknown rank; "
+                    f"{_shape_hint(inp.name, [])}")
+            for axis, d in enumerate(dims):
+                if not isinstance(d, int):
+                    raise UnsupportedGraphError(
+                        f"input {inp.name!r} of {src} has symbolic dim {d!r} (axis {axis}); "
+                        f"{_shape_hint(inp.name, dims)}")
+                if d == 0:
+                    raise UnsupportedGraphError(
+                        f"input {inp.name!r} of {src} has a zero-size dimension (axis {axis}, "
+                        f"shape {tuple(dims)}): ios-tvm schedules non-empty tensors only")
+            static = [int(d) for d in dims]
+        if isinstance(dtype, Mapping) and inp.name in dtype:
+            itemsize = np.dtype(str(dtype[inp.name])).itemsize
+        else:
+            elem = inp.type.tensor_type.elem_type
+            try:
+                itemsize = onnx.helper.tensor_dtype_to_np_dtype(elem).itemsize
+            except (KeyError, ValueError, TypeError):
+                raise ModelLoadError(f"input {inp.name!r} of {src} has an unknown element "
+                                     f"type {elem}") from None
+        _check_size(f"input {inp.name!r} of {src}", static, itemsize)
+
+
+def max_tensor_bytes() -> int:
+    """The largest tensor ios-tvm accepts: this machine's physical memory.
+
+    Every tensor of a plan is allocated at once, so a model with a tensor larger than memory
+    cannot run here; :func:`load_model` refuses it before any lowering. The environment
+    variable ``IOS_TVM_MAX_TENSOR_BYTES`` sets another limit (bytes).
+    """
+    env = os.environ.get("IOS_TVM_MAX_TENSOR_BYTES")
+    if env:
+        try:
+            return int(env)
+        except ValueError:
+            raise ModelLoadError(f"IOS_TVM_MAX_TENSOR_BYTES={env!r} is not a number of "
+                                 "bytes") from None
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # no sysconf: a limit no model reaches
+        return 1 << 46
+
+
+def _check_size(what: str, shape: Sequence[int], itemsize: int) -> None:
+    """Refuse a tensor larger than :func:`max_tensor_bytes`, naming it and its size."""
+    nbytes = itemsize
+    for d in shape:
+        nbytes *= int(d)
+    limit = max_tensor_bytes()
+    if nbytes > limit:
+        raise ModelLoadError(
+            f"{what} has shape {tuple(int(d) for d in shape)}: {nbytes:,} bytes, more than the "
+            f"largest tensor ios-tvm allocates here ({limit:,} bytes, this machine's memory; "
+            "set IOS_TVM_MAX_TENSOR_BYTES to change)")
+
+
+def _check_relax_sizes(mod: tvm.IRModule, fname: str, src: str) -> None:
+    """Refuse any static tensor of the entry function over :func:`max_tensor_bytes`."""
+    func = mod[fname]
+
+    def check(what: str, ty: Any) -> None:
+        if isinstance(ty, tvm.ir.TupleType):
+            for i, f in enumerate(ty.fields):
+                check(f"{what}[{i}]", f)
+            return
+        if not isinstance(ty, relax.TensorType) or ty.shape is None:
+            return
+        dims = list(ty.shape.values)
+        if not all(isinstance(d, tvm.tirx.IntImm) for d in dims) or ty.dtype in ("", "void"):
+            return
+        itemsize = max(1, (tvm.DataType(str(ty.dtype)).bits * tvm.DataType(str(ty.dtype)).lanes
+                           + 7) // 8)
+        _check_size(what, [int(d.value) for d in dims], itemsize)
+
+    for p in func.params:
+        check(f"input {p.name!r} of {src}", p.ty)
+    body = func.body
+    for block in body.blocks if isinstance(body, relax.SeqExpr) else []:
+        for b in block.bindings:
+            op = getattr(getattr(b.value, "op", None), "name", None)
+            check(f"tensor {b.var.name!r}{f' ({op})' if op else ''} of {src}", b.var.ty)
 
 
 def _check_onnx_ops(model: Any, src: str) -> None:
@@ -160,6 +261,204 @@ def _check_onnx_ops(model: Any, src: str) -> None:
             + "; ".join(parts))
 
 
+def _node_label(node: Any, index: int) -> str:
+    """How an error names an ONNX node: its name (or its position) and its op type."""
+    return f"node {node.name or f'#{index}'!r} ({node.op_type})"
+
+
+def _check_onnx_graph(model: Any, src: str) -> Any:
+    """Refuse what ONNX Runtime refuses, naming the node or tensor; sort unsorted nodes.
+
+    Refused: an ``ai.onnx`` opset newer than the installed ``onnx`` knows, or below 1; two
+    nodes of one name; a tensor defined twice (by two nodes, or by a node and an input or
+    initializer); a node or graph output reading a tensor nothing defines; a cycle. Nodes
+    out of topological order, which ONNX Runtime accepts, are sorted (in a copy).
+    """
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    default = [imp.version for imp in model.opset_import if imp.domain in ("", "ai.onnx")]
+    for version in default:
+        if not 1 <= version <= newest:
+            raise ModelLoadError(
+                f"ONNX model {src} imports opset {version} of the default domain; the "
+                f"installed onnx {onnx.__version__} knows opsets 1 to {newest}")
+    graph = model.graph
+    if not default and any(n.domain in ("", "ai.onnx") for n in graph.node):
+        raise ModelLoadError(f"ONNX model {src} uses operators of the default domain but "
+                             "imports no opset of it (opset_import)")
+    defined: dict[str, str] = {}
+
+    def define(name: str, by: str) -> None:
+        if name in defined:
+            raise ModelLoadError(f"ONNX model {src} defines tensor {name!r} twice: by "
+                                 f"{defined[name]} and by {by}")
+        defined[name] = by
+
+    for t in graph.initializer:
+        define(t.name, "an initializer")
+    init_names = set(defined)
+    for inp in graph.input:
+        if inp.name not in init_names:  # an input may also be an initializer (its default)
+            define(inp.name, "a graph input")
+    names: dict[str, int] = {}
+    producer: dict[str, int] = {}
+    for i, node in enumerate(graph.node):
+        if node.name:
+            if node.name in names:
+                raise ModelLoadError(
+                    f"ONNX model {src} has two nodes named {node.name!r}: #{names[node.name]} "
+                    f"({graph.node[names[node.name]].op_type}) and #{i} ({node.op_type})")
+            names[node.name] = i
+        for out in node.output:
+            if out:
+                define(out, _node_label(node, i))
+                producer[out] = i
+    for i, node in enumerate(graph.node):
+        for inp in node.input:
+            if inp and inp not in defined:
+                raise ModelLoadError(
+                    f"{_node_label(node, i)} of {src} reads tensor {inp!r}, which no node, "
+                    "graph input or initializer defines")
+    listed: set[str] = set()
+    for out in graph.output:
+        if out.name not in defined:
+            raise ModelLoadError(f"output {out.name!r} of {src} is not defined by any node, "
+                                 "graph input or initializer")
+        if out.name in listed:
+            raise ModelLoadError(f"ONNX model {src} lists output {out.name!r} twice")
+        listed.add(out.name)
+    order = _topological_order(graph, producer, src)
+    if order == list(range(len(graph.node))):
+        return model
+    sorted_model = onnx.ModelProto()
+    sorted_model.CopyFrom(model)
+    del sorted_model.graph.node[:]
+    sorted_model.graph.node.extend(graph.node[i] for i in order)
+    return sorted_model
+
+
+def _topological_order(graph: Any, producer: Mapping[str, int], src: str) -> list[int]:
+    """Node indices in a topological order, the given order where it already is one."""
+    import heapq
+
+    n = len(graph.node)
+    succ: list[list[int]] = [[] for _ in range(n)]
+    indegree = [0] * n
+    for i, node in enumerate(graph.node):
+        for p in {producer[t] for t in node.input if t in producer}:
+            succ[p].append(i)
+            indegree[i] += 1
+    ready = [i for i in range(n) if indegree[i] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in succ[i]:
+            indegree[j] -= 1
+            if indegree[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) < n:
+        stuck = min(i for i in range(n) if indegree[i] > 0)
+        raise ModelLoadError(f"the nodes of {src} form a cycle through "
+                             f"{_node_label(graph.node[stuck], stuck)}")
+    return order
+
+
+def _check_onnx_nodes(model: Any, src: str) -> None:
+    """Check each node against its operator's schema, as ONNX Runtime does when it loads.
+
+    An attribute the operator does not define, a missing required one, the wrong number of
+    inputs or outputs, or a conv ``kernel_shape`` unlike its weights is refused, naming the
+    node (TVM's importer ignores such attributes and fails obscurely on missing inputs).
+    Nodes with subgraphs (If, Loop) are left to the importer and the scheduler.
+    """
+    import onnx
+
+    ctx = onnx.checker.C.CheckerContext()
+    ctx.ir_version = model.ir_version
+    ctx.opset_imports = {imp.domain: imp.version for imp in model.opset_import}
+    weights = {t.name: t for t in model.graph.initializer}
+    for i, node in enumerate(model.graph.node):
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for a in node.attribute):
+            continue
+        try:
+            onnx.checker.check_node(node, ctx)
+        except Exception as e:  # onnx raises ValidationError (and others for odd protos)
+            text = " ".join(str(e).split()).split(" ==> Context:")[0]
+            raise ModelLoadError(f"{_node_label(node, i)} of {src} is invalid: {text}") from e
+        _check_kernel_shape(node, i, weights, src)
+
+
+def _check_kernel_shape(node: Any, index: int, weights: Mapping[str, Any], src: str) -> None:
+    """Refuse a conv whose ``kernel_shape`` differs from its weights' kernel size.
+
+    TVM ignores the attribute; ONNX Runtime refuses to run such a model.
+    """
+    if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2:
+        return
+    w = weights.get(node.input[1])
+    ks = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), None)
+    if w is None or ks is None or list(w.dims[2:]) == ks:
+        return
+    raise ModelLoadError(f"{_node_label(node, index)} of {src} has kernel_shape {ks}, but its "
+                         f"weight {node.input[1]!r} has kernel size {list(w.dims[2:])}")
+
+
+def _check_onnx_types(model: Any, src: str) -> None:
+    """Run ONNX's strict type and shape inference, which ONNX Runtime also runs on load.
+
+    It refuses what TVM's importer would silently ignore or fail on deep inside (a conv on a
+    bool tensor, a ``kernel_shape`` that disagrees with the weights). Shapes the model
+    declares for intermediate tensors and outputs are left out: ONNX Runtime merges those
+    leniently (and ``input_shapes`` may change them). Models over protobuf's 2 GB limit are
+    not checked (inference needs the whole model in one message).
+    """
+    import onnx
+
+    if model.ByteSize() >= 2**31 - 1:
+        return
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.value_info[:]
+    for out in probe.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    try:
+        onnx.shape_inference.infer_shapes(probe, check_type=True, strict_mode=True)
+    except (onnx.shape_inference.InferenceError, ValueError, TypeError) as e:
+        # (ValueError: a tensor type onnx does not know, e.g. elem_type 1000)
+        text = " ".join(str(e).split())
+        raise ModelLoadError(f"ONNX model {src} fails ONNX's type and shape inference: "
+                             f"{text}") from e
+
+
+def _failing_onnx_node(exc: BaseException) -> str | None:
+    """The ONNX node TVM's importer was converting when it raised ``exc``, if known.
+
+    Read from the importer's frame (``_construct_nodes`` loops over ``graph.node`` with a
+    local ``node``); None when the error came from elsewhere.
+    """
+    tb = exc.__traceback__
+    node = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "_construct_nodes":
+            node = tb.tb_frame.f_locals.get("node", node)
+        tb = tb.tb_next
+    if node is None or not hasattr(node, "op_type"):
+        return None
+    return f"node {node.name or '(unnamed)'!r} ({node.op_type})"
+
+
+def error_text(exc: BaseException, limit: int = 400) -> str:
+    """``exc`` as one line: TVM's messages span lines and may carry a C++ backtrace."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = " ".join(ln for ln in lines if not ln.startswith(("File ", "Traceback", "^")))
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _load_onnx(model: Any, input_shapes: ShapeDict | None, dtype: str | Mapping[str, str],
                src: str, path: str | None) -> tvm.IRModule:
     import onnx
@@ -170,30 +469,43 @@ def _load_onnx(model: Any, input_shapes: ShapeDict | None, dtype: str | Mapping[
         # The path form also checks models over 2 GB (external data).
         onnx.checker.check_model(path if path is not None else model)
     except Exception as e:
-        checker_msg = f"{type(e).__name__}: {e}".strip()
+        checker_msg = " ".join(f"{type(e).__name__}: {e}".split())  # one line
     if checker_msg is not None and (model.ir_version == 0 or len(model.graph.node) == 0):
         # A protobuf parse of random bytes "succeeds" with an empty model; only the checker
         # notices, so a checker failure on an empty model is fatal.
         raise ModelLoadError(f"malformed ONNX model {src}: {checker_msg}")
+    checked = _check_onnx_graph(model, src)
+    if checked is not model and checker_msg and "topologically sorted" in checker_msg:
+        checker_msg = None  # sorted now
+    model = checked
     _check_onnx_ops(model, src)
-    _check_onnx_inputs(model, input_shapes, src)
+    _check_onnx_nodes(model, src)
+    _check_onnx_types(model, src)
+    _check_onnx_inputs(model, input_shapes, src, dtype)
     shape_dict = {k: [int(d) for d in v] for k, v in (input_shapes or {}).items()}
     dtype_dict = dict(dtype) if isinstance(dtype, Mapping) else dtype
     try:
-        with warnings.catch_warnings():
-            # from_onnx re-runs the checker and warns; we report the checker ourselves.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            # from_onnx re-runs the checker and warns (we report the checker ourselves), and
+            # prints the inputs of an op it fails on (we name the node instead).
             warnings.simplefilter("ignore")
             mod = from_onnx(model, shape_dict=shape_dict or None, dtype_dict=dtype_dict)
     except tvm.error.OpNotImplemented as e:
-        raise UnsupportedGraphError(f"ONNX model {src}: {e}") from e
-    except Exception as e:
+        raise UnsupportedGraphError(f"ONNX model {src}: {error_text(e)}") from e
+    except Exception as e:  # TVM's importer raises anything from AssertionError to TVM errors
+        node = _failing_onnx_node(e)
+        where = f" at {node}" if node else ""
         extra = f" (onnx.checker also failed: {checker_msg})" if checker_msg else ""
-        raise ModelLoadError(
-            f"TVM's ONNX importer failed on {src}: {type(e).__name__}: {e}{extra}") from e
+        # NotImplementedError: a valid model that TVM cannot import (e.g. a 4-D conv).
+        error = UnsupportedGraphError if isinstance(e, NotImplementedError) else ModelLoadError
+        raise error(f"TVM's ONNX importer failed on {src}{where}: {error_text(e)}{extra}") from e
     if checker_msg is not None:
         warnings.warn(f"onnx.checker rejected {src} ({checker_msg}) but TVM imported it",
                       stacklevel=3)
-    return mod
+    init_names = {t.name for t in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in init_names]
+    mod = mod.with_attr(INPUT_NAMES_ATTR, json.dumps(inputs))
+    return mod.with_attr(OUTPUT_NAMES_ATTR, json.dumps([o.name for o in model.graph.output]))
 
 
 def _read_onnx_file(path: Path) -> Any:
@@ -383,7 +695,8 @@ def load_model(model: Any, input_shapes: ShapeDict | None = None,
     Parameters
     ----------
     model
-        An ONNX file path (``str`` or ``Path``), an ``onnx.ModelProto``, a Relax
+        An ONNX file path (``str`` or ``Path``), the name of a built-in model
+        (:func:`ios_tvm.models.resolve_model`; batch 1), an ``onnx.ModelProto``, a Relax
         ``tvm.IRModule``, or a ``relax.frontend.nn.Module`` (then ``input_shapes`` must give
         every argument of ``forward``).
     input_shapes
@@ -413,25 +726,66 @@ def load_model(model: Any, input_shapes: ShapeDict | None = None,
     UnsupportedGraphError
         An operator TVM cannot import, or a dynamic input dim without a size.
     """
+    from .models import resolve_model
+
+    model = resolve_model(model)
+    src = describe_model(model)
     if isinstance(model, str | os.PathLike):
         path = Path(model)
         proto = _read_onnx_file(path)
-        return _load_onnx(proto, input_shapes, dtype, repr(str(path)), str(path))
-    if isinstance(model, tvm.IRModule):
+        mod, fname = _load_onnx(proto, input_shapes, dtype, src, str(path)), "main"
+    elif _is_onnx(model):
+        mod, fname = _load_onnx(model, input_shapes, dtype, src, None), "main"
+    elif isinstance(model, tvm.IRModule):
         fname = _entry_function(model)
-        mod = _bind_relax_params(model, fname, params)
-        return _specialise_relax(mod, fname, input_shapes)
+        with tvm_errors(f"loading {src} failed in TVM"):
+            mod = _bind_relax_params(model, fname, params)
+            mod = _specialise_relax(mod, fname, input_shapes)
+    elif _is_nn_module(model):
+        mod, fname = _load_nn_module(model, input_shapes, dtype, params, seed), "forward"
+    else:
+        raise ModelLoadError(
+            f"cannot load a {type(model).__name__}: expected an ONNX path or ModelProto, a "
+            "built-in model name, a Relax IRModule, or a relax.frontend.nn.Module")
+    _check_relax_sizes(mod, fname, src)
+    return mod
+
+
+def _is_onnx(model: Any) -> bool:
     try:
         import onnx
-        is_onnx = isinstance(model, onnx.ModelProto)
     except ImportError:  # onnx is optional when the model is not ONNX
-        is_onnx = False
-    if is_onnx:
-        name = model.graph.name or "<in-memory model>"
-        return _load_onnx(model, input_shapes, dtype, f"(ModelProto {name!r})", None)
+        return False
+    return isinstance(model, onnx.ModelProto)
+
+
+def _is_nn_module(model: Any) -> bool:
     from tvm.relax.frontend import nn
-    if isinstance(model, nn.Module):
-        return _load_nn_module(model, input_shapes, dtype, params, seed)
-    raise ModelLoadError(
-        f"cannot load a {type(model).__name__}: expected an ONNX path or ModelProto, a Relax "
-        "IRModule, or a relax.frontend.nn.Module")
+
+    return isinstance(model, nn.Module)
+
+
+def describe_model(model: Any) -> str:
+    """How error messages name ``model``: its file, or what it is."""
+    if isinstance(model, str | os.PathLike):
+        return repr(os.fspath(model))
+    if _is_onnx(model):
+        return f"(ModelProto {model.graph.name or '<in-memory model>'!r})"
+    if isinstance(model, tvm.IRModule):
+        return "the Relax IRModule"
+    return f"the {type(model).__name__} module"
+
+
+@contextlib.contextmanager
+def tvm_errors(what: str, error: type[IosTvmError] = ModelLoadError) -> Any:
+    """Turn an exception from TVM into one ``error(f"{what}: {the exception}")``, chained.
+
+    IosTvmErrors pass as they are; the chained exception keeps TVM's whole message (and
+    backtrace) for ``-v``.
+    """
+    try:
+        yield
+    except IosTvmError:
+        raise
+    except Exception as e:  # TVM raises InternalError, ValueError, TypeError, ...
+        raise error(f"{what}: {error_text(e)}") from e

@@ -16,6 +16,11 @@ Builders:
 - :func:`split_model`: a Split, i.e. a kernel with two outputs.
 - :func:`unsupported_op_model`, :func:`custom_domain_model`: ops TVM's ONNX importer lacks.
 - :func:`if_model`: control flow (an ONNX If).
+- :func:`aliased_outputs_model`: outputs that are another output, the input, a constant.
+- :func:`two_tower_model`: float features + int64 ids -> embedding Gather -> concat -> MatMul.
+- :func:`indexing_model`: one GatherElements / GatherND / ScatterElements / ScatterND.
+- :func:`sum_conv_model`, :func:`range_model`, :func:`nonzero_model`: ops around convs that
+  TVM's NHWC layout conversion could not handle (issue 17).
 """
 
 from __future__ import annotations
@@ -265,3 +270,112 @@ def if_model() -> onnx.ModelProto:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def sum_conv_model(channels: int = 4, size: int = 8) -> onnx.ModelProto:
+    """Convs fed by multi-input ``Sum`` nodes (imported as ``stack`` + ``sum``); output ``y``.
+
+    ``Sum(x, relu(x), sigmoid(x)) -> conv -> Sum(conv, x, relu) -> conv``.
+    """
+    b = _Builder(seed=10)
+    c = channels
+    (r,) = b.op("Relu", ["x"])
+    (g,) = b.op("Sigmoid", ["x"])
+    (s,) = b.op("Sum", ["x", r, g])
+    h = b.conv(s, c, c, 3)
+    (s2,) = b.op("Sum", [h, "x", r])
+    b.conv(s2, c, c, 3, out="y")
+    return b.model([_input("x", (1, c, size, size))], ["y"], "sum_conv_model")
+
+
+def range_model(channels: int = 4, size: int = 8) -> onnx.ModelProto:
+    """``conv(x) + Cast(Range(0, size, 1))``: a Range of constants added to a conv output."""
+    b = _Builder(seed=11)
+    c = channels
+    h = b.conv("x", c, c, 3)
+    start, limit, delta = (b.name(n) for n in ("start", "limit", "delta"))
+    for name, v in ((start, 0), (limit, size), (delta, 1)):
+        b.inits.append(onnx.numpy_helper.from_array(np.int64(v), name))
+    (r,) = b.op("Range", [start, limit, delta])
+    (rf,) = b.op("Cast", [r], to=TensorProto.FLOAT)
+    b.op("Add", [h, rf], out="y")
+    return b.model([_input("x", (1, c, size, size))], ["y"], "range_model")
+
+
+def nonzero_model(channels: int = 4, size: int = 8) -> onnx.ModelProto:
+    """conv + (number of non-zeros of a constant mask, via NonZero): a data-dependent shape."""
+    b = _Builder(seed=12)
+    c = channels
+    h = b.conv("x", c, c, 3)
+    mask = b.name("mask")
+    b.inits.append(onnx.numpy_helper.from_array(
+        (np.arange(size) % 3 == 0).astype(np.float32).reshape(1, size), mask))
+    (nz,) = b.op("NonZero", [mask])
+    (nzf,) = b.op("Cast", [nz], to=TensorProto.FLOAT)
+    (s,) = b.op("ReduceSum", [nzf], keepdims=0)
+    b.op("Add", [h, s], out="y")
+    return b.model([_input("x", (1, c, size, size))], ["y"], "nonzero_model")
+
+
+def aliased_outputs_model(channels: int = 4, size: int = 4) -> onnx.ModelProto:
+    """Outputs ``y`` (conv+relu), ``same`` (Identity of ``y``), ``echo`` (Identity of the input
+    ``x``) and ``k`` (a Constant), in that order."""
+    b = _Builder(seed=13)
+    c = channels
+    b.conv("x", c, c, 3, out="y")
+    b.op("Identity", ["y"], out="same")
+    b.op("Identity", ["x"], out="echo")
+    b.nodes.append(helper.make_node("Constant", [], ["k"], name="const_k",
+                                    value=onnx.numpy_helper.from_array(
+                                        np.arange(6, dtype=np.float32).reshape(2, 3))))
+    return b.model([_input("x", (1, c, size, size))], ["y", "same", "echo", "k"],
+                   "aliased_outputs_model")
+
+
+def two_tower_model(features: int = 8, ids: int = 4, vocab: int = 50, dim: int = 8,
+                    hidden: int = 16) -> onnx.ModelProto:
+    """Inputs ``features`` (float32, ``(1, features)``) and ``ids`` (int64, ``(1, ids)``).
+
+    ``y = relu(concat(features, flatten(Gather(table, ids))) @ W)``: the ids index the rows of
+    an embedding ``table`` of ``vocab`` rows, so valid ids lie in ``[-vocab, vocab)``.
+    """
+    b = _Builder(seed=14)
+    table = b.weight("table", (vocab, dim), scale=1.0)
+    (emb,) = b.op("Gather", [table, "ids"], axis=0)
+    (flat,) = b.op("Reshape", [emb, b.const_i64("shape", [1, ids * dim])])
+    (cat,) = b.op("Concat", ["features", flat], axis=1)
+    (h,) = b.op("MatMul", [cat, b.weight("w", (features + ids * dim, hidden))])
+    b.op("Relu", [h], out="y")
+    inputs = [_input("features", (1, features)),
+              helper.make_tensor_value_info("ids", TensorProto.INT64, [1, ids])]
+    return b.model(inputs, ["y"], "two_tower_model")
+
+
+#: Index inputs of :func:`indexing_model`, valid ones (negatives included), per op.
+INDEXING_CASES = {
+    "GatherElements": [[0, 4, -5], [1, -1, 3]],
+    "GatherND": [[0, 2], [-1, -3]],
+    "ScatterElements": [[0, -1, 1], [1, 2, -5]],
+    "ScatterND": [[0], [-2]],
+}
+
+
+def indexing_model(op: str) -> onnx.ModelProto:
+    """``y = op(x, i[, u])`` with data ``x`` (5, 3), int64 indices ``i`` and updates ``u``.
+
+    ``op`` is a key of :data:`INDEXING_CASES` (axis 0 where the op has one).
+    """
+    shape = np.asarray(INDEXING_CASES[op]).shape
+    inputs = [_input("x", (5, 3)),
+              helper.make_tensor_value_info("i", TensorProto.INT64, list(shape))]
+    names = ["x", "i"]
+    if op.startswith("Scatter"):
+        inputs.append(_input("u", (2, 3)))
+        names.append("u")
+    attrs = {"axis": 0} if op.endswith("Elements") else {}
+    node = helper.make_node(op, names, ["y"], name=op.lower(), **attrs)
+    graph = helper.make_graph([node], f"{op.lower()}_model", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model)

@@ -26,9 +26,11 @@ import math
 import os
 import platform
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import numpy as np
 
 from ..errors import IosTvmError
 from ..schedule import Stage
@@ -120,6 +122,102 @@ def profiling_artifact(extraction: Any, *, max_groups: int = 8, lib: Any = None)
                  reuse_memory=False, min_streams=max_groups)
 
 
+class SampleInputError(IosTvmError, ValueError):
+    """Sample inputs given for profiling do not fit the model (named input, shape or dtype)."""
+
+
+def profiling_inputs(extraction: Any, given: Any = None, seed: int = 0) -> list[np.ndarray]:
+    """Values of the model inputs, in input order, for every timing run of a build or bench.
+
+    The one place such inputs are made (stage profiling, whole-plan timing, the Relax VM and
+    ONNX Runtime comparisons), so that they are valid for the model: an id fed to a gather
+    must index the table.
+
+    Parameters
+    ----------
+    extraction
+        The model's graph and lowered module (:func:`ios_tvm.extract.graph_from_model`).
+    given
+        The user's sample inputs: a mapping by input name or a sequence in input order.
+        Checked against the inputs' shapes and dtypes (numbers of the same kind are cast).
+    seed
+        Seed of the values made when ``given`` is None: floats standard normal; integer
+        inputs that index a gather or scatter uniform in ``[0, n)`` for the smallest axis
+        size ``n`` they index (:data:`ios_tvm.extract.INDEX_BOUNDS_ATTR`); other integers and
+        booleans zeros.
+
+    Raises
+    ------
+    SampleInputError
+        ``given`` lacks an input, names one the model does not have, or a value has the wrong
+        shape or kind of dtype.
+    """
+    graph = extraction.graph
+    names = [n for n in graph.inputs if graph.tensors[n].kind == "input"]
+    if given is not None:
+        return [_sample_value(graph.tensors[n], v)
+                for n, v in zip(names, _by_position(names, given), strict=True)]
+    bounds = index_bounds_of(extraction.mod)
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in names:
+        t = graph.tensors[n]
+        kind = {"float": "f", "bfloat": "f", "int": "i", "uint": "u"}.get(
+            t.dtype.rstrip("0123456789").split("_")[0], "b")
+        if kind == "f":
+            out.append(rng.standard_normal(t.shape).astype(t.dtype))
+        elif kind in "iu" and n in bounds:
+            out.append(rng.integers(0, bounds[n], size=t.shape).astype(t.dtype))
+        else:
+            out.append(np.zeros(t.shape, t.dtype))
+    return out
+
+
+def _by_position(names: Sequence[str], given: Any) -> list[Any]:
+    if isinstance(given, Mapping):
+        unknown = [k for k in given if k not in names]
+        missing = [n for n in names if n not in given]
+        if unknown or missing:
+            raise SampleInputError(
+                f"sample inputs {'name ' + repr(unknown) if unknown else ''}"
+                f"{' and ' if unknown and missing else ''}"
+                f"{'lack ' + repr(missing) if missing else ''}; the model's inputs are {names}")
+        return [given[n] for n in names]
+    values = list(given)
+    if len(values) != len(names):
+        raise SampleInputError(f"{len(values)} sample input(s) given; the model has "
+                               f"{len(names)}: {names}")
+    return values
+
+
+def _sample_value(spec: Any, value: Any) -> np.ndarray:
+    """``value`` as the input ``spec`` wants it, or a SampleInputError naming the input."""
+    arr = np.asarray(value)
+    want = np.dtype(spec.dtype)
+    if arr.shape != tuple(spec.shape):
+        raise SampleInputError(f"sample input {spec.name!r} has shape {arr.shape}; the model "
+                               f"takes {tuple(spec.shape)}")
+    same_kind = (arr.dtype.kind == want.kind or (arr.dtype.kind in "iu" and want.kind in "iu"))
+    if not same_kind:
+        raise SampleInputError(f"sample input {spec.name!r} has dtype {arr.dtype}; the model "
+                               f"takes {spec.dtype}")
+    return np.ascontiguousarray(arr.astype(want, copy=False))
+
+
+def index_bounds_of(mod: Any) -> dict[str, int]:
+    """``{input: n}`` recorded by :func:`ios_tvm.extract.guard_indices` (valid: ``[-n, n)``)."""
+    from ..extract import INDEX_BOUNDS_ATTR
+
+    attrs = getattr(mod, "attrs", None)
+    if attrs is None or INDEX_BOUNDS_ATTR not in attrs:
+        return {}
+    try:
+        bounds = json.loads(str(attrs[INDEX_BOUNDS_ATTR]))
+    except ValueError:
+        return {}
+    return {str(k): int(v) for k, v in bounds.items() if int(v) > 0}
+
+
 def candidate_stages(graph: Any, config: Any = None) -> list[Stage]:
     """Every distinct stage the IOS search of ``graph`` with ``config`` will ask the cost of.
 
@@ -162,13 +260,18 @@ class MeasuredCost:
         Generates and compiles merged kernels for merge stages (a
         :class:`~ios_tvm.merge.MergeCompiler` of ``extraction``; created on the first merge
         stage when None). Merge stages are timed on this machine's device.
+    inputs
+        Model inputs (:func:`profiling_inputs`; made from ``extraction`` when None). The
+        local profiling executor runs the whole model on them once before any stage is
+        timed, so every buffer a stage reads holds a value the model can produce (an id
+        read by a gather is in range), not uninitialised memory.
     """
 
     def __init__(self, extraction: Any, *, max_groups: int = 8,
                  cache: MeasurementCache | None = None, profiler: StageProfiler | None = None,
                  settings: ProfileSettings | None = None, lib: Any = None,
                  device: str | None = None, progress: bool = False,
-                 merges: Any = None) -> None:
+                 merges: Any = None, inputs: Sequence[Any] | None = None) -> None:
         from ..lower import target_device_type
 
         self.graph = extraction.graph
@@ -177,7 +280,9 @@ class MeasuredCost:
         device_type = target_device_type(extraction.target)
         if profiler is None:
             artifact = profiling_artifact(extraction, max_groups=max_groups, lib=lib)
-            profiler = LocalProfiler(artifact.executor(), self.settings)
+            executor = artifact.executor()
+            executor.run(*(inputs if inputs is not None else profiling_inputs(extraction)))
+            profiler = LocalProfiler(executor, self.settings)
             lib = artifact.lib
         self.profiler = profiler
         self._extraction = extraction
@@ -326,14 +431,16 @@ class MeasuredCost:
 def make_stage_cost(extraction: Any, cost: Any, *, cache: Any = True,
                     settings: ProfileSettings | None = None, max_groups: int = 8,
                     lib: Any = None, merges: Any = None, profiler: StageProfiler | None = None,
-                    progress: bool = False) -> tuple[StageCostCache, MeasuredCost | None]:
+                    progress: bool = False, inputs: Sequence[Any] | None = None
+                    ) -> tuple[StageCostCache, MeasuredCost | None]:
     """The stage cost that :func:`ios_tvm.build` and :func:`ios_tvm.bench.bench` search with.
 
     ``cost`` is ``"measured"`` (a :class:`MeasuredCost` on this machine's device, or on
     ``profiler``, persisted in ``cache``: see :func:`~ios_tvm.cost.cache.open_cache`),
     ``"analytic"`` (:class:`~ios_tvm.cost.AnalyticCost` with the CPU preset on CPU targets,
     H100 otherwise) or a cost function of one's own. Returns the memoised cost and the
-    :class:`MeasuredCost` (to ``close()`` and read counters from), or None.
+    :class:`MeasuredCost` (to ``close()`` and read counters from), or None. ``inputs``:
+    the model inputs stage profiling runs on (:func:`profiling_inputs`).
     """
     from ..lower import target_device_type
     from .analytic import AnalyticCost
@@ -341,7 +448,7 @@ def make_stage_cost(extraction: Any, cost: Any, *, cache: Any = True,
     measured = None
     if cost == "measured":
         where = {"profiler": profiler, "device": profiler.device_name()} if profiler else {
-            "lib": lib, "merges": merges}
+            "lib": lib, "merges": merges, "inputs": inputs}
         measured = MeasuredCost(extraction, max_groups=max_groups, cache=open_cache(cache),
                                 settings=settings, progress=progress, **where)
         fn: Any = measured

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import onnx
 
+from ..errors import ModelLoadError
 from .inception_v3 import inception_v3
 from .nasnet import nasnet_large
 from .randwire import randwire
@@ -92,6 +93,30 @@ MODEL_INFO: dict[str, ModelInfo] = {
 }
 
 
+def resolve_model(model: object, batch_size: int = 1) -> object:
+    """The model a user named, for every entry point that takes one (Python API and CLI).
+
+    A path that exists is returned as is (it wins over a built-in of the same name); a
+    built-in name becomes its ONNX ``ModelProto`` at ``batch_size``; anything that is not a
+    ``str`` or path (a ``ModelProto``, an ``IRModule``, an ``nn.Module``) is returned as is.
+
+    Raises
+    ------
+    ModelLoadError
+        ``model`` is a string or path that is neither an existing file nor a built-in name
+        (the message lists the built-ins).
+    """
+    if not isinstance(model, str | os.PathLike):
+        return model
+    if Path(model).exists():
+        return model
+    name = os.fspath(model)
+    if isinstance(name, str) and name in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name](batch=batch_size)
+    raise ModelLoadError(f"model {name!r} is neither a file nor a built-in model "
+                         f"({', '.join(sorted(BUILTIN_MODELS))}): the file does not exist")
+
+
 def export_model(name: str, path: str | os.PathLike[str], batch: int = 1,
                  seed: int = 0) -> Path:
     """Build a built-in model and write it as an ONNX file, atomically.
@@ -136,5 +161,5 @@ def export_model(name: str, path: str | os.PathLike[str], batch: int = 1,
 
 __all__ = [
     "BUILTIN_MODELS", "MODEL_INFO", "ModelInfo", "export_model", "inception_v3", "nasnet_large",
-    "randwire", "resnet50", "sample_block", "squeezenet",
+    "randwire", "resnet50", "resolve_model", "sample_block", "squeezenet",
 ]
