@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from ios_tvm.cost.cache import CACHE_VERSION, CacheError, MeasurementCache
+from ios_tvm.cost.cache import CACHE_VERSION, MeasurementCache
+from ios_tvm.errors import CacheError
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -216,9 +217,9 @@ def test_concurrent_writers(tmp_path: Path) -> None:
 
 def test_cache_version_is_part_of_the_context() -> None:
     pytest.importorskip("tvm")
-    from ios_tvm.cost.measured import MeasuredCost
+    from ios_tvm.compiler.profiling import measured_cost
 
-    cost = MeasuredCost(_extraction("sample8"), profiler=FakeProfiler(), device="dev")
+    cost = measured_cost(_extraction("sample8"), profiler=FakeProfiler(), device="dev")
     assert f'"cache_version": {CACHE_VERSION}' in cost.context
     assert '"device": "dev"' in cost.context
 
@@ -253,7 +254,7 @@ _EXTRACTIONS: dict[str, Any] = {}
 
 def _extraction(name: str) -> Any:
     if name not in _EXTRACTIONS:
-        from ios_tvm.extract import graph_from_model
+        from ios_tvm.compiler.extract import graph_from_model
         from ios_tvm.models import sample_block
 
         _EXTRACTIONS[name] = graph_from_model(sample_block(channels=8, size=8), "llvm")
@@ -279,10 +280,11 @@ def test_open_cache_resolves_every_form(tmp_path: Path) -> None:
 def test_make_stage_cost_picks_the_cost_model(sample8: Any, tmp_path: Path) -> None:
     """The one factory build() and bench() share: measured (here on a named fake profiler,
     persisted in the given cache), analytic (CPU preset for llvm), or the caller's own."""
+    from ios_tvm.compiler.profiling import make_stage_cost
     from ios_tvm.cost import AnalyticCost
-    from ios_tvm.cost.measured import MeasuredCost, make_stage_cost
+    from ios_tvm.cost.measured import MeasuredCost
     from ios_tvm.errors import IosTvmError
-    from ios_tvm.schedule import Stage
+    from ios_tvm.ir.schedule import Stage
 
     class Named(FakeProfiler):
         def device_name(self) -> str:
@@ -309,11 +311,11 @@ def test_make_stage_cost_picks_the_cost_model(sample8: Any, tmp_path: Path) -> N
 
 def test_twins_are_measured_once(sample8: Any, tmp_path: Path) -> None:
     """conv_b and conv_c are the same kernel on the same tensor shapes: one measurement."""
-    from ios_tvm.cost.measured import MeasuredCost
-    from ios_tvm.schedule import Stage
+    from ios_tvm.compiler.profiling import measured_cost
+    from ios_tvm.ir.schedule import Stage
 
     prof = FakeProfiler()
-    cost = MeasuredCost(sample8, profiler=prof, device="dev", cache=None)
+    cost = measured_cost(sample8, profiler=prof, device="dev", cache=None)
     keys = cost.keys
     twins = [(i, j) for i in range(len(keys)) for j in range(i + 1, len(keys))
              if keys[i] == keys[j]]
@@ -331,15 +333,15 @@ def test_twins_are_measured_once(sample8: Any, tmp_path: Path) -> None:
 def test_from_cache_counts_only_measurements_older_than_the_run(sample8: Any, tmp_path: Path,
                                                                 prefetch: bool) -> None:
     """Issue 17 #11: a fresh cache served nothing, whatever the run reused of its own."""
-    from ios_tvm.config import SearchConfig
-    from ios_tvm.cost.measured import MeasuredCost, candidate_stages
-    from ios_tvm.search import search
+    from ios_tvm.compiler.profiling import measured_cost
+    from ios_tvm.scheduler.config import SearchConfig
+    from ios_tvm.scheduler.search import candidate_stages, search
 
     cfg = SearchConfig(max_groups=4)
     path = tmp_path / "m.sqlite"
 
     def run() -> tuple[Any, Any]:
-        cost = MeasuredCost(sample8, profiler=FakeManyProfiler(), device="dev",
+        cost = measured_cost(sample8, profiler=FakeManyProfiler(), device="dev",
                             cache=MeasurementCache(path))
         if prefetch:
             cost.prefetch(candidate_stages(sample8.graph, cfg))
@@ -356,11 +358,11 @@ def test_from_cache_counts_only_measurements_older_than_the_run(sample8: Any, tm
 
 
 def test_invalid_cached_value_is_remeasured(sample8: Any, tmp_path: Path) -> None:
-    from ios_tvm.cost.measured import MeasuredCost
-    from ios_tvm.schedule import Stage
+    from ios_tvm.compiler.profiling import measured_cost
+    from ios_tvm.ir.schedule import Stage
 
     path = tmp_path / "m.sqlite"
-    first = MeasuredCost(sample8, profiler=FakeProfiler(), device="dev",
+    first = measured_cost(sample8, profiler=FakeProfiler(), device="dev",
                          cache=MeasurementCache(path))
     stage = Stage(((0,),))
     first(stage)
@@ -368,37 +370,37 @@ def test_invalid_cached_value_is_remeasured(sample8: Any, tmp_path: Path) -> Non
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE measurements SET seconds=-5 WHERE stage=?", (key,))
     prof = FakeProfiler()
-    second = MeasuredCost(sample8, profiler=prof, device="dev", cache=MeasurementCache(path))
+    second = measured_cost(sample8, profiler=prof, device="dev", cache=MeasurementCache(path))
     assert second(stage) == pytest.approx(1.1e-3)
     assert len(prof.calls) == 1 and second.measured == 1 and second.cache_hits == 0
     assert MeasurementCache(path).get(second.context, key) == pytest.approx(1.1e-3)
 
 
 def test_profiler_returning_nonsense_is_not_cached(sample8: Any, tmp_path: Path) -> None:
-    from ios_tvm.cost.measured import MeasuredCost
+    from ios_tvm.compiler.profiling import measured_cost
     from ios_tvm.errors import IosTvmError
-    from ios_tvm.schedule import Stage
+    from ios_tvm.ir.schedule import Stage
 
     class Broken(FakeProfiler):
         def profile(self, groups: Sequence[Sequence[int]]) -> list[float]:
             return [float("nan")] * 3
 
     cache = MeasurementCache(tmp_path / "m.sqlite")
-    cost = MeasuredCost(sample8, profiler=Broken(), device="dev", cache=cache)
+    cost = measured_cost(sample8, profiler=Broken(), device="dev", cache=cache)
     with pytest.raises(IosTvmError, match="nan"):
         cost(Stage(((0,),)))
     assert len(cache) == 0
 
 
 def test_prefetch_measures_every_stage_once_in_one_batch(sample8: Any, tmp_path: Path) -> None:
-    from ios_tvm.config import SearchConfig
-    from ios_tvm.cost.measured import MeasuredCost, candidate_stages
-    from ios_tvm.search import search
+    from ios_tvm.compiler.profiling import measured_cost
+    from ios_tvm.scheduler.config import SearchConfig
+    from ios_tvm.scheduler.search import candidate_stages, search
 
     cfg = SearchConfig(max_groups=4)
     stages = candidate_stages(sample8.graph, cfg)
     prof = FakeManyProfiler()
-    cost = MeasuredCost(sample8, profiler=prof, device="dev",
+    cost = measured_cost(sample8, profiler=prof, device="dev",
                         cache=MeasurementCache(tmp_path / "m.sqlite"))
     n = cost.prefetch(stages)
     assert prof.batches == [n] and n == len({cost.stage_key(s) for s in stages})
@@ -408,7 +410,7 @@ def test_prefetch_measures_every_stage_once_in_one_batch(sample8: Any, tmp_path:
     assert cost.measured + cost.reused == result.stats.stages_costed and cost.cache_hits == 0
     # Prefetching again, or with a new cost model on the same cache, measures nothing.
     assert cost.prefetch(stages) == 0
-    again = MeasuredCost(sample8, profiler=FakeManyProfiler(), device="dev",
+    again = measured_cost(sample8, profiler=FakeManyProfiler(), device="dev",
                          cache=MeasurementCache(tmp_path / "m.sqlite"))
     assert again.prefetch(stages) == 0
     search(sample8.graph, again, cfg)
@@ -416,9 +418,8 @@ def test_prefetch_measures_every_stage_once_in_one_batch(sample8: Any, tmp_path:
 
 
 def test_candidate_stages_match_what_the_search_asks(sample8: Any) -> None:
-    from ios_tvm.config import SearchConfig
-    from ios_tvm.cost.measured import candidate_stages
-    from ios_tvm.search import search
+    from ios_tvm.scheduler.config import SearchConfig
+    from ios_tvm.scheduler.search import candidate_stages, search
 
     for cfg in (SearchConfig(), SearchConfig(max_groups=2, max_group_size=1),
                 SearchConfig(strategy="greedy")):
@@ -436,7 +437,7 @@ def test_candidate_stages_match_what_the_search_asks(sample8: Any) -> None:
 # end to end: ios_tvm.build with a cache file
 # ---------------------------------------------------------------------------------------------
 def _fast() -> Any:
-    from ios_tvm.cost.measured import ProfileSettings
+    from ios_tvm.cost.base import ProfileSettings
 
     return ProfileSettings(warmup=1, number=3, repeat=3)
 
@@ -444,9 +445,9 @@ def _fast() -> Any:
 @pytest.fixture(scope="module")
 def native() -> None:
     pytest.importorskip("tvm")
-    from ios_tvm import _ffi
+    from ios_tvm import _native
 
-    if not _ffi.native_available():
+    if not _native.native_available():
         pytest.skip("native library not built")
 
 
@@ -459,18 +460,19 @@ def _expected_counts(model: Any, known: set[str]) -> tuple[int, int, int]:
     """(measured, from cache, reused twins) of a default build of ``model`` on a cache that
     holds the stage keys ``known``: each stage the search costs is served by the cache when
     its key was there before, else measured once per key and reused for the other twins."""
-    from ios_tvm.cost.measured import MeasuredCost, candidate_stages
-    from ios_tvm.extract import graph_from_model
+    from ios_tvm.compiler.extract import graph_from_model
+    from ios_tvm.compiler.profiling import measured_cost
+    from ios_tvm.scheduler.search import candidate_stages
 
     ex = graph_from_model(model, "llvm", cpu_layout="NHWC")  # as build() lowers it
-    keys = [MeasuredCost(ex, profiler=FakeProfiler(), device="dev").stage_key(s)
+    keys = [measured_cost(ex, profiler=FakeProfiler(), device="dev").stage_key(s)
             for s in candidate_stages(ex.graph)]
     new = [k for k in keys if k not in known]
     return len(set(new)), len(keys) - len(new), len(new) - len(set(new))
 
 
 def test_second_build_measures_nothing(native: None, tmp_path: Path) -> None:
-    from ios_tvm.build import build
+    from ios_tvm.compiler.build import build
     from ios_tvm.models import sample_block
 
     path = tmp_path / "m.sqlite"
@@ -496,7 +498,7 @@ def test_models_sharing_kernels_share_measurements(native: None, tmp_path: Path)
     new conv come from the first model's measurements."""
     import onnx_models as om
 
-    from ios_tvm.build import build
+    from ios_tvm.compiler.build import build
 
     shared = tmp_path / "shared.sqlite"
     a = build(om.inception_block(), "llvm", cache=shared, settings=_fast(), compare_vm=False)

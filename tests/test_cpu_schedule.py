@@ -1,4 +1,5 @@
-"""Default CPU schedules (ios_tvm.cpu_schedule) and the executor's per-group kernel threads.
+"""Default CPU schedules (ios_tvm.compiler.kernel_schedules) and the executor's per-group kernel
+threads.
 
 Scheduled kernels must compute what TVM's unscheduled ones do (same outputs through the Relax
 VM and through the ios-tvm executor, with concurrent groups), every heavy kernel (conv2d,
@@ -24,8 +25,11 @@ from tvm import relax  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 import onnx_models as om  # noqa: E402
 
-from ios_tvm import _ffi, cpu_schedule  # noqa: E402
-from ios_tvm.cpu_schedule import (  # noqa: E402
+from ios_tvm import _native  # noqa: E402
+from ios_tvm.compiler import kernel_schedules  # noqa: E402
+from ios_tvm.compiler.extract import graph_from_model  # noqa: E402
+from ios_tvm.compiler.frontend import load_model  # noqa: E402
+from ios_tvm.compiler.kernel_schedules import (  # noqa: E402
     CPU_SCHEDULE_ATTR,
     ScheduleReport,
     apply_default_schedules,
@@ -34,8 +38,7 @@ from ios_tvm.cpu_schedule import (  # noqa: E402
     schedule_report,
     vector_lanes,
 )
-from ios_tvm.extract import KERNEL_INFO_ATTR, graph_from_model, lower_to_kernels  # noqa: E402
-from ios_tvm.frontend import load_model  # noqa: E402
+from ios_tvm.compiler.kernels import KERNEL_INFO_ATTR, lower_to_kernels  # noqa: E402
 from ios_tvm.models import sample_block  # noqa: E402
 
 TARGET = "llvm"
@@ -168,7 +171,7 @@ def test_a_failing_rule_leaves_the_kernel_unscheduled(monkeypatch: pytest.Monkey
     def boom(func: Any, target: Any) -> Any:
         raise RuntimeError("ScheduleError: simulated failure")
 
-    monkeypatch.setattr(cpu_schedule, "_apply_rules", boom)
+    monkeypatch.setattr(kernel_schedules, "_apply_rules", boom)
     plain = lower_to_kernels(load_model(om.residual_block()), TARGET, cpu_schedule=False)
     lowered = lower_to_kernels(load_model(om.residual_block()), TARGET)
     report = schedule_report(lowered)
@@ -187,7 +190,7 @@ def test_report_is_a_module_attribute() -> None:
 
 def test_ios_pipeline_schedules_cpu_kernels() -> None:
     """``relax_pipeline="ios_tvm"`` runs the same default schedules as lower_to_kernels."""
-    from ios_tvm.transform import pipeline
+    from ios_tvm.compiler.transform import pipeline
 
     mod = load_model(om.residual_block())
     plain = lower_to_kernels(mod, TARGET, cpu_schedule=False)
@@ -199,7 +202,7 @@ def test_ios_pipeline_schedules_cpu_kernels() -> None:
 
 
 # -- the executor: concurrent groups, each kernel with its share of the cores -----------------
-needs_native = pytest.mark.skipif(not _ffi.native_available(),
+needs_native = pytest.mark.skipif(not _native.native_available(),
                                   reason="native library not built (bash scripts/setup.sh)")
 
 
@@ -209,9 +212,9 @@ def test_concurrent_plan_with_parallel_kernels(share: str,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """An IOS plan of parallel kernels on concurrent groups computes what TVM computes, with
     the per-group thread share on (default) and off (IOS_TVM_THREAD_SHARE=0)."""
-    from ios_tvm.lower import lower
-    from ios_tvm.schedule import Schedule, Stage
-    from ios_tvm.search import sequential_schedule
+    from ios_tvm.compiler.plan_lowering import lower_schedule as lower
+    from ios_tvm.ir.schedule import Schedule, Stage
+    from ios_tvm.scheduler.search import sequential_schedule
 
     monkeypatch.setenv("IOS_TVM_THREAD_SHARE", share)
     model = sample_block()
@@ -239,7 +242,7 @@ def test_concurrent_plan_with_parallel_kernels(share: str,
 
 
 def test_default_cpu_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ios_tvm.executor import default_cpu_threads
+    from ios_tvm.runtime.executor import default_cpu_threads
 
     monkeypatch.setenv("TVM_NUM_THREADS", "3")
     assert default_cpu_threads() == 3

@@ -15,19 +15,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ios_tvm
-from ios_tvm import OpGraph, SearchConfig, Stage, _ffi, validate_schedule
-from ios_tvm.cost import AnalyticCost, StageCostCache
+from ios_tvm import OpGraph, SearchConfig, Stage, _native, validate_schedule
+from ios_tvm.cost import AnalyticCost
 from ios_tvm.errors import IosTvmError
-from ios_tvm.native_search import (
-    MAX_NATIVE_OPS,
-    native_search_enabled,
-    solve_part_native,
-)
-from ios_tvm.partition import partition
-from ios_tvm.schedule import Schedule
-from ios_tvm.search import _PartSearch
+from ios_tvm.ir.schedule import Schedule
+from ios_tvm.scheduler.native import MAX_NATIVE_OPS, native_search_enabled, solve_part_native
+from ios_tvm.scheduler.partition import partition
+from ios_tvm.scheduler.search import _PartSearch
+from ios_tvm.scheduler.stage_cost import StageCostCache
 
-needs_native = pytest.mark.skipif(not _ffi.native_available(),
+needs_native = pytest.mark.skipif(not _native.native_available(),
                                   reason="native library not built (bash scripts/setup.sh)")
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -101,24 +98,24 @@ def assert_identical(graph, lo, hi, cfg, cost, can_merge=None) -> None:
 
 # -- loading -------------------------------------------------------------------------------
 def test_native_library_loads_from_package():
-    module = _ffi.load()  # fails with the searched paths and how to build
-    assert module is _ffi.load()
-    path = _ffi.library_path()
-    assert path.is_file() and path.name == _ffi.LIB_NAME
-    if not os.environ.get(_ffi.ENV_VAR):
+    module = _native.load()  # fails with the searched paths and how to build
+    assert module is _native.load()
+    path = _native.library_path()
+    assert path.is_file() and path.name == _native.LIB_NAME
+    if not os.environ.get(_native.ENV_VAR):
         pkg_dirs = {Path(p).resolve() for p in ios_tvm.__path__}
         assert path.parent.resolve() in pkg_dirs, f"{path} is not inside the ios_tvm package"
     import tvm_ffi
 
     assert tvm_ffi.get_global_func("ios_tvm.search.solve_part") is not None
-    assert _ffi.native_available()
+    assert _native.native_available()
 
 
 def test_env_switch_disables_native(monkeypatch):
     monkeypatch.setenv("IOS_TVM_NATIVE_SEARCH", "0")
     assert not native_search_enabled()
     monkeypatch.setenv("IOS_TVM_NATIVE_SEARCH", "1")
-    assert native_search_enabled() == _ffi.native_available()
+    assert native_search_enabled() == _native.native_available()
 
 
 # -- identical results ---------------------------------------------------------------------

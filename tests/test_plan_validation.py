@@ -1,10 +1,10 @@
-"""Plan validation (ios_tvm.plan.Plan.validate): fields, limits and the happens-before.
+"""Plan validation (ios_tvm.ir.plan.Plan.validate): fields, limits and the happens-before.
 
 Pure Python except the zoo test: hand-made plans that break one rule each are rejected with a
 PlanFormatError naming the tensor or call; every plan the lowering makes is accepted (zoo
 models under sequential, greedy and IOS schedules; random graphs under random schedules); and
 on random storage assignments the validator agrees with the storage planner's own checker
-(ios_tvm.memory.check_storage) and never accepts one that is unsafe in some interleaving of
+(ios_tvm.compiler.memory.check_storage) and never accepts one that is unsafe in some interleaving of
 the groups.
 """
 
@@ -19,20 +19,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ios_tvm import IosTvmError, OpGraph, SearchConfig, Stage, search
-from ios_tvm.lower import make_plan
-from ios_tvm.memory import StoragePlan, check_storage
-from ios_tvm.plan import (
+from ios_tvm import IosTvmError, OpGraph, SearchConfig, Stage
+from ios_tvm.compiler.memory import StoragePlan, check_storage
+from ios_tvm.compiler.plan_lowering import make_plan
+from ios_tvm.errors import PlanFormatError
+from ios_tvm.ir.plan import (
     MAX_JSON_DEPTH,
     MAX_NBYTES,
     MAX_STREAMS,
     Plan,
     PlanCall,
-    PlanFormatError,
     PlanStage,
     PlanTensor,
 )
-from ios_tvm.search import greedy_schedule, sequential_schedule
+from ios_tvm.scheduler.search import greedy_schedule, search, sequential_schedule
 
 F = (4,)  # every tensor of the hand-made plans: 4 float32, 16 bytes
 
@@ -387,8 +387,8 @@ def test_zoo_plans_are_valid(name: str) -> None:
     """Sequential, greedy and IOS (analytic cost) plans of the zoo pass validation, with and
     without memory reuse; JSON round trips too."""
     pytest.importorskip("tvm")
+    from ios_tvm.compiler.extract import graph_from_model
     from ios_tvm.cost import AnalyticCost
-    from ios_tvm.extract import graph_from_model
     from ios_tvm.models import BUILTIN_MODELS
 
     graph = graph_from_model(BUILTIN_MODELS[name](batch=1), target="llvm").graph

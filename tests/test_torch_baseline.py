@@ -9,9 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from ios_tvm.bench.torch_onnx import SUPPORTED_OPS, torch_module, torch_runner
 from ios_tvm.errors import UnsupportedGraphError
 from ios_tvm.models import BUILTIN_MODELS
-from ios_tvm.torch_baseline import SUPPORTED_OPS, torch_module, torch_runner
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
