@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from ios_tvm.errors import ConfigError, IosTvmError
+from ios_tvm.errors import ConfigError, IosTvmError, Terminated
 from ios_tvm.scheduler.config import SEARCH_STRATEGIES, SearchConfig
 
 logger = logging.getLogger("ios_tvm")
@@ -32,13 +32,6 @@ logger = logging.getLogger("ios_tvm")
 #: Exit codes of a command interrupted by Ctrl-C and terminated by SIGTERM (128 + signal).
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
-
-
-class Terminated(BaseException):
-    """Raised by the SIGTERM handler of :func:`main`, so that ``finally`` blocks clean up.
-
-    A ``BaseException``, like ``KeyboardInterrupt``: ``except Exception`` does not stop it.
-    """
 
 
 # -- argument types: bad values are usage errors (exit 2), found before any work ---------------

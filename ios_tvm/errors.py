@@ -81,6 +81,14 @@ class InternalError(IosTvmError, RuntimeError):
     """An invariant of ios-tvm does not hold: a bug; please report it with the message."""
 
 
+# -- not an error: the process is asked to stop ------------------------------------------------
+class Terminated(BaseException):  # noqa: N818 (named like KeyboardInterrupt, its sibling)
+    """SIGTERM arrived; raised by ios-tvm's handlers so that ``finally`` blocks clean up.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: ``except Exception`` does not stop it.
+    """
+
+
 def all_errors() -> list[type[IosTvmError]]:
     """Every error class of ios-tvm, the base first."""
     return [IosTvmError, *(cls for cls in globals().values() if isinstance(cls, type)

@@ -23,7 +23,8 @@ from tvm import relax  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import onnx_models as om  # noqa: E402
-from test_cost_cache import _expected_counts, _stored_keys  # noqa: E402
+from hardware import has_cuda  # noqa: E402
+from test_measured_cost import _expected_counts, _stored_keys  # noqa: E402
 
 from ios_tvm import _native  # noqa: E402
 from ios_tvm.compiler.build import BuildResult, build  # noqa: E402
@@ -45,12 +46,6 @@ MODELS: dict[str, Callable[[], Any]] = {
 }
 TOL = 1e-5
 
-
-def has_cuda() -> bool:
-    try:
-        return bool(tvm.cuda(0).exist)
-    except Exception:
-        return False
 
 
 def inputs_for(model: Any, seed: int = 0) -> list[np.ndarray]:

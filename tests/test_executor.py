@@ -42,6 +42,7 @@ from tvm import relax  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import onnx_models as om  # noqa: E402
+from hardware import has_cuda  # noqa: E402
 
 from ios_tvm import _native  # noqa: E402
 from ios_tvm.compiler.extract import Extraction, graph_from_model  # noqa: E402
@@ -102,13 +103,6 @@ GPU_TOL = 1e-4          # on GPU (and GPU vs the CPU references)
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-@functools.cache
-def has_cuda() -> bool:
-    try:
-        return bool(tvm.cuda(0).exist)
-    except Exception:
-        return False
-
 
 def make_schedule(graph: OpGraph, kind: str) -> Schedule:
     if kind == "sequential":

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ios_tvm.errors import PlanFormatError
+from ios_tvm.errors import PlanFormatError, Terminated
 from ios_tvm.ir.plan import Plan, parse_json, target_dict
 from ios_tvm.runtime.executor import (
     Executor,
@@ -104,10 +104,6 @@ def _directory_lock(directory: Path, exclusive: bool) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-class _Terminated(BaseException):
-    """SIGTERM arrived during an export (BaseException: no ``except Exception`` eats it)."""
-
-
 @contextlib.contextmanager
 def _cleanup_on_sigterm() -> Iterator[None]:
     """Make SIGTERM raise inside the block, then end the process by it as it would have ended.
@@ -125,7 +121,7 @@ def _cleanup_on_sigterm() -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
         nonlocal received
         received = True
-        raise _Terminated
+        raise Terminated(signum)
 
     signal.signal(signal.SIGTERM, handler)
     try:
