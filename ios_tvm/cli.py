@@ -24,21 +24,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from .config import SEARCH_STRATEGIES, SearchConfig
-from .errors import IosTvmError
+from ios_tvm.errors import ConfigError, IosTvmError, Terminated
+from ios_tvm.scheduler.config import SEARCH_STRATEGIES, SearchConfig
 
 logger = logging.getLogger("ios_tvm")
 
 #: Exit codes of a command interrupted by Ctrl-C and terminated by SIGTERM (128 + signal).
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
-
-
-class Terminated(BaseException):
-    """Raised by the SIGTERM handler of :func:`main`, so that ``finally`` blocks clean up.
-
-    A ``BaseException``, like ``KeyboardInterrupt``: ``except Exception`` does not stop it.
-    """
 
 
 # -- argument types: bad values are usage errors (exit 2), found before any work ---------------
@@ -78,7 +71,7 @@ _non_negative = _int_at_least(0)
 
 def _shapes_arg(text: str) -> str:
     """An argparse type: ``--input-shapes`` is checked at parse time, kept as text."""
-    from .frontend import parse_input_shapes
+    from ios_tvm.compiler.frontend import parse_input_shapes
 
     try:
         parse_input_shapes(text)
@@ -110,7 +103,7 @@ def _check_output(path: str | os.PathLike[str], what: str) -> Path:
     """``path`` as a Path, if a file can be written there (checked before any work)."""
     out = Path(path)
     if out.is_dir():
-        raise IosTvmError(f"{what} {out} is a directory; give a file name")
+        raise ConfigError(f"{what} {out} is a directory; give a file name")
     return out
 
 
@@ -142,16 +135,16 @@ def _write_text(path: str | os.PathLike[str], text: str, *, what: str = "output"
 
 
 def _load_graph(args: argparse.Namespace) -> Any:
-    from .extract import graph_from_model
+    from ios_tvm.compiler.extract import graph_from_model
 
     return graph_from_model(_resolve_model(args), target=args.target,
                             input_shapes=_input_shapes(args))
 
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
-    from .cost import AnalyticCost
-    from .merge import merge_predicate
-    from .search import search
+    from ios_tvm.cost import AnalyticCost
+    from ios_tvm.scheduler.merge import merge_predicate
+    from ios_tvm.scheduler.search import search
 
     if args.output:
         _check_output(args.output, "schedule file")
@@ -189,7 +182,7 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def _resolve_model(args: argparse.Namespace) -> Any:
-    from .models import resolve_model
+    from ios_tvm.models import resolve_model
 
     return resolve_model(args.model, args.batch_size)
 
@@ -202,23 +195,23 @@ def _search_config(args: argparse.Namespace, strategy: str = "concurrent") -> Se
 
 def _measure_options(args: argparse.Namespace) -> tuple[Any, Any]:
     """The ``cache=`` argument (cost.cache.open_cache) and profiling settings."""
-    from .cost.measured import ProfileSettings
+    from ios_tvm.cost.base import ProfileSettings
 
     cache: Any = False if args.no_cache else (args.cache or True)
     return cache, ProfileSettings(args.warmup, args.number, args.repeat)
 
 
 def _input_shapes(args: argparse.Namespace) -> Any:
-    from .frontend import parse_input_shapes
+    from ios_tvm.compiler.frontend import parse_input_shapes
 
     return parse_input_shapes(args.input_shapes) if args.input_shapes else None
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
-    from .build import build
+    from ios_tvm.compiler.build import build
 
     if Path(args.output).exists() and not Path(args.output).is_dir():
-        raise IosTvmError(f"artifact directory {args.output} is a file")
+        raise ConfigError(f"artifact directory {args.output} is a file")
     cache, settings = _measure_options(args)
     result = build(_resolve_model(args), args.target, input_shapes=_input_shapes(args),
                    config=_search_config(args, args.strategy), cost=args.cost, cache=cache,
@@ -254,7 +247,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from .tune import tune
+    from ios_tvm.compiler.tune import tune
 
     result = tune(_resolve_model(args), args.target, args.trials, args.database,
                   input_shapes=_input_shapes(args), trials_per_iter=args.trials_per_iter,
@@ -273,7 +266,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .executor import load
+    from ios_tvm.runtime.artifact import load
 
     if args.outputs:
         _check_output(args.outputs, "outputs file")
@@ -281,10 +274,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         inputs = dict(np.load(args.inputs))
     except (OSError, ValueError) as e:
-        raise IosTvmError(f"cannot read inputs {args.inputs}: {e}") from e
+        raise ConfigError(f"cannot read inputs {args.inputs}: {e}") from e
     missing = [n for n in executor.input_names if n not in inputs]
     if missing:
-        raise IosTvmError(f"{args.inputs} lacks input(s) {missing}; the model's inputs are "
+        raise ConfigError(f"{args.inputs} lacks input(s) {missing}; the model's inputs are "
                           f"{executor.input_names}")
     outputs = executor(**{n: inputs[n] for n in executor.input_names})
     for name, value in zip(executor.output_names, outputs, strict=True):
@@ -302,7 +295,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench
+    from ios_tvm.bench.harness import bench
 
     if args.output:
         _check_output(args.output, "results file")
@@ -323,7 +316,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                                             indent=1), what="results file")
         print(f"results written to {args.output}")
     if args.plot:
-        from .plot import plot_speedups
+        from ios_tvm.bench.plot import plot_speedups
 
         rows = {report.model: {k: v / 1e3 for k, v in report.median_ms.items()}}
         print(f"speed-up chart: {plot_speedups(rows, args.plot, title=report.target)}")
@@ -332,8 +325,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _recorded_schedule(meta: Any) -> Any:
     """The schedule a plan's meta records, or None when it has none (or a broken one)."""
-    from .errors import ScheduleError
-    from .schedule import Schedule
+    from ios_tvm.errors import ScheduleError
+    from ios_tvm.ir.schedule import Schedule
 
     try:
         return Schedule.from_json(meta["schedule_json"])
@@ -359,9 +352,9 @@ def _merged_calls(meta: Any) -> dict[int, list[str]]:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from .executor import load_artifact
-    from .graph import OpGraph, OpNode, TensorInfo
-    from .schedule import Schedule, Stage
+    from ios_tvm.ir.graph import OpGraph, OpNode, TensorInfo
+    from ios_tvm.ir.schedule import Schedule, Stage
+    from ios_tvm.runtime.artifact import load_artifact
 
     artifact = load_artifact(args.artifact)
     plan = artifact.plan
@@ -388,7 +381,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         ms = f"{stage_s[i] * 1e3:8.3f} ms" if stage_s is not None else "       - ms"
         print(f"  stage {i:>3} {ms} [{stage.strategy}]: {groups}")
     if not args.no_pictures:
-        from .plot import plot_graph, plot_timeline
+        from ios_tvm.bench.plot import plot_graph, plot_timeline
 
         # Rebuild the kernel graph from the plan's calls (who writes and reads which tensor).
         tensors = {t.name: TensorInfo(t.name, t.shape, t.dtype, "activation",
@@ -453,7 +446,7 @@ def _add_layout_arg(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ios-tvm``."""
-    from .cost.analytic import DEVICES
+    from ios_tvm.cost.analytic import DEVICES
 
     parser = argparse.ArgumentParser(
         prog="ios-tvm", description="Inter-operator scheduling (IOS) for TVM Relax models.")

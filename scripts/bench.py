@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The ios-tvm benchmark: the model zoo, every way, in one run (issue 5).
 
-For each model and batch size, :func:`ios_tvm.bench.bench` lowers the model once and times,
+For each model and batch size, :func:`ios_tvm.bench.harness.bench` lowers the model once and times,
 round-robin on the same kernels: the IOS plan of each strategy, the sequential and greedy
 plans, TVM's Relax VM, ONNX Runtime and PyTorch eager and ``torch.compile`` (when PyTorch is
 installed; on CUDA also each executor plan and the VM as a CUDA
@@ -49,15 +49,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ios_tvm.executor import default_cpu_threads  # noqa: E402  (before any TVM thread pool)
+from ios_tvm.runtime.executor import default_cpu_threads  # noqa: E402
 
 default_cpu_threads()
 
-from ios_tvm.bench import bench, machine_info  # noqa: E402
-from ios_tvm.config import SearchConfig  # noqa: E402
-from ios_tvm.cost.measured import ProfileSettings  # noqa: E402
-from ios_tvm.extract import resolve_target  # noqa: E402
+from ios_tvm.bench.harness import bench  # noqa: E402
+from ios_tvm.bench.timing import machine_info  # noqa: E402
+from ios_tvm.compiler.target import resolve_target  # noqa: E402
+from ios_tvm.cost.base import ProfileSettings  # noqa: E402
 from ios_tvm.models import BUILTIN_MODELS, MODEL_INFO  # noqa: E402
+from ios_tvm.scheduler.config import SearchConfig  # noqa: E402
 
 SETS = {
     "quick": ["sample", "squeezenet", "resnet50"],
@@ -213,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _write(doc, out)
     print(f"written to {out}")
     if not args.no_plot:
-        from ios_tvm.plot import plot_speedups
+        from ios_tvm.bench.plot import plot_speedups
 
         rows = {k: {v: ms / 1e3 for v, ms in rep["median_ms"].items()}
                 for k, rep in doc["results"].items()}

@@ -12,8 +12,8 @@ For each model (``sample``: the IOS sample block; ``squeezenet`` and others when
   on the *same* kernels:
 
   - ``unscheduled``: TVM's fused kernels as FuseTIR leaves them (``cpu_schedule=False``);
-  - ``default``: ios-tvm's default CPU schedules (:mod:`ios_tvm.cpu_schedule`);
-  - ``tuned``: a MetaSchedule database (:func:`ios_tvm.tune.tune`, ``--trials`` per model,
+  - ``default``: ios-tvm's default CPU schedules (:mod:`ios_tvm.compiler.kernel_schedules`);
+  - ``tuned``: a MetaSchedule database (:func:`ios_tvm.compiler.tune.tune`, ``--trials`` per model,
     kept under ``--database-root`` so a later run resumes and adds trials), default schedules
     for kernels it lacks.
 
@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ios_tvm.executor import default_cpu_threads  # noqa: E402  (before any TVM thread pool)
+from ios_tvm.runtime.executor import default_cpu_threads  # noqa: E402
 
 THREADS = default_cpu_threads()
 
@@ -64,14 +64,16 @@ import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 
 from ios_tvm import models as zoo  # noqa: E402
-from ios_tvm.bench import host_target, machine_info, time_rounds  # noqa: E402
-from ios_tvm.build import build  # noqa: E402
-from ios_tvm.cost.measured import ProfileSettings  # noqa: E402
-from ios_tvm.cpu_schedule import schedule_report  # noqa: E402
-from ios_tvm.extract import graph_from_model, resolve_target  # noqa: E402
-from ios_tvm.frontend import load_model  # noqa: E402
-from ios_tvm.lower import build_kernel_library, lower  # noqa: E402
-from ios_tvm.search import sequential_schedule  # noqa: E402
+from ios_tvm.bench.timing import machine_info, time_rounds  # noqa: E402
+from ios_tvm.compiler.build import build  # noqa: E402
+from ios_tvm.compiler.extract import graph_from_model  # noqa: E402
+from ios_tvm.compiler.frontend import load_model  # noqa: E402
+from ios_tvm.compiler.kernel_schedules import schedule_report  # noqa: E402
+from ios_tvm.compiler.library import build_kernel_library  # noqa: E402
+from ios_tvm.compiler.plan_lowering import lower_schedule as lower  # noqa: E402
+from ios_tvm.compiler.target import host_target, resolve_target  # noqa: E402
+from ios_tvm.cost.base import ProfileSettings  # noqa: E402
+from ios_tvm.scheduler.search import sequential_schedule  # noqa: E402
 
 VARIANTS = ("unscheduled", "default", "tuned")
 MARGIN = 0.03
@@ -134,7 +136,7 @@ def bench_model(name: str, model: onnx.ModelProto, args: argparse.Namespace,
         layout = None if variant == "unscheduled" else args.cpu_layout
         info["cpu_layout"] = layout
         if variant == "tuned":
-            from ios_tvm.tune import tune
+            from ios_tvm.compiler.tune import tune
 
             database = Path(args.database_root) / f"{name}-{target.get('mcpu', 'generic')}"
             t0 = time.perf_counter()
@@ -224,7 +226,7 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
 def concurrency_probe(target: dict[str, Any], rounds: int, min_ms: float) -> dict[str, Any]:
     """Two independent convs of the sample block: alone, back to back, concurrently; with the
     executor's per-group kernel threads (share) on and off."""
-    from ios_tvm.cost.measured import profiling_artifact
+    from ios_tvm.compiler.profiling import profiling_artifact
 
     ex = graph_from_model(zoo.sample_block(), target)
     convs = [i for i, n in enumerate(ex.graph.nodes) if ex.graph.inputs[0] in n.inputs][:2]

@@ -58,21 +58,22 @@ for p in (ROOT, ROOT / "tests"):
         sys.path.insert(0, str(p))
 
 import onnx  # noqa: E402
-import onnx_models as om  # noqa: E402  (tests/onnx_models.py)
+import onnx_models as om  # noqa: E402
 import tvm  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 from tvm import relax  # noqa: E402
 
-from ios_tvm.bench import machine_info  # noqa: E402
-from ios_tvm.config import SearchConfig  # noqa: E402
-from ios_tvm.cost.measured import MeasuredCost  # noqa: E402
-from ios_tvm.executor import Executor  # noqa: E402
-from ios_tvm.extract import Extraction, graph_from_model  # noqa: E402
-from ios_tvm.lower import build_kernel_library, make_plan, weights_of  # noqa: E402
+from ios_tvm.bench.timing import machine_info  # noqa: E402
+from ios_tvm.compiler.extract import Extraction, graph_from_model  # noqa: E402
+from ios_tvm.compiler.library import build_kernel_library, weights_of  # noqa: E402
+from ios_tvm.compiler.plan_lowering import make_plan  # noqa: E402
+from ios_tvm.compiler.profiling import measured_cost  # noqa: E402
+from ios_tvm.ir.plan import Plan  # noqa: E402
+from ios_tvm.ir.schedule import Schedule  # noqa: E402
 from ios_tvm.models import sample_block  # noqa: E402
-from ios_tvm.plan import Plan  # noqa: E402
-from ios_tvm.schedule import Schedule  # noqa: E402
-from ios_tvm.search import greedy_schedule, search, sequential_schedule  # noqa: E402
+from ios_tvm.runtime.executor import Executor  # noqa: E402
+from ios_tvm.scheduler.config import SearchConfig  # noqa: E402
+from ios_tvm.scheduler.search import greedy_schedule, search, sequential_schedule  # noqa: E402
 
 SINGLE_THREAD_NOTE = (
     "TVM's untuned CPU kernels are single-threaded (no parallel loops), so a plan with 2 worker "
@@ -232,7 +233,7 @@ def bench_overhead(length: int, repeat: int, min_seconds: float) -> dict[str, An
 # ---------------------------------------------------------------------------------------------
 def ios_schedule(ex: Extraction, lib: Any, max_groups: int) -> tuple[Schedule, dict[str, Any]]:
     t0 = time.perf_counter()
-    cost = MeasuredCost(ex, max_groups=max_groups, lib=lib)
+    cost = measured_cost(ex, max_groups=max_groups, lib=lib)
     result = search(ex.graph, cost, SearchConfig(strategy="concurrent", max_groups=max_groups))
     return result.schedule, {"search_seconds": time.perf_counter() - t0,
                              "stages_measured": cost.measured,

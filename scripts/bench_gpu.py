@@ -196,7 +196,7 @@ def compile_vm(mod: Any, target: Any, use_cuda_graph: bool) -> Any:
 
 def _offline_cost(ex: Any, max_groups: int, costs: Mapping[str, Sequence[float]] | None) -> Any:
     """A MeasuredCost whose stage latencies come from ``costs`` (``profile``'s output)."""
-    from ios_tvm.cost.measured import MeasuredCost
+    from ios_tvm.compiler.profiling import measured_cost
     from ios_tvm.errors import IosTvmError
 
     class _NotProfiled:
@@ -205,7 +205,7 @@ def _offline_cost(ex: Any, max_groups: int, costs: Mapping[str, Sequence[float]]
                               "`compile --profile-candidates` and `profile` with the same "
                               "search settings")
 
-    cost = MeasuredCost(ex, max_groups=max_groups, cache=None, profiler=_NotProfiled(),
+    cost = measured_cost(ex, max_groups=max_groups, cache=None, profiler=_NotProfiled(),
                         device="offline")
     for key, samples in (costs or {}).items():
         cost.values[key] = float(statistics.median(samples))
@@ -215,13 +215,14 @@ def _offline_cost(ex: Any, max_groups: int, costs: Mapping[str, Sequence[float]]
 def compile_case(model_name: str, batch: int, out: Path, args: argparse.Namespace,
                  stage_costs: Mapping[str, Any] | None) -> dict[str, Any]:
     """Compile one (model, batch) case into ``out`` (see the module docstring)."""
-    from ios_tvm.config import SearchConfig
+    from ios_tvm.compiler.extract import graph_from_model
+    from ios_tvm.compiler.library import build_kernel_library, weights_of
+    from ios_tvm.compiler.plan_lowering import lower_schedule as lower
+    from ios_tvm.compiler.profiling import profiling_artifact
     from ios_tvm.cost import AnalyticCost
-    from ios_tvm.cost.measured import candidate_stages, profiling_artifact
-    from ios_tvm.extract import graph_from_model
-    from ios_tvm.lower import build_kernel_library, lower, weights_of
     from ios_tvm.models import BUILTIN_MODELS
-    from ios_tvm.search import search, sequential_schedule
+    from ios_tvm.scheduler.config import SearchConfig
+    from ios_tvm.scheduler.search import candidate_stages, search, sequential_schedule
 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -347,7 +348,7 @@ def setup_cuda() -> tuple[Any, str]:
     """
     import tvm_ffi
 
-    from ios_tvm.executor import device_of
+    from ios_tvm.runtime.executor import device_of
 
     device_of("cuda", 0)  # loads TVM's CUDA runtime in runtime-only mode
     import tvm
@@ -394,7 +395,7 @@ def load_case(case_dir: Path) -> dict[str, Any]:
 
 
 def _plan(case: Mapping[str, Any], kind: str) -> Any:
-    from ios_tvm.plan import Plan
+    from ios_tvm.ir.plan import Plan
 
     return Plan.loads((case["dir"] / f"plan_{kind}.json").read_text())
 
@@ -422,8 +423,8 @@ def case_dirs(root: Path, models: Sequence[str], batches: Sequence[int]) -> list
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from ios_tvm.executor import Executor
-    from ios_tvm.plan import Plan
+    from ios_tvm.ir.plan import Plan
+    from ios_tvm.runtime.executor import Executor
 
     dev, _ = setup_cuda()
     doc: dict[str, Any] = {"format": "ios_tvm.bench_gpu.stage_costs", "version": VERSION,
@@ -482,7 +483,7 @@ def run_case(case_dir: Path, dev: Any, args: argparse.Namespace) -> dict[str, An
     """Build every variant of one case, check their outputs, time them."""
     import tvm
 
-    from ios_tvm.executor import Executor
+    from ios_tvm.runtime.executor import Executor
 
     case = load_case(case_dir)
     meta = case["meta"]
@@ -556,7 +557,7 @@ def run_case(case_dir: Path, dev: Any, args: argparse.Namespace) -> dict[str, An
                               "cudnn_benchmark": torch.backends.cudnn.benchmark}
             for name in ("torch_eager", "torch_compile"):
                 def setup_torch(name: str = name) -> Any:
-                    from ios_tvm.torch_baseline import torch_runner
+                    from ios_tvm.bench.torch_onnx import torch_runner
 
                     # warm-up runs compile, record and warm the CUDA graph trees
                     run, outs, _ = torch_runner(case["model"], [x],

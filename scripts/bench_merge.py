@@ -8,7 +8,7 @@ are built from the *same* compiled kernels and timed with the ios-tvm executor:
 * **Greedy**: IOS's wavefront baseline (every ready kernel in the stage, at most
   ``--max-groups``).
 * **Merge** (IOS-Merge): the DP with merge stages only (convs / matmuls sharing an input
-  become one kernel; :mod:`ios_tvm.merge`).
+  become one kernel; :mod:`ios_tvm.scheduler.merge`).
 * **Concurrent** (IOS-Parallel): the DP with concurrent stages only.
 * **Both** (IOS-Both): the DP with both.
 
@@ -56,16 +56,19 @@ for p in (ROOT, ROOT / "tests"):
 
 import onnx  # noqa: E402
 
-from ios_tvm.bench import machine_info, time_rounds  # noqa: E402
-from ios_tvm.config import SearchConfig  # noqa: E402
+from ios_tvm.bench.timing import machine_info, time_rounds  # noqa: E402
+from ios_tvm.compiler.extract import graph_from_model  # noqa: E402
+from ios_tvm.compiler.library import build_kernel_library  # noqa: E402
+from ios_tvm.compiler.merge import MergeCompiler  # noqa: E402
+from ios_tvm.compiler.plan_lowering import lower_schedule as lower  # noqa: E402
+from ios_tvm.compiler.profiling import measured_cost  # noqa: E402
 from ios_tvm.cost.analytic import AnalyticCost  # noqa: E402
-from ios_tvm.cost.base import StageCostCache  # noqa: E402
+from ios_tvm.cost.base import ProfileSettings  # noqa: E402
 from ios_tvm.cost.cache import MeasurementCache  # noqa: E402
-from ios_tvm.cost.measured import MeasuredCost, ProfileSettings  # noqa: E402
-from ios_tvm.extract import graph_from_model  # noqa: E402
-from ios_tvm.lower import build_kernel_library, lower  # noqa: E402
-from ios_tvm.merge import MergeCompiler, merge_predicate  # noqa: E402
-from ios_tvm.search import search  # noqa: E402
+from ios_tvm.scheduler.config import SearchConfig  # noqa: E402
+from ios_tvm.scheduler.merge import merge_predicate  # noqa: E402
+from ios_tvm.scheduler.search import search  # noqa: E402
+from ios_tvm.scheduler.stage_cost import StageCostCache  # noqa: E402
 
 STRATEGIES = ("sequential", "greedy", "merge", "concurrent", "both")
 LABELS = {"sequential": "Sequential", "greedy": "Greedy", "merge": "Merge",
@@ -73,7 +76,7 @@ LABELS = {"sequential": "Sequential", "greedy": "Greedy", "merge": "Merge",
 
 
 def _models() -> dict[str, Callable[[], onnx.ModelProto]]:
-    import onnx_models as om  # tests/onnx_models.py
+    import onnx_models as om
 
     from ios_tvm import models as zoo
 
@@ -111,7 +114,7 @@ def bench_model(name: str, model: onnx.ModelProto, args: argparse.Namespace) -> 
     measured = None
     if args.cost == "measured":
         cache = MeasurementCache(args.cache) if args.cache else None
-        measured = MeasuredCost(ex, max_groups=args.max_groups, cache=cache, settings=settings,
+        measured = measured_cost(ex, max_groups=args.max_groups, cache=cache, settings=settings,
                                 lib=lib, merges=merges)
         base_cost: Any = measured
     else:

@@ -15,10 +15,11 @@ import argparse
 import time
 from pathlib import Path
 
-from ios_tvm import OpGraph, SearchConfig, _ffi
-from ios_tvm.cost import AnalyticCost, StageCostCache
-from ios_tvm.native_search import _get_solve_part, _to_i64, solve_part_native
-from ios_tvm.search import _PartSearch
+from ios_tvm import OpGraph, SearchConfig, _native
+from ios_tvm.cost import AnalyticCost
+from ios_tvm.scheduler.native import _get_solve_part, _to_i64, solve_part_native
+from ios_tvm.scheduler.search import _PartSearch
+from ios_tvm.scheduler.stage_cost import StageCostCache
 
 ROOT = Path(__file__).resolve().parents[1]
 DIRS = [ROOT / "ios_tvm" / "models" / "randwire_graphs",
@@ -58,7 +59,7 @@ def main() -> None:
     cfg = SearchConfig(strategy=args.strategy, max_group_size=args.r, max_groups=args.s,
                        max_part_size=max(n, 1))
     can_merge = None if args.strategy == "concurrent" else (lambda graph, ops: len(ops) <= 3)
-    _ffi.load()
+    _native.load()
 
     def py(cache: StageCostCache) -> None:
         _PartSearch(g, 0, n, cfg, cache, can_merge).stages()

@@ -45,19 +45,15 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import onnx_models as om  # noqa: E402
 
-from ios_tvm.bench import machine_info  # noqa: E402
-from ios_tvm.config import SearchConfig  # noqa: E402
+from ios_tvm.bench.timing import machine_info  # noqa: E402
+from ios_tvm.compiler.extract import graph_from_model  # noqa: E402
+from ios_tvm.compiler.library import build_kernel_library  # noqa: E402
+from ios_tvm.compiler.profiling import measured_cost, profiling_artifact  # noqa: E402
+from ios_tvm.cost.base import ProfileSettings  # noqa: E402
 from ios_tvm.cost.cache import MeasurementCache  # noqa: E402
-from ios_tvm.cost.measured import (  # noqa: E402
-    MeasuredCost,
-    ProfileSettings,
-    candidate_stages,
-    profiling_artifact,
-)
-from ios_tvm.extract import graph_from_model  # noqa: E402
-from ios_tvm.lower import build_kernel_library  # noqa: E402
 from ios_tvm.models import sample_block  # noqa: E402
-from ios_tvm.search import search  # noqa: E402
+from ios_tvm.scheduler.config import SearchConfig  # noqa: E402
+from ios_tvm.scheduler.search import candidate_stages, search  # noqa: E402
 
 MODELS: dict[str, Callable[[], Any]] = {
     "sample-32x14": lambda: sample_block(channels=32, size=14),
@@ -102,7 +98,7 @@ def run_once(extraction: Any, lib: Any, cache_path: Path, settings: ProfileSetti
     t0 = time.perf_counter()
     remote = None
     if rpc is None:
-        cost = MeasuredCost(extraction, max_groups=cfg.max_groups,
+        cost = measured_cost(extraction, max_groups=cfg.max_groups,
                             cache=MeasurementCache(cache_path), settings=settings, lib=lib)
         cost.profiler = timed = TimedProfiler(cost.profiler)
     else:
@@ -112,7 +108,7 @@ def run_once(extraction: Any, lib: Any, cache_path: Path, settings: ProfileSetti
                              rpc[0], rpc[1], settings=settings)
         remote.open()  # sessions start here (setup_s), not inside the measurements
         timed = TimedProfiler(remote)
-        cost = MeasuredCost(extraction, max_groups=cfg.max_groups,
+        cost = measured_cost(extraction, max_groups=cfg.max_groups,
                             cache=MeasurementCache(cache_path), settings=settings,
                             profiler=timed, device=remote.device_name())
     setup_s = time.perf_counter() - t0

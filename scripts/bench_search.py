@@ -2,8 +2,8 @@
 """Benchmark the IOS schedule search on the IOS benchmark networks (no compiler, no device).
 
 For each model of :data:`ios_tvm.models.opgraph.BENCH_GRAPHS` and each search strategy, the
-script runs :func:`ios_tvm.search.search` with the analytic cost model (merges decided by
-:func:`ios_tvm.merge.merge_predicate`, as in ``build``) and records the size of
+script runs :func:`ios_tvm.scheduler.search.search` with the analytic cost model (merges decided by
+:func:`ios_tvm.scheduler.merge.merge_predicate`, as in ``build``) and records the size of
 the search (parts, DP states, transitions, distinct stages costed), its wall time, and the cost
 of the schedule found against the sequential and greedy baselines under the same model. It
 prints a table and writes everything as JSON, with the machine and the command line.
@@ -43,16 +43,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ios_tvm.bench import machine_info  # noqa: E402
-from ios_tvm.config import SearchConfig  # noqa: E402
+from ios_tvm.bench.timing import machine_info  # noqa: E402
 from ios_tvm.cost import AnalyticCost  # noqa: E402
-from ios_tvm.graph import OpGraph  # noqa: E402
-from ios_tvm.merge import merge_predicate  # noqa: E402
+from ios_tvm.ir.graph import OpGraph  # noqa: E402
+from ios_tvm.ir.schedule import Stage, validate_schedule  # noqa: E402
 from ios_tvm.models.opgraph import BENCH_GRAPHS, GRANULARITIES  # noqa: E402
-from ios_tvm.native_search import MAX_NATIVE_OPS, native_search_enabled  # noqa: E402
-from ios_tvm.partition import cut_widths, partition  # noqa: E402
-from ios_tvm.schedule import Stage, validate_schedule  # noqa: E402
-from ios_tvm.search import search  # noqa: E402
+from ios_tvm.scheduler.config import SearchConfig  # noqa: E402
+from ios_tvm.scheduler.merge import merge_predicate  # noqa: E402
+from ios_tvm.scheduler.native import MAX_NATIVE_OPS, native_search_enabled  # noqa: E402
+from ios_tvm.scheduler.partition import cut_widths, partition  # noqa: E402
+from ios_tvm.scheduler.search import search  # noqa: E402
 
 DEFAULT_MODELS = ("inception_v3", "nasnet_large", "randwire", "squeezenet")
 DEFAULT_STRATEGIES = ("concurrent", "both")

@@ -32,7 +32,7 @@ if [ ! -x "$PY" ]; then
 fi
 
 hash_now=$(cat pyproject.toml CMakeLists.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
-native_loads() { "$PY" -c "import ios_tvm._ffi as f; f.load()" >/dev/null 2>&1; }
+native_loads() { "$PY" -c "import ios_tvm._native as f; f.load()" >/dev/null 2>&1; }
 
 # Fast path: already installed in editable mode with these packaging files. Bring the native
 # library up to date (incremental CMake build + install) and check that it loads.
@@ -45,7 +45,7 @@ try:
 except (ImportError, AttributeError):
     sys.exit(3)
 rebuild()
-import ios_tvm._ffi as f
+import ios_tvm._native as f
 f.load()
 '
 if [ "${IOS_TVM_FORCE_SETUP:-0}" != 1 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$hash_now" ]; then
@@ -86,8 +86,8 @@ elif [ -z "$torch_whl" ]; then
   echo "setup.sh: no local CPU build of PyTorch; the PyTorch baselines are skipped (pip install torch to add them)"
 fi
 if ! native_loads; then
-  "$PY" -c "import ios_tvm._ffi as f; f.load()"  # show why
+  "$PY" -c "import ios_tvm._native as f; f.load()"  # show why
   exit 1
 fi
 echo "$hash_now" >"$STAMP"
-echo "setup.sh: done ($("$PY" -c 'import ios_tvm._ffi as f; print(f.library_path())'))"
+echo "setup.sh: done ($("$PY" -c 'import ios_tvm._native as f; print(f.library_path())'))"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import os
 
 import pytest
+from hardware import has_cuda
 from hypothesis import HealthCheck, settings
 
 # Default: no per-example deadline (the first example pays for imports and JIT caches).
@@ -16,15 +16,8 @@ settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True
 settings.load_profile("ci" if os.environ.get("CI", "").lower() in ("1", "true") else "default")
 
 
-@functools.cache
-def has_cuda() -> bool:
-    """Whether a CUDA GPU is usable through TVM; memoised and never raises."""
-    try:
-        import tvm
-
-        return bool(tvm.cuda(0).exist)
-    except Exception:
-        return False
+#: The per-test limit of tests marked slow (the others: ``timeout`` in pyproject.toml).
+SLOW_TIMEOUT_S = 3600
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -39,5 +32,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords and not run_slow:
             item.add_marker(skip_slow)
+        if "slow" in item.keywords and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
         if "gpu" in item.keywords and not has_cuda():
             item.add_marker(skip_gpu)

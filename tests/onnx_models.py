@@ -1,7 +1,7 @@
 """Small ONNX models built with ``onnx.helper`` for tests and examples.
 
 Each builder returns an ``onnx.ModelProto`` (opset 17, checked with ``onnx.checker``) whose
-weights are deterministic initializers, so ``ios_tvm.frontend.load_model`` turns them into
+weights are deterministic initializers, so ``ios_tvm.compiler.frontend.load_model`` turns them into
 Relax constants. The models are deliberately tiny (a few channels, small spatial sizes) so
 that import, lowering and reference runs with ONNX Runtime take well under a second.
 

@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from ios_tvm.errors import IosTvmError
-from ios_tvm.executor import Executor, load_artifact
-from ios_tvm.plan import Plan, PlanStage
+from ios_tvm.ir.plan import Plan, PlanStage
+from ios_tvm.runtime.artifact import load_artifact
+from ios_tvm.runtime.executor import Executor
 
 
 def sequentialised(plan: Plan) -> Plan:

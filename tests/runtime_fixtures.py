@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-import onnx_models as om  # noqa: E402
+import onnx_models as om
 
-from ios_tvm.config import SearchConfig  # noqa: E402
-from ios_tvm.cost import AnalyticCost, DeviceSpec  # noqa: E402
-from ios_tvm.executor import Artifact  # noqa: E402
-from ios_tvm.plan import Plan  # noqa: E402
-from ios_tvm.search import greedy_schedule, search, sequential_schedule  # noqa: E402
+from ios_tvm.cost import AnalyticCost, DeviceSpec
+from ios_tvm.ir.plan import Plan
+from ios_tvm.runtime.artifact import Artifact
+from ios_tvm.scheduler.config import SearchConfig
+from ios_tvm.scheduler.search import greedy_schedule, search, sequential_schedule
 
 #: One kernel fills half the machine and launches are free: IOS picks concurrent stages.
 TWO_LANES = DeviceSpec("two-lanes", peak_flops=50e9, bandwidth=10e9, launch_s=1e-8,
@@ -52,8 +52,9 @@ class Small:
 
 @functools.cache
 def small(name: str = "inception") -> Small:
-    from ios_tvm.extract import graph_from_model
-    from ios_tvm.lower import lower, make_plan
+    from ios_tvm.compiler.extract import graph_from_model
+    from ios_tvm.compiler.plan_lowering import lower_schedule as lower
+    from ios_tvm.compiler.plan_lowering import make_plan
 
     model = MODELS[name]()
     ex = graph_from_model(model, target="llvm")

@@ -23,13 +23,13 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from ios_tvm import _ffi  # noqa: E402
+from ios_tvm import _native
 
-if not _ffi.native_available():
+if not _native.native_available():
     pytest.skip("native library not built (bash scripts/setup.sh)", allow_module_level=True)
 
-from ios_tvm.executor import ARTIFACT_VERSION, check_shared_library, load, load_artifact  # noqa: E402
-from ios_tvm.plan import PlanFormatError  # noqa: E402
+from ios_tvm.errors import PlanFormatError
+from ios_tvm.runtime.artifact import ARTIFACT_VERSION, check_shared_library, load, load_artifact
 
 sys.path.insert(0, str(Path(__file__).parent))
 from runtime_fixtures import small  # noqa: E402
@@ -71,7 +71,7 @@ def reseal(directory: Path) -> None:
 LOAD_SCRIPT = textwrap.dedent("""
     import sys
     from ios_tvm.errors import IosTvmError
-    from ios_tvm.executor import load
+    from ios_tvm.runtime.artifact import load
     for d in sys.argv[1:]:
         try:
             load(d)
@@ -126,15 +126,15 @@ def test_truncated_weights_with_a_consistent_manifest(art: Path) -> None:
 
 def test_elf_check_accepts_real_libraries(exported: Path) -> None:
     check_shared_library(exported / "kernels.so")
-    check_shared_library(Path(_ffi.library_path()))
+    check_shared_library(Path(_native.library_path()))
 
 
 def test_library_of_another_build_is_refused(art: Path, tmp_path: Path) -> None:
     """The same model built for another CPU: same kernel names, other code."""
-    from ios_tvm.executor import Artifact
-    from ios_tvm.extract import graph_from_model
-    from ios_tvm.lower import lower
-    from ios_tvm.search import sequential_schedule
+    from ios_tvm.compiler.extract import graph_from_model
+    from ios_tvm.compiler.plan_lowering import lower_schedule as lower
+    from ios_tvm.runtime.artifact import Artifact
+    from ios_tvm.scheduler.search import sequential_schedule
 
     ex = graph_from_model(small().model, target="llvm -mcpu=core2")
     other = lower(ex, sequential_schedule(ex.graph))
@@ -239,9 +239,10 @@ def test_cpu_artifact_relabelled_cuda(art: Path) -> None:
 
 # -- export ----------------------------------------------------------------------------------
 EXPORT_SCRIPT = textwrap.dedent("""
-    import shutil, sys
+    import shutil
+    import sys
     from pathlib import Path
-    from ios_tvm.executor import Artifact, load_artifact
+    from ios_tvm.runtime.artifact import Artifact, load_artifact
     src, kind, out, times = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
     art = load_artifact(src)
 
@@ -275,9 +276,10 @@ def test_concurrent_exports_to_one_directory(tmp_path: Path) -> None:
 
 
 SIGTERM_SCRIPT = textwrap.dedent("""
-    import sys, time
+    import sys
+    import time
     from pathlib import Path
-    from ios_tvm.executor import Artifact, load_artifact
+    from ios_tvm.runtime.artifact import Artifact, load_artifact
     src, out, ready = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     art = load_artifact(src)
 

@@ -1,4 +1,4 @@
-"""The benchmark harness: ios_tvm.bench, ``ios-tvm bench`` and scripts/bench.py."""
+"""The benchmark harness: ios_tvm.bench.harness, ``ios-tvm bench`` and scripts/bench.py."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from ios_tvm.bench import BenchReport, bench, time_rounds
+from ios_tvm.bench.harness import BenchReport, bench
+from ios_tvm.bench.timing import time_rounds
+from ios_tvm.bench.torch_onnx import available as torch_available
 from ios_tvm.cli import main
 from ios_tvm.errors import IosTvmError
-from ios_tvm.schedule import Schedule
-from ios_tvm.torch_baseline import available as torch_available
+from ios_tvm.ir.schedule import Schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -23,18 +23,19 @@ from tvm import relax  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import onnx_models as om  # noqa: E402
-from test_cost_cache import _expected_counts, _stored_keys  # noqa: E402
+from hardware import has_cuda  # noqa: E402
+from test_measured_cost import _expected_counts, _stored_keys  # noqa: E402
 
-from ios_tvm import _ffi  # noqa: E402
-from ios_tvm.build import BuildResult, build  # noqa: E402
-from ios_tvm.config import SearchConfig  # noqa: E402
-from ios_tvm.cost.measured import ProfileSettings  # noqa: E402
+from ios_tvm import _native  # noqa: E402
+from ios_tvm.compiler.build import BuildResult, build  # noqa: E402
+from ios_tvm.compiler.frontend import load_model  # noqa: E402
+from ios_tvm.cost.base import ProfileSettings  # noqa: E402
 from ios_tvm.errors import IosTvmError  # noqa: E402
-from ios_tvm.executor import load  # noqa: E402
-from ios_tvm.frontend import load_model  # noqa: E402
-from ios_tvm.schedule import Schedule, Stage  # noqa: E402
+from ios_tvm.ir.schedule import Schedule, Stage  # noqa: E402
+from ios_tvm.runtime.artifact import load  # noqa: E402
+from ios_tvm.scheduler.config import SearchConfig  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not _ffi.native_available(),
+pytestmark = pytest.mark.skipif(not _native.native_available(),
                                 reason="native library not built (bash scripts/setup.sh)")
 
 FAST = ProfileSettings(warmup=1, number=3, repeat=3)
@@ -45,12 +46,6 @@ MODELS: dict[str, Callable[[], Any]] = {
 }
 TOL = 1e-5
 
-
-def has_cuda() -> bool:
-    try:
-        return bool(tvm.cuda(0).exist)
-    except Exception:
-        return False
 
 
 def inputs_for(model: Any, seed: int = 0) -> list[np.ndarray]:
@@ -140,8 +135,8 @@ def test_without_measuring(tmp_path: Path) -> None:
 
 
 def test_recorded_schedule_is_used() -> None:
-    from ios_tvm.extract import lower_to_kernels
-    from ios_tvm.transform import InterOperatorSchedule, schedule_of
+    from ios_tvm.compiler.kernels import lower_to_kernels
+    from ios_tvm.compiler.transform import InterOperatorSchedule, schedule_of
 
     mod = lower_to_kernels(load_model(om.inception_block()), "llvm")
     scheduled = InterOperatorSchedule(SearchConfig(strategy="greedy"))(mod)
@@ -203,7 +198,7 @@ def test_unknown_cost_name() -> None:
 
 
 def test_corrupt_cache_is_reported(tmp_path: Path) -> None:
-    from ios_tvm.cost.cache import CacheError
+    from ios_tvm.errors import CacheError
 
     path = tmp_path / "m.sqlite"
     path.write_bytes(b"not a database" * 100)

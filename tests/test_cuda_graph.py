@@ -40,21 +40,23 @@ from tvm import relax  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 import onnx_models as om  # noqa: E402
 
-from ios_tvm import _ffi  # noqa: E402
-from ios_tvm.build import build  # noqa: E402
-from ios_tvm.config import SearchConfig  # noqa: E402
+from ios_tvm import _native  # noqa: E402
+from ios_tvm.compiler.build import build  # noqa: E402
+from ios_tvm.compiler.extract import Extraction, graph_from_model  # noqa: E402
+from ios_tvm.compiler.frontend import load_model  # noqa: E402
+from ios_tvm.compiler.plan_lowering import lower_schedule as lower  # noqa: E402
+from ios_tvm.compiler.plan_lowering import make_plan  # noqa: E402
 from ios_tvm.cost import AnalyticCost, DeviceSpec  # noqa: E402
 from ios_tvm.errors import IosTvmError  # noqa: E402
-from ios_tvm.executor import Artifact, Executor, load  # noqa: E402
-from ios_tvm.extract import Extraction, graph_from_model  # noqa: E402
-from ios_tvm.frontend import load_model  # noqa: E402
-from ios_tvm.lower import lower, make_plan  # noqa: E402
+from ios_tvm.ir.plan import Plan, PlanCall, PlanStage  # noqa: E402
+from ios_tvm.ir.schedule import Schedule  # noqa: E402
 from ios_tvm.models import sample_block  # noqa: E402
-from ios_tvm.plan import Plan, PlanCall, PlanStage  # noqa: E402
-from ios_tvm.schedule import Schedule  # noqa: E402
-from ios_tvm.search import greedy_schedule, search, sequential_schedule  # noqa: E402
+from ios_tvm.runtime.artifact import Artifact, load  # noqa: E402
+from ios_tvm.runtime.executor import Executor  # noqa: E402
+from ios_tvm.scheduler.config import SearchConfig  # noqa: E402
+from ios_tvm.scheduler.search import greedy_schedule, search, sequential_schedule  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not _ffi.native_available(),
+pytestmark = pytest.mark.skipif(not _native.native_available(),
                                 reason="native library not built (bash scripts/setup.sh)")
 
 REPO = Path(__file__).resolve().parent.parent
@@ -437,7 +439,7 @@ def _noop_kernel(*args: Any) -> None:
 def _register_test_kernels() -> None:
     import tvm_ffi
 
-    from ios_tvm.executor import allow_packed_function
+    from ios_tvm.runtime.executor import allow_packed_function
 
     tvm_ffi.register_global_func(_BREAKER, _capture_breaker, override=True)
     tvm_ffi.register_global_func(_NOOP, _noop_kernel, override=True)

@@ -1,4 +1,5 @@
-"""Acceptance tests of the stage executor (ios_tvm.executor, runtime/executor.cc) and lowering.
+"""Acceptance tests of the stage executor (ios_tvm.runtime.executor, runtime/executor.cc) and
+lowering.
 
 Every model is compiled once per session (kernel library + weights) and run under several
 plans made from that one library: the sequential schedule, the greedy (wavefront) baseline and
@@ -41,21 +42,25 @@ from tvm import relax  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import onnx_models as om  # noqa: E402
+from hardware import has_cuda  # noqa: E402
 
-from ios_tvm import _ffi  # noqa: E402
-from ios_tvm.config import SearchConfig  # noqa: E402
+from ios_tvm import _native  # noqa: E402
+from ios_tvm.compiler.extract import Extraction, graph_from_model  # noqa: E402
+from ios_tvm.compiler.frontend import load_model  # noqa: E402
+from ios_tvm.compiler.memory import StoragePlan, check_storage  # noqa: E402
+from ios_tvm.compiler.plan_lowering import lower_schedule as lower  # noqa: E402
+from ios_tvm.compiler.plan_lowering import make_plan  # noqa: E402
 from ios_tvm.cost import AnalyticCost, DeviceSpec  # noqa: E402
-from ios_tvm.executor import Artifact, Executor, load, load_artifact, target_matches  # noqa: E402
-from ios_tvm.extract import Extraction, graph_from_model  # noqa: E402
-from ios_tvm.frontend import load_model  # noqa: E402
-from ios_tvm.graph import OpGraph  # noqa: E402
-from ios_tvm.lower import lower, make_plan  # noqa: E402
-from ios_tvm.memory import StoragePlan, check_storage  # noqa: E402
-from ios_tvm.plan import Plan, PlanFormatError  # noqa: E402
-from ios_tvm.schedule import Schedule  # noqa: E402
-from ios_tvm.search import greedy_schedule, search, sequential_schedule  # noqa: E402
+from ios_tvm.errors import PlanFormatError  # noqa: E402
+from ios_tvm.ir.graph import OpGraph  # noqa: E402
+from ios_tvm.ir.plan import Plan  # noqa: E402
+from ios_tvm.ir.schedule import Schedule  # noqa: E402
+from ios_tvm.runtime.artifact import Artifact, load, load_artifact, target_matches  # noqa: E402
+from ios_tvm.runtime.executor import Executor  # noqa: E402
+from ios_tvm.scheduler.config import SearchConfig  # noqa: E402
+from ios_tvm.scheduler.search import greedy_schedule, search, sequential_schedule  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not _ffi.native_available(),
+pytestmark = pytest.mark.skipif(not _native.native_available(),
                                 reason="native library not built (bash scripts/setup.sh)")
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,13 +103,6 @@ GPU_TOL = 1e-4          # on GPU (and GPU vs the CPU references)
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-@functools.cache
-def has_cuda() -> bool:
-    try:
-        return bool(tvm.cuda(0).exist)
-    except Exception:
-        return False
-
 
 def make_schedule(graph: OpGraph, kind: str) -> Schedule:
     if kind == "sequential":
@@ -534,7 +532,7 @@ def _register_test_kernels() -> None:
     """Register the test kernels and let plans call them (library dispatch, allowed)."""
     import tvm_ffi
 
-    from ios_tvm.executor import allow_packed_function
+    from ios_tvm.runtime.executor import allow_packed_function
 
     tvm_ffi.register_global_func("ios_tvm_test.add_one", _add_one, override=True)
     tvm_ffi.register_global_func("ios_tvm_test.explode", _explode, override=True)
@@ -543,7 +541,7 @@ def _register_test_kernels() -> None:
 
 def packed_plan(kernels: Sequence[str]) -> Plan:
     """One concurrent stage; group i calls ``kernels[i](x, out_i)`` (call_dps_packed style)."""
-    from ios_tvm.plan import PlanCall, PlanStage, PlanTensor
+    from ios_tvm.ir.plan import PlanCall, PlanStage, PlanTensor
 
     n = len(kernels)
     tensors = (PlanTensor("x", (4,), "float32", "input"),
@@ -666,9 +664,10 @@ def test_missing_weight_is_named() -> None:
 # robustness of one executor: threads, unset inputs, 0-d inputs, kernel errors, benchmark
 # ---------------------------------------------------------------------------------------------
 THREADS_SCRIPT = textwrap.dedent("""
-    import sys, threading
+    import sys
+    import threading
     import numpy as np
-    from ios_tvm.executor import load
+    from ios_tvm.runtime.artifact import load
     failures = []
     for art in sys.argv[1:]:
         e = load(art)
@@ -747,7 +746,7 @@ def test_a_manual_sequence_under_the_lock() -> None:
 
 
 def test_inputs_never_set_are_refused() -> None:
-    from ios_tvm.executor import ExecutorArgumentError
+    from ios_tvm.errors import ExecutorArgumentError
 
     c = compiled("two_input")
     _, e = c.executor(make_schedule(c.ex.graph, "sequential"))
@@ -797,8 +796,7 @@ def test_scalar_input() -> None:
 def test_kernel_errors_name_the_call() -> None:
     """A plan calling a kernel with the wrong arguments (it validates: only the kernel knows
     its arity) fails at run time with an IosTvmError naming the call, kernel and node."""
-    from ios_tvm.errors import IosTvmError
-    from ios_tvm.executor import ExecutionError
+    from ios_tvm.errors import ExecutionError, IosTvmError
 
     c = compiled("residual")
     plan = c.art.plan
@@ -813,7 +811,7 @@ def test_kernel_errors_name_the_call() -> None:
 
 
 def test_benchmark_arguments_are_checked() -> None:
-    from ios_tvm.executor import ExecutorArgumentError
+    from ios_tvm.errors import ExecutorArgumentError
 
     c = compiled("residual")
     e = c.art.executor()
@@ -842,9 +840,10 @@ def test_benchmark_arguments_are_checked() -> None:
 
 
 NATIVE_SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json
+    import sys
     import tvm_ffi
-    import ios_tvm._ffi as ffi
+    import ios_tvm._native as ffi
     ffi.load()
     import tvm.runtime
     create = tvm_ffi.get_global_func("ios_tvm.runtime.create_executor")
@@ -928,7 +927,7 @@ def test_native_executor_trusts_no_plan(tmp_path: Path) -> None:
 def test_plan_calls_only_allowed_globals(tmp_path: Path) -> None:
     """A plan naming a registered global that is not library dispatch is refused, by load
     and by the executor, unless the application allowed it."""
-    from ios_tvm.executor import allow_packed_function, packed_function_allowed
+    from ios_tvm.runtime.executor import allow_packed_function, packed_function_allowed
 
     c = compiled("residual")
     plan = c.art.plan
@@ -957,12 +956,15 @@ def test_plan_calls_only_allowed_globals(tmp_path: Path) -> None:
 
 
 RESERVED_SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json
+    import sys
     import numpy as np
-    import tvm, tvm_ffi
-    import ios_tvm._ffi as ffi
-    from ios_tvm.executor import Executor
-    from ios_tvm.plan import Plan, PlanFormatError
+    import tvm
+    import tvm_ffi
+    import ios_tvm._native as ffi
+    from ios_tvm.runtime.executor import Executor
+    from ios_tvm.ir.plan import Plan
+    from ios_tvm.errors import PlanFormatError
     ffi.load()
     lib = tvm.runtime.load_module(sys.argv[1])
     doc = json.loads(open(sys.argv[2]).read())
@@ -1223,16 +1225,16 @@ RUNTIME_ONLY_SCRIPT = textwrap.dedent("""
     import numpy as np
     import ios_tvm
     assert "tvm" not in sys.modules, "importing ios_tvm imported tvm"
-    import ios_tvm.executor as executor
     import tvm
     assert tvm.base._RUNTIME_ONLY is True, "TVM is not in runtime-only mode"
     assert "tvm_compiler" not in tvm.base._LOADED_LIBS, tvm.base._LOADED_LIBS
     art, ref = sys.argv[1], sys.argv[2]
-    e = executor.load(art, expect_target="llvm")
+    e = ios_tvm.load(art, expect_target="llvm")
     outs = e(np.load(ref + "/x.npy"))
     for i, out in enumerate(outs):
         assert np.array_equal(out, np.load(f"{ref}/y{i}.npy")), f"output {i} differs"
-    compiler = sorted(m for m in sys.modules if m.startswith("tvm.relax"))
+    compiler = sorted(m for m in sys.modules if m.startswith(("tvm.relax", "ios_tvm.compiler",
+                                                              "ios_tvm.cost", "onnx")))
     assert not compiler, f"the runtime imported the compiler: {compiler}"
     print("runtime-only OK", len(outs))
 """)

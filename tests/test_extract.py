@@ -1,4 +1,5 @@
-"""Tests of model loading (ios_tvm.frontend) and graph extraction (ios_tvm.extract).
+"""Tests of model loading (ios_tvm.compiler.frontend) and graph extraction
+(ios_tvm.compiler.extract).
 
 The models are small ONNX graphs from ``tests/onnx_models.py``; lowering runs on the CPU
 ("llvm") and, compile-only, for CUDA sm_90 (no GPU needed).
@@ -21,18 +22,12 @@ from tvm import relax, te  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 import onnx_models  # noqa: E402
 
+from ios_tvm.compiler.extract import Extraction, extract_graph, graph_from_model  # noqa: E402
+from ios_tvm.compiler.frontend import load_model, parse_input_shapes  # noqa: E402
+from ios_tvm.compiler.kernels import KERNEL_INFO_ATTR, kernel_flops, lower_to_kernels  # noqa: E402
+from ios_tvm.compiler.target import resolve_target  # noqa: E402
 from ios_tvm.errors import ModelLoadError, UnsupportedGraphError  # noqa: E402
-from ios_tvm.extract import (  # noqa: E402
-    KERNEL_INFO_ATTR,
-    Extraction,
-    extract_graph,
-    graph_from_model,
-    kernel_flops,
-    lower_to_kernels,
-    resolve_target,
-)
-from ios_tvm.frontend import load_model, parse_input_shapes  # noqa: E402
-from ios_tvm.graph import OpGraph  # noqa: E402
+from ios_tvm.ir.graph import OpGraph  # noqa: E402
 
 CALL_TIR_OPS = ("relax.call_tir", "relax.call_tir_inplace", "relax.call_dps_packed")
 
@@ -40,12 +35,12 @@ CALL_TIR_OPS = ("relax.call_tir", "relax.call_tir_inplace", "relax.call_dps_pack
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def _bindings(mod: tvm.IRModule, fname: str) -> list:
+def bindings(mod: tvm.IRModule, fname: str) -> list:
     return [b for blk in mod[fname].body.blocks for b in blk.bindings]
 
 
 def _kernel_calls(mod: tvm.IRModule, fname: str = "main") -> list:
-    return [b for b in _bindings(mod, fname) if isinstance(b.value, relax.Call)
+    return [b for b in bindings(mod, fname) if isinstance(b.value, relax.Call)
             and isinstance(b.value.op, tvm.ir.Op) and b.value.op.name in CALL_TIR_OPS]
 
 
@@ -56,7 +51,7 @@ def _expected_preds(ex: Extraction) -> list[set[int]]:
     aliases, tuple items and reshapes/views.
     """
     node_of_var = {v: i for i, v in enumerate(ex.var_of_node)}
-    value_of = {b.var: b.value for b in _bindings(ex.mod, ex.func_name)}
+    value_of = {b.var: b.value for b in bindings(ex.mod, ex.func_name)}
 
     def producers(e) -> set[int]:
         if isinstance(e, relax.Var):
@@ -128,7 +123,8 @@ def test_inception_branches_are_independent(inception: Extraction) -> None:
 
 def test_inception_lowering_equals_zero_pipeline() -> None:
     mod = load_model(onnx_models.inception_block())
-    # Without ios-tvm's default CPU schedules (ios_tvm.cpu_schedule), exactly TVM's lowering.
+    # Without ios-tvm's default CPU schedules (ios_tvm.compiler.kernel_schedules), exactly TVM's
+    # lowering.
     lowered = lower_to_kernels(mod, "llvm", cpu_schedule=False)
     zero = relax.get_pipeline("zero")(mod)
     # the inception block has no reshape, so RewriteDataflowReshape changes nothing here
@@ -468,8 +464,8 @@ def test_lowered_module_matches_onnxruntime(builder: str) -> None:
 # ---------------------------------------------------------------------------------------------
 def test_search_on_extracted_inception(inception: Extraction) -> None:
     from ios_tvm.cost import AnalyticCost
-    from ios_tvm.schedule import validate_schedule
-    from ios_tvm.search import search
+    from ios_tvm.ir.schedule import validate_schedule
+    from ios_tvm.scheduler.search import search
 
     g = inception.graph
     result = search(g, AnalyticCost(g))
@@ -479,8 +475,8 @@ def test_search_on_extracted_inception(inception: Extraction) -> None:
 
 def test_search_on_extracted_inception_net() -> None:
     from ios_tvm.cost import AnalyticCost
-    from ios_tvm.schedule import validate_schedule
-    from ios_tvm.search import search
+    from ios_tvm.ir.schedule import validate_schedule
+    from ios_tvm.scheduler.search import search
 
     ex = graph_from_model(onnx_models.inception_net(blocks=2))
     g = ex.graph
@@ -492,10 +488,11 @@ def test_search_on_extracted_inception_net() -> None:
 
 # -- conv layout on CPU --------------------------------------------------------------------------
 def test_cpu_convs_are_lowered_nhwc_with_the_same_outputs() -> None:
-    from ios_tvm.extract import KERNEL_INFO_ATTR, graph_from_model
-    from ios_tvm.lower import lower
+    from ios_tvm.compiler.extract import graph_from_model
+    from ios_tvm.compiler.kernels import KERNEL_INFO_ATTR
+    from ios_tvm.compiler.plan_lowering import lower_schedule as lower
     from ios_tvm.models import sample_block
-    from ios_tvm.search import sequential_schedule
+    from ios_tvm.scheduler.search import sequential_schedule
 
     model = sample_block()
     nhwc = graph_from_model(model, "llvm", cpu_layout="NHWC")
@@ -518,8 +515,8 @@ def test_cpu_convs_are_lowered_nhwc_with_the_same_outputs() -> None:
 
 
 def test_cuda_keeps_the_model_layout_and_bad_layouts_are_named() -> None:
+    from ios_tvm.compiler.extract import graph_from_model
     from ios_tvm.errors import IosTvmError
-    from ios_tvm.extract import graph_from_model
     from ios_tvm.models import sample_block
 
     ex = graph_from_model(sample_block(), "cuda", cpu_layout="NHWC")  # not a CPU: no effect

@@ -38,9 +38,9 @@ onnx = pytest.importorskip("onnx") if __name__ != "__main__" else __import__("on
 sys.path.insert(0, str(Path(__file__).parent))
 import onnx_models as om  # noqa: E402
 
-from ios_tvm import _ffi  # noqa: E402
+from ios_tvm import _native  # noqa: E402
 
-needs_native = pytest.mark.skipif(not _ffi.native_available(),
+needs_native = pytest.mark.skipif(not _native.native_available(),
                                   reason="native library not built (bash scripts/setup.sh)")
 
 #: Cases in a normal run and with ``--runslow``.
@@ -350,7 +350,7 @@ def _compare(model_bytes: bytes, result: Any) -> dict[str, Any]:
 
 def run_case(path: str) -> dict[str, Any]:
     """Load and build one model file; classify what happened."""
-    from ios_tvm.build import build
+    from ios_tvm.compiler.build import build
     from ios_tvm.errors import IosTvmError
 
     try:

@@ -40,9 +40,9 @@ import pytest
 pytest.importorskip("tvm")
 pytest.importorskip("onnx")
 
-from ios_tvm import _ffi  # noqa: E402
+from ios_tvm import _native
 
-if not _ffi.native_available():
+if not _native.native_available():
     pytest.skip("native library not built (bash scripts/setup.sh)", allow_module_level=True)
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -487,8 +487,8 @@ def fuzz(tmp_path: Path, seconds: float, seed: int) -> tuple[Counter, list[str]]
 
 def _other_build(tmp_path: Path) -> Path:
     """kernels.so of the inception block built for another CPU (same kernel names)."""
-    from ios_tvm.extract import graph_from_model
-    from ios_tvm.lower import build_kernel_library
+    from ios_tvm.compiler.extract import graph_from_model
+    from ios_tvm.compiler.library import build_kernel_library
 
     ex = graph_from_model(small().model, target="llvm -mcpu=core2")
     path = tmp_path / "other-kernels.so"

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ios_tvm import OpGraph, OpNode, TensorInfo, UnsupportedGraphError
-from ios_tvm.partition import cut_widths, partition
+from ios_tvm.scheduler.partition import cut_widths, partition
 
 
 def test_from_edges_relations():

@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ios_tvm import IosTvmError, OpGraph, SearchConfig, Stage, search, sequential_schedule
-from ios_tvm.memory import StoragePlan, check_storage, plan_storage, stage_lifetimes
-from ios_tvm.schedule import make_schedule
+from ios_tvm import IosTvmError, OpGraph, SearchConfig, Stage, sequential_schedule
+from ios_tvm.compiler.memory import StoragePlan, check_storage, plan_storage, stage_lifetimes
+from ios_tvm.ir.schedule import make_schedule
+from ios_tvm.scheduler.search import search
 
 
 @st.composite

@@ -19,22 +19,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from onnx_models import inception_block  # noqa: E402
 
-from ios_tvm.config import SearchConfig  # noqa: E402
-from ios_tvm.cost.analytic import AnalyticCost  # noqa: E402
-from ios_tvm.errors import IosTvmError  # noqa: E402
-from ios_tvm.extract import graph_from_model  # noqa: E402
-from ios_tvm.merge import (  # noqa: E402
-    MergeCompiler,
-    MergeError,
-    merge_predicate,
-    merge_problem,
-    merge_spec,
-    merged_weights,
-    rewrite_merges,
-)
-from ios_tvm.plan import Plan, PlanFormatError, PlanTensor  # noqa: E402
-from ios_tvm.schedule import Schedule, Stage, validate_schedule  # noqa: E402
-from ios_tvm.search import search, sequential_schedule  # noqa: E402
+from ios_tvm.compiler.extract import graph_from_model
+from ios_tvm.compiler.merge import MergeCompiler, merged_weights, rewrite_merges
+from ios_tvm.cost.analytic import AnalyticCost
+from ios_tvm.errors import IosTvmError, MergeError, PlanFormatError
+from ios_tvm.ir.plan import Plan, PlanTensor
+from ios_tvm.ir.schedule import Schedule, Stage, validate_schedule
+from ios_tvm.scheduler.config import SearchConfig
+from ios_tvm.scheduler.merge import merge_predicate, merge_problem, merge_spec
+from ios_tvm.scheduler.search import search, sequential_schedule
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -141,7 +134,7 @@ def merge_all_schedule(graph, ops: Sequence[int]) -> Schedule:  # noqa: ANN001
 
 
 def run_plan(extraction, schedule: Schedule, x: np.ndarray, **kw) -> list[np.ndarray]:  # noqa: ANN001
-    from ios_tvm.lower import lower
+    from ios_tvm.compiler.plan_lowering import lower_schedule as lower
 
     return lower(extraction, schedule, **kw).executor()(x)
 
@@ -269,8 +262,8 @@ def test_batch_and_rows_above_one_are_rejected() -> None:
 
 
 def test_residual_add_and_non_convs_are_rejected() -> None:
-    from ios_tvm.graph import OpGraph, OpNode
-    from ios_tvm.merge import merge_member
+    from ios_tvm.ir.graph import OpGraph, OpNode
+    from ios_tvm.scheduler.merge import merge_member
 
     ex = graph_from_model(inception_block())
     g = ex.graph
@@ -366,12 +359,12 @@ def test_rewrite_turns_outputs_into_offset_views() -> None:
     base = rw.graph.tensors[g.nodes[ops[0]].outputs[0]].alias_of
     assert base is not None and rw.graph.tensors[base].shape == (1, 48, 8, 8)
     assert {rw.node_of[o] for o in ops} == {ops[0]}
-    from ios_tvm.graph import OpGraph
+    from ios_tvm.ir.graph import OpGraph
 
     back = OpGraph.from_json(json.loads(rw.graph.dumps()))
     assert [t.offset for t in back.tensors.values()] == [
         t.offset for t in rw.graph.tensors.values()]
-    from ios_tvm.lower import make_plan
+    from ios_tvm.compiler.plan_lowering import make_plan
 
     with pytest.raises(IosTvmError, match="merge stages"):
         make_plan(g, schedule)
@@ -395,7 +388,7 @@ def _empty_library():  # noqa: ANN202
 
 
 def test_bad_view_offsets_are_rejected() -> None:
-    from ios_tvm.executor import Executor
+    from ios_tvm.runtime.executor import Executor
 
     lib = _empty_library()
 
@@ -428,7 +421,7 @@ def test_bad_view_offsets_are_rejected() -> None:
 
 def test_views_share_the_merged_output() -> None:
     """The consumers of merged convs read slices of one buffer, no copy kernels."""
-    from ios_tvm.lower import lower
+    from ios_tvm.compiler.plan_lowering import lower_schedule as lower
 
     ex = graph_from_model(inception_block(channels=16))
     g = ex.graph
@@ -445,11 +438,14 @@ def test_views_share_the_merged_output() -> None:
 # measuring merge stages, building with merge / both, the CLI
 # --------------------------------------------------------------------------------------------
 def test_measured_cost_times_merge_stages(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ios_tvm.cost.measured import MeasuredCost, ProfileSettings
+    from ios_tvm.compiler.merge import MergeCompiler
+    from ios_tvm.compiler.profiling import measured_cost
+    from ios_tvm.cost.base import ProfileSettings
 
     ex = graph_from_model(convs_model([Conv(8, (1, 1)), Conv(8, (1, 1)), Conv(8, (3, 3))]))
     a, b, c = anchors(ex.graph)
-    cost = MeasuredCost(ex, max_groups=2, settings=ProfileSettings(1, 2, 2))
+    merges = MergeCompiler(ex)
+    cost = measured_cost(ex, max_groups=2, settings=ProfileSettings(1, 2, 2), merges=merges)
     stage = Stage(((a, c),), "merge")
     assert cost.stage_key(stage).startswith("merge:")
     t = cost(stage)
@@ -458,18 +454,16 @@ def test_measured_cost_times_merge_stages(monkeypatch: pytest.MonkeyPatch) -> No
     # (b, c) has the same kernels as (a, c): its twin's measurement is reused.
     assert cost(Stage(((b, c),), "merge")) == t and cost.measured == 2
     # A merge whose kernel does not reproduce the originals costs infinity.
-    assert cost.merges is not None
-
     def broken(o: Sequence[int]) -> float:
         raise MergeError("does not reproduce the original kernels")
 
-    monkeypatch.setattr(cost.merges, "check", broken)
+    monkeypatch.setattr(merges, "check", broken)
     assert cost(Stage(((a, b, c),), "merge")) == float("inf")
 
 
 @pytest.mark.parametrize("strategy", ["merge", "both"])
 def test_build_with_merges_equals_onnxruntime(strategy: str, tmp_path: Path) -> None:
-    from ios_tvm.build import build
+    from ios_tvm.compiler.build import build
 
     model = inception_block(channels=16)
     # IOS-Merge merges NCHW convs; build's CPU default is NHWC.
@@ -486,7 +480,7 @@ def test_build_with_merges_equals_onnxruntime(strategy: str, tmp_path: Path) -> 
     # Export, load, show.
     out = result.export(str(tmp_path / "art"))
     from ios_tvm.cli import main
-    from ios_tvm.executor import load
+    from ios_tvm.runtime.artifact import load
 
     np.testing.assert_allclose(load(str(out))(x)[0], want, rtol=1e-4, atol=1e-5)
     assert main(["show", str(out), "--no-pictures"]) == 0
@@ -507,8 +501,8 @@ def _free_merges_factory():  # noqa: ANN202
 
 def test_build_with_measured_merges_runs() -> None:
     """The real thing on a tiny block: measured costs, merges considered, output right."""
-    from ios_tvm.build import build
-    from ios_tvm.cost.measured import ProfileSettings
+    from ios_tvm.compiler.build import build
+    from ios_tvm.cost.base import ProfileSettings
 
     model = inception_block()
     result = build(model, "llvm", config=SearchConfig(strategy="both"),
@@ -533,9 +527,9 @@ def test_cli_schedule_marks_merges(capsys: pytest.CaptureFixture[str], tmp_path:
 
 
 def test_merge_on_nhwc_cpu_convs_warns_and_merges_nothing(caplog: pytest.LogCaptureFixture) -> None:
-    from ios_tvm.build import build
+    from ios_tvm.compiler.build import build
 
-    with caplog.at_level("WARNING", logger="ios_tvm.build"):
+    with caplog.at_level("WARNING", logger="ios_tvm.compiler.layout"):
         result = build(inception_block(channels=16), "llvm", config=SearchConfig(strategy="merge"),
                        cost=_free_merges_factory(), measure=False, compare_vm=False, cache=False)
     assert "cpu_layout='NCHW'" in caplog.text

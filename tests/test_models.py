@@ -296,7 +296,7 @@ def test_activations_stay_order_one(name: str) -> None:
 @pytest.mark.parametrize("name", _slow_unless_small(ALL))
 def test_tvm_import(name: str) -> None:
     pytest.importorskip("tvm")
-    from ios_tvm.frontend import load_model
+    from ios_tvm.compiler.frontend import load_model
 
     mod = load_model(_model(name))
     func = mod["main"]

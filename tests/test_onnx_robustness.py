@@ -24,16 +24,13 @@ from tvm import relax  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 import onnx_models as om  # noqa: E402
 
-from ios_tvm import _ffi  # noqa: E402
+from ios_tvm import _native  # noqa: E402
+from ios_tvm.compiler.extract import graph_from_model  # noqa: E402
+from ios_tvm.compiler.frontend import load_model  # noqa: E402
+from ios_tvm.compiler.layout import LAYOUT_SAFE_OPS, convert_conv_layout  # noqa: E402
 from ios_tvm.errors import IosTvmError, UnsupportedGraphError  # noqa: E402
-from ios_tvm.extract import (  # noqa: E402
-    LAYOUT_SAFE_OPS,
-    convert_conv_layout,
-    graph_from_model,
-)
-from ios_tvm.frontend import load_model  # noqa: E402
 
-needs_native = pytest.mark.skipif(not _ffi.native_available(),
+needs_native = pytest.mark.skipif(not _native.native_available(),
                                   reason="native library not built (bash scripts/setup.sh)")
 
 
@@ -51,7 +48,7 @@ def float_feeds(model: Any, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def analytic_build(model: Any, **kwargs: Any) -> Any:
-    from ios_tvm.build import build
+    from ios_tvm.compiler.build import build
 
     return build(model, cost="analytic", measure=False, **kwargs)
 
@@ -104,7 +101,7 @@ def test_layout_conversion_failure_keeps_the_model_layout(
 
     monkeypatch.setattr(relax.transform, "ConvertLayout", broken)
     mod = load_model(om.residual_block())
-    with caplog.at_level(logging.WARNING, logger="ios_tvm.extract"):
+    with caplog.at_level(logging.WARNING, logger="ios_tvm.compiler.layout"):
         out = convert_conv_layout(mod, "NHWC")
     assert out is mod
     assert "simulated layout bug" in caplog.text and "keeping the model's layout" in caplog.text
@@ -240,7 +237,7 @@ def test_unknown_model_name_lists_the_builtins() -> None:
 @pytest.mark.parametrize("builder", ["two_output_model", "aliased_outputs_model",
                                      "residual_block"])
 def test_outputs_are_named_as_in_the_model(builder: str, tmp_path: Path) -> None:
-    from ios_tvm.executor import load
+    from ios_tvm.runtime.artifact import load
 
     model = getattr(om, builder)()
     feeds = float_feeds(model)
@@ -404,7 +401,7 @@ def test_zero_size_input_is_reported_as_such() -> None:
 # ---------------------------------------------------------------------------------------------
 def test_an_input_too_large_for_memory_is_refused_before_lowering(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import ios_tvm.extract as extract
+    import ios_tvm.compiler.extract as extract
     from ios_tvm.errors import ModelLoadError
 
     def no_lowering(*args: Any, **kwargs: Any) -> Any:
@@ -462,16 +459,16 @@ def test_importer_failure_names_the_node(capsys: pytest.CaptureFixture) -> None:
 
 def test_lowering_failure_is_one_error_naming_the_model(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ios_tvm.extract as extract
+    import ios_tvm.compiler.kernels as kernels
 
-    real = extract._run_pass
+    real = kernels._run_pass
 
     def flaky(p: Any, mod: Any) -> Any:
         if p.info.name == "LegalizeOps":
             raise tvm.error.InternalError("Check failed: simulated\nlegalize bug")
         return real(p, mod)
 
-    monkeypatch.setattr(extract, "_run_pass", flaky)
+    monkeypatch.setattr(kernels, "_run_pass", flaky)
     path = tmp_path / "res.onnx"
     onnx.save(om.residual_block(), str(path))
     with pytest.raises(IosTvmError, match=r"res\.onnx'?: TVM's LegalizeOps pass failed: "
@@ -506,8 +503,8 @@ TOWER_FEEDS = ("rng = np.random.default_rng(0)\n"
 def test_two_tower_model_builds_measured_and_equals_onnxruntime() -> None:
     """Stage profiling ran on uninitialised buffers: the ids read by Gather crashed the build."""
     proc = run_isolated(TOWER_FEEDS + (
-        "from ios_tvm.build import build\n"
-        "from ios_tvm.cost.measured import ProfileSettings\n"
+        "from ios_tvm.compiler.build import build\n"
+        "from ios_tvm.cost.base import ProfileSettings\n"
         "result = build(model, cache=False, settings=ProfileSettings(1, 2, 2))\n"
         "np.testing.assert_allclose(result(**feeds)[0], want, rtol=1e-5, atol=1e-5)\n"
         "print('EQUAL', result.stages_measured)\n"))
@@ -518,7 +515,7 @@ def test_two_tower_model_builds_measured_and_equals_onnxruntime() -> None:
 @needs_native
 def test_out_of_range_ids_raise_a_clear_error() -> None:
     proc = run_isolated(TOWER_FEEDS + (
-        "from ios_tvm.build import build\n"
+        "from ios_tvm.compiler.build import build\n"
         "result = build(model, cost='analytic', measure=False)\n"
         "for bad in (50, -51, 1 << 40):\n"
         "    try:\n"
@@ -539,8 +536,9 @@ def test_out_of_range_ids_raise_a_clear_error() -> None:
 
 
 def test_profiling_inputs_are_valid_for_the_model() -> None:
-    from ios_tvm.cost.measured import SampleInputError, profiling_inputs
-    from ios_tvm.extract import INDEX_BOUNDS_ATTR
+    from ios_tvm.compiler.index_guard import INDEX_BOUNDS_ATTR
+    from ios_tvm.compiler.inputs import profiling_inputs
+    from ios_tvm.errors import SampleInputError
 
     ex = graph_from_model(om.two_tower_model(), "llvm")
     assert ex.mod.attrs[INDEX_BOUNDS_ATTR] == '{"ids": 50}'
@@ -564,8 +562,9 @@ def test_profiling_inputs_are_valid_for_the_model() -> None:
 @needs_native
 def test_build_profiles_on_the_given_sample_inputs() -> None:
     """The fill run uses the user's inputs: ids out of range there fail the build clearly."""
-    from ios_tvm.build import build
-    from ios_tvm.cost.measured import ProfileSettings, SampleInputError
+    from ios_tvm.compiler.build import build
+    from ios_tvm.cost.base import ProfileSettings
+    from ios_tvm.errors import SampleInputError
 
     model = om.two_tower_model()
     feats = np.zeros((1, 8), np.float32)
@@ -585,7 +584,7 @@ def test_plan_records_the_index_bounds() -> None:
 
 def test_gathers_on_gpu_targets_clip_instead() -> None:
     """A CUDA kernel cannot raise: there take is given TVM's memory-safe clip mode."""
-    from ios_tvm.extract import guard_indices
+    from ios_tvm.compiler.index_guard import guard_indices
 
     mod = guard_indices(load_model(om.two_tower_model()), "cuda")
     takes = [b.value for blk in mod["main"].body.blocks for b in blk.bindings
@@ -613,8 +612,8 @@ def test_constant_indices_out_of_range_are_refused() -> None:
 @needs_native
 def test_bench_of_the_two_tower_model_measures_and_agrees() -> None:
     proc = run_isolated(TOWER_FEEDS + (
-        "from ios_tvm.bench import bench\n"
-        "from ios_tvm.cost.measured import ProfileSettings\n"
+        "from ios_tvm.bench.harness import bench\n"
+        "from ios_tvm.cost.base import ProfileSettings\n"
         "r = bench(model, cache=False, settings=ProfileSettings(1, 1, 1), rounds=1, min_ms=1,\n"
         "          pytorch=(), relax_vm=True)\n"
         "print('REFERENCE', r.reference, max(r.max_abs_err.values()))\n"
@@ -630,7 +629,7 @@ def test_other_gathers_and_scatters_check_their_indices() -> None:
     """GatherElements, GatherND, ScatterElements, ScatterND: equal to ONNX Runtime in range
     (negative indices included), a clear error out of range (it read or wrote outside)."""
     proc = run_isolated(
-        "from ios_tvm.build import build\n"
+        "from ios_tvm.compiler.build import build\n"
         "rng = np.random.default_rng(0)\n"
         "for op, idx in om.INDEXING_CASES.items():\n"
         "    model = om.indexing_model(op)\n"

@@ -1,13 +1,13 @@
 """The package surface: every public name of ``ios_tvm`` stays what it is, whatever is imported.
 
 Each check runs in a fresh interpreter, since what breaks here is the order in which a process
-first imports the package's submodules (a submodule named like a public function, such as
-``ios_tvm.build``, is bound on the package by the import system when first imported).
+first imports the package's submodules: the import system binds a submodule on its package when
+it is first imported, so a submodule named like a public function (once ``ios_tvm.build``)
+replaces the function. No public name may be a submodule's name.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import textwrap
@@ -21,7 +21,10 @@ LAZY = sorted(ios_tvm._LAZY)
 # Resolve every lazy name twice, then import every module of the package (which would bind
 # ``ios_tvm.build`` the module over ``ios_tvm.build`` the function) and resolve them again.
 _CHECK = """
-import importlib, pkgutil, sys, types
+import importlib
+import pkgutil
+import sys
+import types
 import ios_tvm
 
 def expected(name):
@@ -35,7 +38,8 @@ def check(where):
         assert first is second, (where, name)
         if name in ios_tvm._LAZY:
             assert first is expected(name), (where, name)
-    from ios_tvm import build, load
+    from ios_tvm.compiler.build import build
+    from ios_tvm.runtime.artifact import load
     assert build is ios_tvm.build and callable(build), where
     assert load is ios_tvm.load and callable(load), where
 """
@@ -67,19 +71,17 @@ def test_lazy_names_then_submodules() -> None:
 
 def test_submodules_then_lazy_names() -> None:
     """Submodules first (as another library or a test would), then the names."""
-    _run(_CHECK.replace("import ios_tvm\n", "import ios_tvm.build, ios_tvm.executor\n"
+    _run(_CHECK.replace("import ios_tvm\n", "import ios_tvm.compiler.build, ios_tvm.runtime\n"
                         "import ios_tvm\n", 1)
          + _import_all() + "check('submodules first')\n")
 
 
 @pytest.mark.parametrize("name", LAZY)
 def test_each_lazy_name_twice_in_a_fresh_process(name: str) -> None:
-    """One name alone, accessed twice, with its defining module (and ``ios_tvm.<name>`` when
-    that is a module too) imported before the first access, between the two, or not at all."""
+    """One name alone, accessed twice, with its defining module imported before the first
+    access, between the two, or not at all."""
     module, attr = ios_tvm._LAZY[name]
     imports = [f"import {module}"]
-    if importlib.util.find_spec(f"ios_tvm.{name}") is not None:
-        imports.append(f"import ios_tvm.{name}")
     for before, between in [("", ""), *[(i, "") for i in imports], *[("", i) for i in imports]]:
         _run(f"""
 import importlib
@@ -105,13 +107,19 @@ for channels in (4, 8):
 """)
 
 
+def test_no_public_name_is_a_submodule() -> None:
+    """The class of the ``ios_tvm.build`` bug: a public name equal to a submodule's name."""
+    import pkgutil
+
+    submodules = {info.name.rsplit(".", 1)[-1] for info in pkgutil.iter_modules(ios_tvm.__path__)}
+    assert not submodules & set(ios_tvm.__all__), submodules & set(ios_tvm.__all__)
+
+
 def test_submodule_stays_importable() -> None:
-    """``from ios_tvm.build import ...`` and ``sys.modules`` still give the module."""
+    """``from ios_tvm.compiler.build import ...`` gives what ``ios_tvm`` exports."""
     _run("""
-import sys, types
 import ios_tvm
 ios_tvm.build
-from ios_tvm.build import BuildResult, build
-assert isinstance(sys.modules["ios_tvm.build"], types.ModuleType)
+from ios_tvm.compiler.build import BuildResult, build
 assert build is ios_tvm.build and BuildResult is ios_tvm.BuildResult
 """)

@@ -1,4 +1,4 @@
-"""The pictures (ios_tvm.plot): written whole or not at all."""
+"""The pictures (ios_tvm.bench.plot): written whole or not at all."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from ios_tvm import OpGraph, search  # noqa: E402
-from ios_tvm.plot import plot_graph, plot_speedups, plot_timeline  # noqa: E402
+from ios_tvm import OpGraph
+from ios_tvm.bench.plot import plot_graph, plot_speedups, plot_timeline
+from ios_tvm.scheduler.search import search
 
 
 def _leftovers(folder: Path) -> list[str]:

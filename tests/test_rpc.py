@@ -25,29 +25,21 @@ pytest.importorskip("tornado", reason="the RPC tracker needs tornado")
 pytest.importorskip("cloudpickle", reason="the RPC server needs cloudpickle")
 pytest.importorskip("psutil", reason="the RPC server needs psutil")
 
-from ios_tvm import _ffi  # noqa: E402
+from ios_tvm import _native
 
-if not _ffi.native_available():
+if not _native.native_available():
     pytest.skip("the native library is not built", allow_module_level=True)
 
-from ios_tvm.build import build  # noqa: E402
-from ios_tvm.config import SearchConfig  # noqa: E402
-from ios_tvm.cost.cache import MeasurementCache  # noqa: E402
-from ios_tvm.cost.measured import (  # noqa: E402
-    MeasuredCost,
-    ProfileSettings,
-    candidate_stages,
-    profiling_artifact,
-)
-from ios_tvm.cost.rpc import (  # noqa: E402
-    RPCError,
-    RPCProfiler,
-    TrackerClient,
-    parse_tracker,
-    wait_for_servers,
-)
-from ios_tvm.extract import graph_from_model  # noqa: E402
-from ios_tvm.models import sample_block  # noqa: E402
+from ios_tvm.compiler.build import build
+from ios_tvm.compiler.extract import graph_from_model
+from ios_tvm.compiler.profiling import measured_cost, profiling_artifact
+from ios_tvm.cost.base import ProfileSettings
+from ios_tvm.cost.cache import MeasurementCache
+from ios_tvm.cost.rpc import RPCProfiler, TrackerClient, parse_tracker, wait_for_servers
+from ios_tvm.errors import RPCError
+from ios_tvm.models import sample_block
+from ios_tvm.scheduler.config import SearchConfig
+from ios_tvm.scheduler.search import candidate_stages
 
 KEY = "ios-test"
 FAST = ProfileSettings(warmup=1, number=3, repeat=3)
@@ -215,13 +207,13 @@ def test_measured_cost_prefetch_over_rpc(cluster: str, extraction, tmp_path: Pat
     art = profiling_artifact(extraction, max_groups=4)
     cfg = SearchConfig(max_groups=4)
     with RPCProfiler(art, cluster, KEY, settings=FAST) as prof:
-        cost = MeasuredCost(extraction, max_groups=4, profiler=prof, settings=FAST,
+        cost = measured_cost(extraction, max_groups=4, profiler=prof, settings=FAST,
                             cache=MeasurementCache(tmp_path / "m.sqlite"),
                             device=prof.device_name())
         n = cost.prefetch(candidate_stages(extraction.graph, cfg))
         assert n == cost.measured > 0
         assert sum(prof.counts.values()) == n
-        from ios_tvm.search import search
+        from ios_tvm.scheduler.search import search
 
         before = dict(prof.counts)
         result = search(extraction.graph, cost, cfg)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ios_tvm import OpGraph, Schedule, ScheduleError, SearchConfig, Stage, search
+from ios_tvm import OpGraph, Schedule, ScheduleError, SearchConfig, Stage
 from ios_tvm.cost import AnalyticCost
-from ios_tvm.schedule import make_schedule, validate_schedule
+from ios_tvm.ir.schedule import make_schedule, validate_schedule
+from ios_tvm.scheduler.search import search
 
 # 0 -> 1 -> 3, 0 -> 2 -> 3
 DIAMOND = OpGraph.from_edges(4, [(0, 1), (0, 2), (1, 3), (2, 3)])

@@ -13,11 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ios_tvm import OpGraph, SearchConfig, Stage, search, sequential_schedule, validate_schedule
-from ios_tvm._ffi import native_available
-from ios_tvm.cost import AnalyticCost, StageCostCache
-from ios_tvm.schedule import Schedule
-from ios_tvm.search import greedy_schedule
+from ios_tvm import OpGraph, SearchConfig, Stage, sequential_schedule, validate_schedule
+from ios_tvm._native import native_available
+from ios_tvm.cost import AnalyticCost
+from ios_tvm.ir.schedule import Schedule
+from ios_tvm.scheduler.search import greedy_schedule, search
+from ios_tvm.scheduler.stage_cost import StageCostCache
 
 # Both DP implementations (Python and the C++ one in passes/) must be exactly optimal.
 IMPLEMENTATIONS = pytest.mark.parametrize("native", [
@@ -300,7 +301,7 @@ def test_cost_model_returning_inf_is_rejected_except_for_merges(native):
 
 
 def test_partition_rejects_a_part_size_below_one():
-    from ios_tvm.partition import partition
+    from ios_tvm.scheduler.partition import partition
 
     graph = OpGraph.from_edges(3, [(0, 1), (1, 2)])
     for bad in (0, -1):
@@ -480,7 +481,7 @@ def test_search_never_loses_to_its_baselines(native, graph, seed, part, r, s, st
                                    "greedy_max_streams"])
 @pytest.mark.parametrize("value", [0, -5, True, 2.0, "3"])
 def test_search_config_rejects_bad_limits(field, value):
-    from ios_tvm.config import ConfigError
+    from ios_tvm.errors import ConfigError
 
     with pytest.raises(ConfigError, match=f"{field} must be a positive integer") as info:
         SearchConfig(**{field: value})
@@ -488,7 +489,7 @@ def test_search_config_rejects_bad_limits(field, value):
 
 
 def test_unknown_analytic_device_names_the_presets():
-    from ios_tvm.config import ConfigError
+    from ios_tvm.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown analytic device 'nonsense'.*cpu, h100, v100"):
         AnalyticCost(OpGraph.from_edges(1, []), "nonsense")

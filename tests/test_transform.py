@@ -24,19 +24,20 @@ from tvm import relax  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 import onnx_models as om  # noqa: E402
 
-from ios_tvm.config import SearchConfig  # noqa: E402
-from ios_tvm.cost import AnalyticCost, DeviceSpec  # noqa: E402
-from ios_tvm.errors import IosTvmError, UnsupportedGraphError  # noqa: E402
-from ios_tvm.extract import extract_graph, lower_to_kernels  # noqa: E402
-from ios_tvm.frontend import load_model  # noqa: E402
-from ios_tvm.schedule import Schedule, Stage, validate_schedule  # noqa: E402
-from ios_tvm.transform import (  # noqa: E402
+from ios_tvm.compiler.extract import extract_graph  # noqa: E402
+from ios_tvm.compiler.frontend import load_model  # noqa: E402
+from ios_tvm.compiler.kernels import lower_to_kernels  # noqa: E402
+from ios_tvm.compiler.transform import (  # noqa: E402
     SCHEDULE_ATTR,
     STATS_ATTR,
     InterOperatorSchedule,
     pipeline,
     schedule_of,
 )
+from ios_tvm.cost import AnalyticCost, DeviceSpec  # noqa: E402
+from ios_tvm.errors import IosTvmError, UnsupportedGraphError  # noqa: E402
+from ios_tvm.ir.schedule import Schedule, Stage, validate_schedule  # noqa: E402
+from ios_tvm.scheduler.config import SearchConfig  # noqa: E402
 
 #: One kernel fills half of a 2-core machine: the analytic model rewards concurrency.
 TWO_LANES = DeviceSpec("two-lanes", peak_flops=50e9, bandwidth=10e9, launch_s=1e-6,
@@ -102,7 +103,7 @@ def lowered() -> Any:
 def test_pass_in_a_sequential_records_a_valid_schedule(lowered: Any) -> None:
     seq = tvm.transform.Sequential([
         relax.transform.DeadCodeElimination(),
-        InterOperatorSchedule(cost=two_lanes),
+        InterOperatorSchedule(cost_factory=two_lanes),
         relax.transform.DeadCodeElimination(),
     ])
     out = seq(lowered)
@@ -143,7 +144,7 @@ def test_pass_after_tvms_own_fusion_passes() -> None:
         out = tvm.transform.Sequential([
             relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(), relax.transform.FuseOps(),
-            relax.transform.FuseTIR(), InterOperatorSchedule(cost=two_lanes)])(mod)
+            relax.transform.FuseTIR(), InterOperatorSchedule(cost_factory=two_lanes)])(mod)
     sched = schedule_of(out)
     assert sched is not None
     validate_schedule(extract_graph(out).graph, sched)
@@ -158,7 +159,7 @@ def test_disabled_pass_is_skipped(lowered: Any) -> None:
 
 def test_scheduled_module_still_computes_the_same(lowered: Any) -> None:
     model = om.inception_block()
-    out = InterOperatorSchedule(cost=two_lanes)(lowered)
+    out = InterOperatorSchedule(cost_factory=two_lanes)(lowered)
     backend = relax.backend.cpu_generic.pipeline
     target = tvm.target.Target("llvm")
     with target:
@@ -228,7 +229,7 @@ def test_pipeline_function_matches_onnxruntime() -> None:
     with tvm.transform.PassContext(instruments=[instrument]):
         exe = tvm.compile(mod, target=target,
                           relax_pipeline=pipeline(target, SearchConfig(max_groups=2),
-                                                  cost=two_lanes))
+                                                  cost_factory=two_lanes))
     sched = schedule_of(instrument.mods[0])
     assert sched is not None and max(len(s.groups) for s in sched.stages) == 2
     x = inputs_of(mod)

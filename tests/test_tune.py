@@ -1,4 +1,4 @@
-"""MetaSchedule tuning (ios_tvm.tune, ``ios-tvm tune``) and tuned compiles (``database=``).
+"""MetaSchedule tuning (ios_tvm.compiler.tune, ``ios-tvm tune``) and tuned compiles (``database=``).
 
 One small conv is tuned once per session with a handful of trials (well under a minute on
 two cores); the other tests reuse that database: a second compile applies it (kernels taken
@@ -27,18 +27,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 from onnx_models import _Builder  # noqa: E402
 
 from ios_tvm import cli  # noqa: E402
-from ios_tvm.cpu_schedule import schedule_report  # noqa: E402
-from ios_tvm.errors import IosTvmError  # noqa: E402
-from ios_tvm.extract import lower_to_kernels  # noqa: E402
-from ios_tvm.frontend import load_model  # noqa: E402
-from ios_tvm.tune import (  # noqa: E402
+from ios_tvm.compiler.frontend import load_model  # noqa: E402
+from ios_tvm.compiler.kernel_schedules import schedule_report  # noqa: E402
+from ios_tvm.compiler.kernels import lower_to_kernels  # noqa: E402
+from ios_tvm.compiler.tune import _allocate, tune  # noqa: E402
+from ios_tvm.compiler.tuning_db import (  # noqa: E402
     DATABASE_FILES,
-    _allocate,
     open_database,
-    tune,
     tuning_target,
     validate_database,
 )
+from ios_tvm.errors import IosTvmError  # noqa: E402
 
 TARGET = {"kind": "llvm", "mcpu": "haswell"}  # AVX2: runs on any x86-64 CI machine of today
 TRIALS = 4
@@ -98,7 +97,7 @@ def test_default_schedule_is_a_measured_candidate(tuned: Path) -> None:
     import tvm_ffi
     from tvm import s_tir
 
-    from ios_tvm.cpu_schedule import default_schedule
+    from ios_tvm.compiler.kernel_schedules import default_schedule
 
     plain = lower_to_kernels(load_model(tiny_conv()), TARGET, cpu_schedule=False)
     kernel = next(f for f in plain.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
@@ -146,7 +145,7 @@ def test_database_for_another_target_is_refused(tuned: Path) -> None:
 
 
 def test_build_uses_the_database_for_both_plans(tuned: Path) -> None:
-    from ios_tvm.build import build
+    from ios_tvm.compiler.build import build
 
     result = build(tiny_conv(), TARGET, database=tuned, cost="analytic", cache=False,
                    measure=False, cpu_layout=LAYOUT)
@@ -234,7 +233,7 @@ def test_tuning_target_and_allocation() -> None:
 
 def test_nhwc_tuning_and_build_match_by_default(tmp_path: Path) -> None:
     """`ios-tvm tune` and `compile` both lower CPU convs NHWC by default: the database fits."""
-    from ios_tvm.build import build
+    from ios_tvm.compiler.build import build
 
     database = tmp_path / "db"
     result = tune(tiny_conv(), TARGET, trials=TRIALS, database_dir=database,

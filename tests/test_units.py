@@ -7,12 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_search import IMPLEMENTATIONS, RandomCost, brute_force, dags, merge_table, schedule_cost
 
-from ios_tvm import OpGraph, SearchConfig, search, sequential_schedule, validate_schedule
+from ios_tvm import OpGraph, SearchConfig, sequential_schedule, validate_schedule
 from ios_tvm.cost import AnalyticCost
 from ios_tvm.errors import IosTvmError
 from ios_tvm.models.opgraph import nasnet_large
-from ios_tvm.search import greedy_schedule
-from ios_tvm.units import collapse_chains
+from ios_tvm.scheduler.search import greedy_schedule, search
+from ios_tvm.scheduler.units import collapse_chains
 
 
 def test_chains_of_a_small_graph() -> None:

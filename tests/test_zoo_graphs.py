@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ios_tvm.config import SearchConfig
 from ios_tvm.cost import AnalyticCost
 from ios_tvm.errors import UnsupportedGraphError
-from ios_tvm.graph import OpGraph
-from ios_tvm.merge import merge_predicate, merge_problem
+from ios_tvm.ir.graph import OpGraph
+from ios_tvm.ir.schedule import validate_schedule
 from ios_tvm.models.opgraph import (
     BENCH_GRAPHS,
     RANDWIRE_GRAPHS,
@@ -26,9 +25,10 @@ from ios_tvm.models.opgraph import (
     randwire_stage_graph,
     squeezenet,
 )
-from ios_tvm.partition import partition
-from ios_tvm.schedule import validate_schedule
-from ios_tvm.search import search
+from ios_tvm.scheduler.config import SearchConfig
+from ios_tvm.scheduler.merge import merge_predicate, merge_problem
+from ios_tvm.scheduler.partition import partition
+from ios_tvm.scheduler.search import search
 
 # name -> (kernel-granularity node range, IOS unit count, graph width, output shape at batch 1)
 EXPECTED = {
@@ -230,7 +230,7 @@ def test_zoo_graphs_and_merge_predicate_need_no_tvm() -> None:
             "        if name.split('.')[0] in ('tvm', 'tvm_ffi'):\n"
             "            raise ImportError(f'{name} imported')\n"
             "sys.meta_path.insert(0, NoTvm())\n"
-            "from ios_tvm.merge import merge_predicate\n"
+            "from ios_tvm.scheduler.merge import merge_predicate\n"
             "from ios_tvm.models import BUILTIN_MODELS\n"
             "from ios_tvm.models.opgraph import inception_block\n"
             "assert merge_predicate(inception_block(), (0, 1))\n")
@@ -240,7 +240,7 @@ def test_zoo_graphs_and_merge_predicate_need_no_tvm() -> None:
 def test_attrs_match_graph_extraction() -> None:
     """Every attribute of a zoo graph node has the value extraction gives the real kernel."""
     pytest.importorskip("tvm")
-    from ios_tvm.extract import graph_from_model
+    from ios_tvm.compiler.extract import graph_from_model
     from ios_tvm.models._builder import OnnxBuilder
     from ios_tvm.models.inception_v3 import define_inception_block
 

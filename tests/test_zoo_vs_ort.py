@@ -1,6 +1,6 @@
 """End-to-end numerics of the model zoo: ios-tvm's plan versus ONNX Runtime.
 
-Each model goes through :func:`ios_tvm.build.build` on the CPU with the analytic cost model
+Each model goes through :func:`ios_tvm.compiler.build.build` on the CPU with the analytic cost model
 (no stage timing) and without plan timing (``measure=False``, so the searched IOS plan is the
 one that ships and runs); its output must match ONNX Runtime's on the same input within
 ``rtol=1e-3`` and an absolute tolerance of ``1e-4`` times the largest output magnitude.
@@ -18,9 +18,9 @@ pytest.importorskip("tvm")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from ios_tvm.build import build  # noqa: E402
-from ios_tvm.config import SearchConfig  # noqa: E402
+from ios_tvm.compiler.build import build  # noqa: E402
 from ios_tvm.models import BUILTIN_MODELS, MODEL_INFO  # noqa: E402
+from ios_tvm.scheduler.config import SearchConfig  # noqa: E402
 
 #: Search pruning for the large networks: enough for concurrent stages, fast to search.
 PRUNED = SearchConfig(max_groups=4, max_group_size=2, max_part_size=20)

@@ -1,8 +1,7 @@
-"""Cost models for the schedule search (analytic here; measured ones build on the executor)."""
+"""Stage cost models: analytic (no device), measured (handed a profiler), their cache, RPC."""
 
 from __future__ import annotations
 
-from .analytic import DEVICES, AnalyticCost, DeviceSpec
-from .base import CostCounters, CostFn, StageCostCache
+from ios_tvm.cost.analytic import DEVICES, AnalyticCost, DeviceSpec
 
-__all__ = ["DEVICES", "AnalyticCost", "CostCounters", "CostFn", "DeviceSpec", "StageCostCache"]
+__all__ = ["DEVICES", "AnalyticCost", "DeviceSpec"]

@@ -34,9 +34,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..config import ConfigError
-from ..graph import OpGraph
-from ..schedule import Stage
+from ios_tvm.errors import ConfigError
+from ios_tvm.ir.graph import OpGraph
+from ios_tvm.ir.schedule import Stage
 
 
 @dataclass(frozen=True)

@@ -25,18 +25,13 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from ..errors import IosTvmError
+from ios_tvm.errors import CacheError
 
 logger = logging.getLogger(__name__)
-
 #: Bump when the meaning of a stored measurement changes; old rows are then ignored.
 CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = Path(os.environ.get("IOS_TVM_CACHE_DIR",
                                         Path.home() / ".cache" / "ios_tvm"))
-
-
-class CacheError(IosTvmError):
-    """The measurement cache file is unusable (the message names it)."""
 
 
 class MeasurementCache:

@@ -1,6 +1,6 @@
 """Remote profiling through TVM's RPC tracker: stages measured on remote devices, in parallel.
 
-:class:`RPCProfiler` implements the :class:`~ios_tvm.cost.measured.StageProfiler` protocol
+:class:`RPCProfiler` implements the :class:`~ios_tvm.cost.base.StageProfiler` protocol
 over TVM RPC. It asks the tracker at ``HOST:PORT`` for servers of ``key`` (every free one, or
 at most ``num_servers``), opens one session per server and prepares each the same way:
 
@@ -65,19 +65,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import IosTvmError
-from .measured import ProfileSettings
+from ios_tvm import _native
+from ios_tvm.cost.base import ProfileSettings
+from ios_tvm.errors import RPCError
 
 logger = logging.getLogger(__name__)
-
 #: The global our native library registers; its presence remotely proves the upload worked.
 CREATE_EXECUTOR = "ios_tvm.runtime.create_executor"
 _NATIVE_NAME = "libios_tvm_native.so"
 _KERNELS_NAME = "ios_tvm_kernels.so"
-
-
-class RPCError(IosTvmError):
-    """Remote profiling failed (tracker unreachable, no server, a session died, ...)."""
 
 
 def parse_tracker(tracker: str | tuple[str, int]) -> tuple[str, int]:
@@ -377,7 +373,7 @@ class RPCProfiler:
     Parameters
     ----------
     artifact
-        The profiling artifact (:func:`~ios_tvm.cost.measured.profiling_artifact`: the
+        The profiling artifact (:func:`~ios_tvm.compiler.profiling.profiling_artifact`: the
         sequential plan, one buffer per tensor, enough worker threads / streams for any
         stage).
     tracker
@@ -438,14 +434,12 @@ class RPCProfiler:
     def _setup_payload(self) -> dict[str, Any]:
         """What every worker needs: library, kernels, weights, plan, settings (made once)."""
         if self._setup is None:
-            from .. import _ffi
-
             with tempfile.TemporaryDirectory(prefix="ios_tvm_rpc_") as tmp:
                 out = Path(self.artifact.export(tmp))
                 kernels = (out / "kernels.so").read_bytes()
                 params = (out / "params.bin").read_bytes()
             st = self.settings
-            self._setup = {"native": Path(_ffi.library_path()).read_bytes(),
+            self._setup = {"native": Path(_native.library_path()).read_bytes(),
                            "kernels": kernels, "params": params,
                            "plan": self.artifact.plan.dumps(),
                            "device_type": self.device_type,

@@ -1,7 +1,7 @@
 """Models that ship with ios-tvm, built as ONNX graphs with deterministic random weights.
 
 The IOS benchmark networks (Inception V3, RandWire, NASNet-A Large, SqueezeNet; topology as
-in IOS's own model files, §3 of the project's IOS brief), ResNet-50 as a control with little
+in IOS's own model files), ResNet-50 as a control with little
 inter-operator parallelism, and the small sample block. Every builder has the signature
 ``builder(batch: int = 1, seed: int = 0) -> onnx.ModelProto`` and returns an NCHW float32
 model (opset 17) with one input ``x`` and one output ``y``; convs have a bias and a fused
@@ -11,7 +11,7 @@ deep networks (see :mod:`ios_tvm.models._builder`).
 
 Each network is defined once, against the builder interface of :mod:`ios_tvm.models._builder`
 (``define_<name>(b, batch)`` in its module); the builders here use its ONNX backend, and
-:mod:`ios_tvm.models.opgraph` its TVM-free :class:`~ios_tvm.graph.OpGraph` backend (the same
+:mod:`ios_tvm.models.opgraph` its TVM-free :class:`~ios_tvm.ir.graph.OpGraph` backend (the same
 networks as kernel or IOS-unit graphs for search benchmarks and tests).
 """
 
@@ -25,13 +25,13 @@ from pathlib import Path
 
 import onnx
 
-from ..errors import ModelLoadError
-from .inception_v3 import inception_v3
-from .nasnet import nasnet_large
-from .randwire import randwire
-from .resnet import resnet50
-from .sample import sample_block
-from .squeezenet import squeezenet
+from ios_tvm.errors import ModelLoadError
+from ios_tvm.models.inception_v3 import inception_v3
+from ios_tvm.models.nasnet import nasnet_large
+from ios_tvm.models.randwire import randwire
+from ios_tvm.models.resnet import resnet50
+from ios_tvm.models.sample import sample_block
+from ios_tvm.models.squeezenet import squeezenet
 
 #: Built-in models by name: ``name -> builder(batch=1, seed=0) -> onnx.ModelProto``.
 BUILTIN_MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
@@ -55,7 +55,7 @@ class ModelInfo:
     output_shape
         Output ``y`` without the batch dimension.
     units
-        Scheduling units in IOS's formulation (the paper's "#operators", brief §3 table;
+        Scheduling units in IOS's formulation (the paper's "#operators";
         for the sample block and ResNet-50 counted the same way).
     convs
         Convolutions in the ONNX graph (a separable unit counts two).

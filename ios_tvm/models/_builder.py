@@ -6,7 +6,7 @@ backend decides what comes out:
 
 * :class:`OnnxBuilder` (here) emits an NCHW float32 ONNX model (opset 17) with deterministic
   weights: what ``ios_tvm.models.<name>(batch, seed)`` returns;
-* :class:`ios_tvm.models.opgraph.OpGraphBuilder` emits an :class:`~ios_tvm.graph.OpGraph`
+* :class:`ios_tvm.models.opgraph.OpGraphBuilder` emits an :class:`~ios_tvm.ir.graph.OpGraph`
   (no TVM) at kernel or IOS-unit granularity, for search benchmarks and tests.
 
 The operators are those the IOS benchmark networks are made of: convolution with bias and a
@@ -55,7 +55,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import UnsupportedGraphError
+from ios_tvm.errors import UnsupportedGraphError
 
 #: ONNX opset and IR version of every zoo model (IR 8 loads in older ONNX Runtime releases).
 OPSET = 17

@@ -1,6 +1,6 @@
 """Inception V3 as in the IOS benchmark (torchvision layout without BatchNorm, aux head or FC).
 
-Topology (IOS brief §3.1, IOS ``models/inception_v3.py``); ``conv(out, k, s, p)`` is a conv
+Topology (IOS ``models/inception_v3.py``); ``conv(out, k, s, p)`` is a conv
 with bias and a fused ReLU, stride 1 and no padding unless given:
 
 * front: conv(32,3,s2) -> conv(32,3) -> conv(64,3,p1) -> maxpool3 s2 -> conv(80,1)
@@ -30,7 +30,7 @@ from typing import Any
 
 import onnx
 
-from ._builder import NetBuilder, NetValue, OnnxBuilder
+from ios_tvm.models._builder import NetBuilder, NetValue, OnnxBuilder
 
 __all__ = ["define_inception_block", "define_inception_v3", "inception_v3"]
 

@@ -1,6 +1,6 @@
 """NASNet-A Large as in the IOS benchmark (``nasnet_large(stem_filters=96, filters=168)``).
 
-Topology (IOS brief §3.3, IOS ``models/nasnet.py``), with F = 168:
+Topology (IOS ``models/nasnet.py``), with F = 168:
 
 stem conv(96, 3x3, s2, p0), no activation -> 96x165x165; cell_stem_0 (F/4) -> 168x83x83;
 cell_stem_1 (F/2) -> 336x42x42; [first cell, normal x5] at F (42x42); reduction (2F);
@@ -34,7 +34,7 @@ in ONNX; in IOS's units c0 and c1 of the stem and reduction cells and stem1's ri
 
 488 convolutions; 374 IOS units. Pools are 3x3 with padding 1.
 
-IOS deviations from the reference NASNet that are kept (the brief states them): the normal
+IOS deviations from the reference NASNet that are kept: the normal
 cell's concat has five terms (the reference also concatenates xl, hence "4032"); cell_stem_0's
 c3 adds c0 (reference: c1); cell_stem_1's right path sums its two strided 1x1 convs
 (reference: concatenates them after a one-pixel shift); the first cell's c0 and the reduction
@@ -52,7 +52,7 @@ from typing import Any
 
 import onnx
 
-from ._builder import NetBuilder, NetValue, OnnxBuilder
+from ios_tvm.models._builder import NetBuilder, NetValue, OnnxBuilder
 
 __all__ = ["define_nasnet_large", "nasnet_large"]
 

@@ -2,12 +2,14 @@
 
 :class:`OpGraphBuilder` implements the builder interface of :mod:`ios_tvm.models._builder`
 (:class:`~ios_tvm.models._builder.NetBuilder`), so each zoo network, defined once in its
-module, also comes out as an :class:`~ios_tvm.graph.OpGraph` for search benchmarks and tests
+module, also comes out as an :class:`~ios_tvm.ir.graph.OpGraph` for search benchmarks and tests
 that must run without the compiler. Node ids follow the definition order (a topological
 order), tensors carry NCHW float32 shapes, node and tensor names are the ONNX model's
 (``scope/name``; weights ``<node>.weight`` and ``<node>.bias``), and nodes carry FLOPs, bytes
-moved and attributes in the form :func:`ios_tvm.extract.extract_graph` gives real kernels, so
-that :func:`ios_tvm.merge.merge_predicate` decides merges here as it does on compiled models.
+moved and attributes in the form :func:`ios_tvm.compiler.extract.extract_graph` gives real kernels,
+so
+that :func:`ios_tvm.scheduler.merge.merge_predicate` decides merges here as it does on compiled
+models.
 
 Granularity
 -----------
@@ -25,7 +27,8 @@ Granularity
 * A standalone ReLU is fused into the kernel that produces its input (no node; ``"relu"`` is
   appended to that kernel's ``ops``).
 
-``granularity="ios"`` reproduces IOS's scheduling units instead (IOS brief §1.1): a separable
+``granularity="ios"`` reproduces IOS's scheduling units instead (Ding et al., MLSys 2021, §3): a
+separable
 unit is one ``sep_conv`` node; a ``lazy_sum`` (a sum IOS folds into a consumer's input term)
 gets no node and its consumer reads every summand; ``add`` (IOS ``Identity`` units: concats,
 explicit sums, the RandWire stage exits) is a node, an ``identity`` node for a single value; a
@@ -43,7 +46,7 @@ the output, in float32.
 
 Attributes
 ----------
-As :func:`ios_tvm.extract.extract_graph` records them: ``op`` (the anchor op: ``"conv2d"``,
+As :func:`ios_tvm.compiler.extract.extract_graph` records them: ``op`` (the anchor op: ``"conv2d"``,
 ``"max_pool2d"``, ``"avg_pool2d"``, ``"mean"`` for a global average pool, ``"concat"``,
 ``"add"``, ``"relu"``; at IOS granularity also ``"sep_conv"`` and ``"identity"``), ``kernel``
 (the kernel name, as :attr:`OpNode.kernel`), ``ops`` (the fused op list, e.g.
@@ -64,15 +67,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import UnsupportedGraphError
-from ..graph import OpGraph, OpNode, TensorInfo
-from ._builder import IntPair, _out_size, _pair, check_batch
-from .inception_v3 import define_inception_block, define_inception_v3
-from .nasnet import define_nasnet_large
-from .randwire import RANDWIRE_GRAPHS, define_randwire, load_randwire_graph
-from .resnet import define_resnet50
-from .sample import define_sample_block
-from .squeezenet import define_squeezenet
+from ios_tvm.errors import UnsupportedGraphError
+from ios_tvm.ir.graph import OpGraph, OpNode, TensorInfo
+from ios_tvm.models._builder import IntPair, _out_size, _pair, check_batch
+from ios_tvm.models.inception_v3 import define_inception_block, define_inception_v3
+from ios_tvm.models.nasnet import define_nasnet_large
+from ios_tvm.models.randwire import RANDWIRE_GRAPHS, define_randwire, load_randwire_graph
+from ios_tvm.models.resnet import define_resnet50
+from ios_tvm.models.sample import define_sample_block
+from ios_tvm.models.squeezenet import define_squeezenet
 
 __all__ = [
     "BENCH_GRAPHS", "GRANULARITIES", "RANDWIRE_GRAPHS", "OpGraphBuilder", "Value",

@@ -1,4 +1,4 @@
-"""RandWire-WS (regular regime, C = 154) as in the IOS benchmark (IOS brief §3.2).
+"""RandWire-WS (regular regime, C = 154) as in the IOS benchmark (IOS ``models/randwire.py``).
 
 Topology:
 
@@ -32,8 +32,8 @@ from typing import Any
 
 import onnx
 
-from ..errors import UnsupportedGraphError
-from ._builder import NetBuilder, NetValue, OnnxBuilder
+from ios_tvm.errors import UnsupportedGraphError
+from ios_tvm.models._builder import NetBuilder, NetValue, OnnxBuilder
 
 __all__ = ["RANDWIRE_GRAPHS", "define_randwire", "load_randwire_graph", "randwire"]
 

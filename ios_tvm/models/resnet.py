@@ -26,7 +26,7 @@ from typing import Any
 
 import onnx
 
-from ._builder import NetBuilder, NetValue, OnnxBuilder
+from ios_tvm.models._builder import NetBuilder, NetValue, OnnxBuilder
 
 __all__ = ["define_resnet50", "resnet50"]
 

@@ -1,6 +1,6 @@
 """The IOS sample block: three convolutions on one input, a fourth after the first, a concat.
 
-This is the toy block of the IOS paper's utilisation study (§4.8 of our brief): small enough
+This is the toy block of the IOS paper's utilisation study: small enough
 to build in a second, wide enough (three independent branches) to show concurrency. Every
 conv is 3x3 (padding 1) with a bias and a ReLU and keeps the channels; the output concatenates
 ``conv_d(conv_a(x))``, ``conv_b(x)`` and ``conv_c(x)``.
@@ -12,7 +12,7 @@ from typing import Any
 
 import onnx
 
-from ._builder import NetBuilder, OnnxBuilder
+from ios_tvm.models._builder import NetBuilder, OnnxBuilder
 
 __all__ = ["define_sample_block", "sample_block"]
 

@@ -1,4 +1,4 @@
-"""SqueezeNet 1.0 with "complex bypass", as in the IOS benchmark (IOS brief §3.4).
+"""SqueezeNet 1.0 with "complex bypass", as in the IOS benchmark (IOS ``models/squeezenet.py``).
 
 Every conv has a bias and a fused ReLU. Topology:
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import onnx
 
-from ._builder import NetBuilder, NetValue, OnnxBuilder
+from ios_tvm.models._builder import NetBuilder, NetValue, OnnxBuilder
 
 __all__ = ["define_squeezenet", "squeezenet"]
 

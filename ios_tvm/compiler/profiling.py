@@ -1,0 +1,199 @@
+"""Stage profiling on this machine: what the measured cost model is handed.
+
+:class:`~ios_tvm.cost.measured.MeasuredCost` knows stages, keys and a cache, not TVM. This
+module builds what it needs from a model's :class:`~ios_tvm.compiler.extract.Extraction`:
+
+* the profiling artifact: the sequential plan of the model's kernels with every tensor in its
+  own buffer (so any stage can run without clobbering another's inputs) and ``max_groups``
+  worker threads / streams, run once on valid inputs before any stage is timed, so every
+  buffer a stage reads holds a value the model can produce (an id read by a gather is in
+  range), not uninitialised memory;
+* :class:`LocalProfiler`, which times a stage with the executor's ``profile_stage`` entry (the
+  same code that runs production plans: worker threads on CPU, streams and device timers on
+  CUDA; ``warmup`` runs, then ``repeat`` times ``number`` runs);
+* one key per kernel (a hash of its TIR and argument shapes), so a rebuild measures nothing
+  twice, and the measurement context (device, target, TVM version, settings);
+* the merged-kernel profiler for IOS-Merge stages (:class:`~ios_tvm.compiler.merge.MergeCompiler`
+  generates, checks and compiles the merged kernel; one that cannot be built or does not
+  reproduce the originals is not merged).
+
+:func:`make_stage_cost` is the one place :func:`ios_tvm.build` and the benchmark harness choose
+a stage cost: measured, analytic or the caller's own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import tvm
+
+from ios_tvm.compiler.inputs import profiling_inputs
+from ios_tvm.compiler.merge import MergeCompiler
+from ios_tvm.compiler.plan_lowering import lower_schedule
+from ios_tvm.compiler.target import device_name, target_device_type
+from ios_tvm.cost.analytic import AnalyticCost
+from ios_tvm.cost.base import ProfileSettings, StageProfiler
+from ios_tvm.cost.cache import MeasurementCache, open_cache
+from ios_tvm.cost.measured import MeasuredCost
+from ios_tvm.errors import ConfigError, MergeError
+from ios_tvm.scheduler.search import sequential_schedule
+from ios_tvm.scheduler.stage_cost import StageCostCache
+
+logger = logging.getLogger(__name__)
+
+
+class LocalProfiler:
+    """Profiles stages on a local device through an :class:`~ios_tvm.runtime.executor.Executor`."""
+
+    def __init__(self, executor: Any, settings: ProfileSettings | None = None) -> None:
+        self.executor = executor
+        self.settings = settings or ProfileSettings()
+
+    def profile(self, groups: Sequence[Sequence[int]]) -> list[float]:
+        """Seconds per run, one value per repeat."""
+        s = self.settings
+        return self.executor.profile_stage(groups, warmup=s.warmup, number=s.number,
+                                           repeat=s.repeat)
+
+
+def kernel_keys(extraction: Any) -> list[str]:
+    """One key per node: a hash of its kernel's TIR and of its argument shapes and dtypes."""
+    import tvm_ffi
+
+    graph = extraction.graph
+    by_name = {gv.name_hint: f for gv, f in extraction.mod.functions.items()}
+    keys = []
+    for node in graph.nodes:
+        func = by_name.get(node.kernel)
+        body = str(tvm_ffi.structural_hash(func)) if func is not None else node.kernel
+        args = [(graph.tensors[t].shape, graph.tensors[t].dtype)
+                for t in (*node.inputs, *node.outputs)]
+        keys.append(hashlib.sha1(f"{body}|{args}".encode()).hexdigest()[:20])
+    return keys
+
+
+def profiling_artifact(extraction: Any, *, max_groups: int = 8, lib: Any = None) -> Any:
+    """The artifact stages are profiled with (see the module docstring)."""
+    return lower_schedule(extraction, sequential_schedule(extraction.graph), lib=lib,
+                          reuse_memory=False, min_streams=max_groups)
+
+
+def local_profiler(extraction: Any, *, settings: ProfileSettings | None = None,
+                   max_groups: int = 8, lib: Any = None,
+                   inputs: Sequence[Any] | None = None) -> tuple[LocalProfiler, Any]:
+    """A profiler on this machine's device and the kernel library it runs.
+
+    The profiling artifact's executor runs the whole model once on ``inputs`` (default:
+    :func:`~ios_tvm.compiler.inputs.profiling_inputs`) before any stage is timed.
+    """
+    artifact = profiling_artifact(extraction, max_groups=max_groups, lib=lib)
+    executor = artifact.executor()
+    executor.run(*(inputs if inputs is not None else profiling_inputs(extraction)))
+    return LocalProfiler(executor, settings), artifact.lib
+
+
+def merge_profiler(merges: Any, settings: ProfileSettings
+                   ) -> Callable[[tuple[int, ...]], list[float] | None]:
+    """Times the merged kernel of some ops on this machine (None: they do not merge)."""
+
+    def profile(ops: tuple[int, ...]) -> list[float] | None:
+        try:
+            merges.check(ops)
+            executor = merges.artifact(ops).executor()
+        except MergeError as e:
+            logger.warning("not merging ops %s: %s", list(ops), e)
+            return None
+        return executor.profile_stage([[0]], warmup=settings.warmup, number=settings.number,
+                                      repeat=settings.repeat)
+
+    return profile
+
+
+def measurement_context(extraction: Any, settings: ProfileSettings,
+                        device: str | None = None) -> dict[str, Any]:
+    """What a measurement depends on besides its kernels: device, target, TVM, settings."""
+    return {"device": device or device_name(target_device_type(extraction.target)),
+            "target": str(extraction.target), "tvm": tvm.__version__,
+            "settings": [settings.warmup, settings.number, settings.repeat]}
+
+
+def measured_cost(extraction: Any, *, max_groups: int = 8,
+                  cache: MeasurementCache | None = None, profiler: StageProfiler | None = None,
+                  settings: ProfileSettings | None = None, lib: Any = None,
+                  device: str | None = None, progress: bool = False, merges: Any = None,
+                  inputs: Sequence[Any] | None = None, params: Any = None) -> MeasuredCost:
+    """A :class:`~ios_tvm.cost.measured.MeasuredCost` of ``extraction``'s stages.
+
+    Parameters
+    ----------
+    extraction
+        The model's graph and lowered module (:func:`ios_tvm.compiler.extract.graph_from_model`).
+    max_groups
+        The most groups a stage may have (streams or worker threads to create).
+    cache
+        Where measurements persist; None measures everything afresh.
+    profiler
+        Measures a stage; default: :func:`local_profiler` on device 0 of the target.
+    settings
+        Warm-up, number and repeat of each measurement.
+    lib
+        The already compiled kernel library (compiled here when None).
+    device
+        The device name measurements are keyed by (default: this machine's device).
+    progress
+        Show a progress bar of stages measured.
+    merges
+        A :class:`~ios_tvm.compiler.merge.MergeCompiler` of ``extraction`` for merge stages
+        (created here when None); merge stages are timed on this machine's device only, so
+        a remote ``profiler`` cannot time them.
+    inputs
+        Model inputs the local profiling executor runs on once before any stage is timed.
+    params
+        Values of weight parameters, for merged kernels' weights.
+    """
+    settings = settings or ProfileSettings()
+    remote = profiler is not None
+    if profiler is None:
+        profiler, lib = local_profiler(extraction, settings=settings, max_groups=max_groups,
+                                       lib=lib, inputs=inputs)
+    merge_fn = None
+    if not remote:
+        merges = merges or MergeCompiler(extraction, lib=lib, params=params)
+        merge_fn = merge_profiler(merges, settings)
+    return MeasuredCost(kernel_keys(extraction), profiler,
+                        context=measurement_context(extraction, settings, device),
+                        cache=cache, merge_profiler=merge_fn, progress=progress)
+
+
+def make_stage_cost(extraction: Any, cost: Any, *, cache: Any = True,
+                    settings: ProfileSettings | None = None, max_groups: int = 8,
+                    lib: Any = None, merges: Any = None, profiler: Any = None,
+                    progress: bool = False, inputs: Sequence[Any] | None = None,
+                    params: Any = None) -> tuple[StageCostCache, MeasuredCost | None]:
+    """The stage cost that :func:`ios_tvm.build` and :func:`ios_tvm.bench.harness.bench` use.
+
+    ``cost`` is ``"measured"`` (:func:`measured_cost` on this machine's device, or on
+    ``profiler``, persisted in ``cache``: see :func:`~ios_tvm.cost.cache.open_cache`),
+    ``"analytic"`` (:class:`~ios_tvm.cost.analytic.AnalyticCost` with the CPU preset on CPU
+    targets, H100 otherwise) or a cost function of one's own. Returns the memoised cost and
+    the :class:`~ios_tvm.cost.measured.MeasuredCost` (to ``close()`` and read counters
+    from), or None.
+    """
+    measured = None
+    if cost == "measured":
+        measured = measured_cost(
+            extraction, max_groups=max_groups, cache=open_cache(cache), settings=settings,
+            progress=progress, profiler=profiler, lib=lib, merges=merges, inputs=inputs,
+            params=params, device=profiler.device_name() if profiler is not None else None)
+        fn: Any = measured
+    elif cost == "analytic":
+        device_type = target_device_type(extraction.target)
+        fn = AnalyticCost(extraction.graph, "cpu" if device_type == "cpu" else "h100")
+    elif isinstance(cost, str):
+        raise ConfigError(f"unknown cost {cost!r}; use 'measured' or 'analytic'")
+    else:
+        fn = cost
+    return StageCostCache(fn), measured

@@ -1,0 +1,62 @@
+"""Every knob of the schedule search in one documented place."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ios_tvm.errors import ConfigError
+
+#: Scheduling strategies: the two baselines and IOS's three variants.
+#: ``concurrent`` is IOS-Parallel, ``merge`` is IOS-Merge, ``both`` is IOS-Both.
+SEARCH_STRATEGIES = ("sequential", "greedy", "concurrent", "merge", "both")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings of :func:`ios_tvm.scheduler.search.search`.
+
+    Attributes
+    ----------
+    strategy
+        One of :data:`SEARCH_STRATEGIES`.
+    max_groups
+        Most groups (streams) in one concurrent stage; IOS's ``s`` (default 8).
+    max_group_size
+        Most ops in one group; IOS's ``r`` (default 3).
+    max_part_size
+        Graphs with more ops are cut into parts of at most this many ops, preferably where
+        the graph narrows to one tensor; each part is searched on its own.
+    greedy_max_streams
+        Stream cap of the greedy (wavefront) baseline; IOS used 10.
+    collapse_chains
+        Search over scheduling units, each a chain of kernels that can only run one after
+        another (:mod:`ios_tvm.scheduler.units`), instead of single kernels. ``None`` (default):
+        only
+        when the graph has more than ``max_part_size`` kernels, i.e. when it must be cut
+        into parts anyway; collapsing then lets each part cover more of the graph. Small
+        graphs are searched exactly, kernel by kernel.
+    """
+
+    strategy: str = "concurrent"
+    max_groups: int = 8
+    max_group_size: int = 3
+    max_part_size: int = 20
+    greedy_max_streams: int = 10
+    collapse_chains: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in SEARCH_STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of "
+                              f"{', '.join(SEARCH_STRATEGIES)}")
+        for name in ("max_groups", "max_group_size", "max_part_size", "greedy_max_streams"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.collapse_chains not in (None, True, False):
+            raise ConfigError(f"collapse_chains must be None, True or False, got "
+                              f"{self.collapse_chains!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return asdict(self)

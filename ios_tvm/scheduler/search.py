@@ -1,0 +1,385 @@
+"""The IOS schedule search: a dynamic program over predecessor-closed op sets.
+
+For a set ``S`` of ops still to schedule (always a down-set of the part), an *ending* is a
+non-empty ``E`` in ``S`` that nothing in ``S - E`` depends on, so it can run as the last
+stage. ``cost(S) = min over endings E and strategies of cost(S - E) + L(E)`` with
+``cost({}) = 0`` (Ding et al., MLSys 2021, §4).
+
+Concurrent endings. The groups of a concurrent stage are exactly the weakly connected
+components of the ending (ops of different groups must not depend on each other, and a
+component cannot be split without that). So the search enumerates every ending whose
+components number at most ``max_groups`` and have at most ``max_group_size`` ops: it
+builds the candidate groups of ``S`` (connected, successor-closed sets of at most ``r``
+ops, grown as unions of overlapping descendant closures) and then every collection of at
+most ``s`` disjoint candidates. Unlike IOS master this includes groups with several roots
+that share a descendant (IOS issue #10).
+
+Merge endings. Any subset of at least two sink ops of ``S`` that the ``can_merge``
+predicate accepts becomes one merged kernel (IOS §5). Singletons always remain, so the
+sequential schedule is in every strategy's space.
+
+Large graphs are searched in parts, or as units (chains collapsed), which the DP is not
+exact over; whatever the path, :func:`search` never returns a schedule that its own cost
+model prices above the sequential one or, for the concurrent strategies, the greedy one.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from ios_tvm.ir.graph import OpGraph
+from ios_tvm.ir.schedule import Schedule, Stage
+from ios_tvm.scheduler.bits import bits_of
+from ios_tvm.scheduler.config import SearchConfig
+from ios_tvm.scheduler.native import MAX_NATIVE_OPS, native_search_enabled, solve_part_native
+from ios_tvm.scheduler.partition import partition
+from ios_tvm.scheduler.stage_cost import CostFn, StageCostCache
+from ios_tvm.scheduler.units import Units, collapse_chains
+
+logger = logging.getLogger(__name__)
+#: ``can_merge(graph, ops)`` says whether ops (ids, ascending) may become one kernel.
+MergePredicate = Callable[[OpGraph, tuple[int, ...]], bool]
+
+
+@dataclass
+class SearchStats:
+    """Counters of one search (summed over parts)."""
+
+    parts: int = 0
+    states: int = 0
+    transitions: int = 0
+    stages_costed: int = 0
+    cost_calls: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass
+class SearchResult:
+    """The schedule found and how much work finding it took."""
+
+    schedule: Schedule
+    stats: SearchStats = field(default_factory=SearchStats)
+
+
+def sequential_schedule(graph: OpGraph) -> Schedule:
+    """One op per stage, in id (topological) order."""
+    return Schedule(tuple(Stage(((i,),)) for i in range(len(graph.nodes))),
+                    meta={"strategy": "sequential"})
+
+
+def greedy_schedule(graph: OpGraph, max_streams: int = 10) -> Schedule:
+    """IOS's greedy (wavefront) baseline: every ready op in the stage, one op per group.
+
+    When more than ``max_streams`` ops are ready, the first ones (by id) go in and the rest
+    wait for the next stage.
+    """
+    n = len(graph.nodes)
+    missing = [len(p) for p in graph.preds]
+    ready = [i for i in range(n) if missing[i] == 0]
+    stages = []
+    while ready:
+        ready.sort()
+        now, ready = ready[:max_streams], ready[max_streams:]
+        stages.append(Stage(tuple((i,) for i in now)))
+        for i in now:
+            for v in graph.succs[i]:
+                missing[v] -= 1
+                if missing[v] == 0:
+                    ready.append(v)
+    return Schedule(tuple(stages), meta={"strategy": "greedy", "max_streams": max_streams})
+
+
+class _PartSearch:
+    """The DP over one part ``[lo, hi)`` of the graph, with local bit indices."""
+
+    def __init__(self, graph: OpGraph, lo: int, hi: int, cfg: SearchConfig,
+                 cost: StageCostCache, can_merge: MergePredicate | None) -> None:
+        self.graph = graph
+        self.lo = lo
+        self.n = hi - lo
+        full = (1 << self.n) - 1
+        self.desc = [(graph.descendant_masks[lo + i] >> lo) & full for i in range(self.n)]
+        self.r = cfg.max_group_size
+        self.s = cfg.max_groups
+        self.concurrent = cfg.strategy in ("concurrent", "both")
+        self.merge = cfg.strategy in ("merge", "both") and can_merge is not None
+        self.singletons_only = not self.concurrent
+        self.cost = cost
+        self.can_merge = can_merge
+        self.merge_ok: dict[int, bool] = {}
+        self.memo: dict[int, float] = {0: 0.0}
+        # best ending per state: (ending mask, groups as local masks, strategy)
+        self.choice: dict[int, tuple[int, tuple[int, ...], str]] = {}
+        self.transitions = 0
+
+    # -- stages ----------------------------------------------------------------------------
+    def _stage(self, groups: tuple[int, ...], strategy: str) -> Stage:
+        lo = self.lo
+        gs = sorted(tuple(lo + b for b in bits_of(g)) for g in groups)
+        return Stage(tuple(gs), strategy)
+
+    def _stage_cost(self, groups: tuple[int, ...], mask: int, strategy: str) -> float:
+        return self.cost.lookup(mask << self.lo, strategy, lambda: self._stage(groups, strategy))
+
+    # -- candidate groups ------------------------------------------------------------------
+    def _groups(self, state: int) -> list[int]:
+        """Connected, successor-closed subsets of ``state`` with at most r ops."""
+        r = self.r
+        closures = []
+        for v in bits_of(state):
+            c = (self.desc[v] & state) | (1 << v)
+            if c.bit_count() <= r:
+                closures.append(c)
+        if r == 1 or len(closures) <= 1:
+            return closures
+        found = set(closures)
+        frontier = list(found)
+        while frontier:
+            g = frontier.pop()
+            for c in closures:
+                if c & g and (c | g) != g:
+                    u = c | g
+                    if u not in found and u.bit_count() <= r:
+                        found.add(u)
+                        frontier.append(u)
+        return sorted(found)
+
+    # -- the DP ----------------------------------------------------------------------------
+    def solve(self, state: int) -> float:
+        """Minimum cost of scheduling the down-set ``state``."""
+        memo = self.memo
+        hit = memo.get(state)
+        if hit is not None:
+            return hit
+        best = float("inf")
+        best_choice: tuple[int, tuple[int, ...], str] | None = None
+        groups = self._groups(state)
+        if self.singletons_only:
+            groups = [g for g in groups if g & (g - 1) == 0]
+        solve = self.solve
+        stage_cost = self._stage_cost
+        s = self.s
+
+        # Every collection of <= s pairwise-disjoint candidate groups is a concurrent ending.
+        stack: list[tuple[int, int, tuple[int, ...]]] = [(0, 0, ())]
+        ng = len(groups)
+        while stack:
+            start, used, chosen = stack.pop()
+            for j in range(start, ng):
+                g = groups[j]
+                if g & used:
+                    continue
+                ending = used | g
+                picked = (*chosen, g)
+                self.transitions += 1
+                total = solve(state ^ ending) + stage_cost(picked, ending, "concurrent")
+                if total < best:
+                    best = total
+                    best_choice = (ending, picked, "concurrent")
+                if len(picked) < s and not self.singletons_only:
+                    stack.append((j + 1, ending, picked))
+
+        if self.merge:
+            sinks = [v for v in bits_of(state) if not self.desc[v] & state]
+            if len(sinks) >= 2:
+                sink_mask = 0
+                for v in sinks:
+                    sink_mask |= 1 << v
+                sub = sink_mask
+                while sub:
+                    if sub & (sub - 1) and self._mergeable(sub):
+                        self.transitions += 1
+                        total = solve(state ^ sub) + stage_cost((sub,), sub, "merge")
+                        if total < best:
+                            best = total
+                            best_choice = (sub, (sub,), "merge")
+                    sub = (sub - 1) & sink_mask
+        assert best_choice is not None, "every non-empty down-set has a singleton ending"
+        memo[state] = best
+        self.choice[state] = best_choice
+        return best
+
+    def _mergeable(self, mask: int) -> bool:
+        ok = self.merge_ok.get(mask)
+        if ok is None:
+            assert self.can_merge is not None
+            ok = bool(self.can_merge(self.graph, tuple(self.lo + b for b in bits_of(mask))))
+            self.merge_ok[mask] = ok
+        return ok
+
+    def stages(self) -> list[Stage]:
+        """The optimal stages of the whole part, first to last."""
+        state = (1 << self.n) - 1
+        self.solve(state)
+        out = []
+        while state:
+            ending, groups, strategy = self.choice[state]
+            out.append(self._stage(groups, strategy))
+            state ^= ending
+        return out[::-1]
+
+
+def _no_worse_than_baselines(graph: OpGraph, cfg: SearchConfig, cost: StageCostCache,
+                             stages: list[Stage], total: float, meta: dict[str, Any]
+                             ) -> tuple[list[Stage], float]:
+    """The cheapest of the searched stages and the baselines in the strategy's space.
+
+    The DP is exact only over its own space: parts are searched apart (stages never span a
+    cut, where the wavefront baseline may run wide) and units never split a chain across
+    stages or groups (sequential and greedy do). Whatever the path, the search must not
+    return a schedule that its own cost model prices above sequential or, for the
+    concurrent strategies, greedy within the same stream limit. Both baselines are always
+    costed, so that the stages a search asks for do not depend on the costs (a measured
+    search prefetches exactly them, :func:`ios_tvm.cost.measured.candidate_stages`).
+    """
+    baselines = [sequential_schedule(graph)]
+    if cfg.strategy in ("concurrent", "both"):
+        baselines.append(greedy_schedule(graph, min(cfg.greedy_max_streams, cfg.max_groups)))
+    dp_total = total
+    for base in baselines:
+        base_total = sum(cost(s) for s in base.stages)
+        if base_total < total:
+            stages, total = list(base.stages), base_total
+            meta["chosen"] = base.meta["strategy"]
+    if total < dp_total:
+        logger.info("%s schedule (%.4g s) beats the searched one (%.4g s)", meta["chosen"],
+                    total, dp_total)
+        meta["dp_cost"] = dp_total
+    return stages, total
+
+
+def _units_for(graph: OpGraph, cfg: SearchConfig) -> Units | None:
+    """The unit graph to search instead of ``graph``, or None to search kernels."""
+    collapse = cfg.collapse_chains
+    if collapse is None:
+        collapse = len(graph.nodes) > cfg.max_part_size
+    if not collapse:
+        return None
+    units = collapse_chains(graph)
+    return units if units.collapsed else None
+
+
+def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
+           can_merge: MergePredicate | None = None, progress: bool = False,
+           native: bool | None = None) -> SearchResult:
+    """Find a schedule of ``graph`` minimising the summed stage cost.
+
+    Parameters
+    ----------
+    graph
+        The operator graph.
+    cost
+        Any callable ``Stage -> seconds``; it is memoised by op set and strategy.
+    config
+        Strategy and pruning limits (see :class:`SearchConfig`).
+    can_merge
+        Predicate for merge stages; without it ``merge``/``both`` only use singletons and
+        concurrent stages.
+    progress
+        Show a progress bar over the parts.
+    native
+        Use the C++ DP for parts of at most 64 ops (same results, faster). Default: when the
+        native library loads and ``$IOS_TVM_NATIVE_SEARCH`` is not ``0``.
+
+    Returns
+    -------
+    SearchResult
+        The schedule (its ``cost`` is the DP's estimate, ``meta`` records the settings) and
+        counters: parts, DP states, transitions tried, distinct stages costed.
+    """
+    cfg = config or SearchConfig()
+    t0 = time.perf_counter()
+    memo_cost = cost if isinstance(cost, StageCostCache) else StageCostCache(cost)
+    calls0, distinct0 = memo_cost.counters.calls, memo_cost.counters.distinct
+    stats = SearchStats()
+    meta: dict[str, Any] = {**cfg.to_json(), "num_ops": len(graph.nodes)}
+    if cfg.strategy in ("sequential", "greedy"):
+        base = (sequential_schedule(graph) if cfg.strategy == "sequential"
+                else greedy_schedule(graph, cfg.greedy_max_streams))
+        total = sum(memo_cost(s) for s in base.stages)
+        stages = list(base.stages)
+    elif (units := _units_for(graph, cfg)) is not None:
+        # Search the unit graph (chains collapsed) and expand its stages back to kernels.
+        def unit_cost(stage: Stage) -> float:
+            return memo_cost(units.expand(stage))
+
+        unit_merge = None
+        if can_merge is not None:
+            def unit_merge(_: OpGraph, us: tuple[int, ...]) -> bool:
+                ops = units.single_kernel(us)
+                return ops is not None and can_merge(graph, ops)
+
+        inner = search(units.graph, unit_cost, replace(cfg, collapse_chains=False),
+                       can_merge=unit_merge, progress=progress, native=native)
+        stages = [units.expand(s) for s in inner.schedule.stages]
+        total = float(inner.schedule.cost or 0.0)
+        stats.parts, stats.states = inner.stats.parts, inner.stats.states
+        stats.transitions = inner.stats.transitions
+        meta["units"] = len(units.members)  # "parts" below are ranges of unit ids
+        if "parts" in inner.schedule.meta:
+            meta["parts"] = inner.schedule.meta["parts"]
+        if "chosen" in inner.schedule.meta:  # a baseline over units: still a unit schedule
+            meta["unit_chosen"] = inner.schedule.meta["chosen"]
+    else:
+        parts = partition(graph, cfg.max_part_size)
+        stats.parts = len(parts)
+        stages = []
+        total = 0.0
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 4 * cfg.max_part_size + 1000))
+        try:
+            iterator: Any = parts
+            if progress:
+                from tqdm import tqdm
+
+                iterator = tqdm(parts, desc="IOS search", unit="part")
+            use_native = native_search_enabled() if native is None else native
+            for lo, hi in iterator:
+                if use_native and hi - lo <= MAX_NATIVE_OPS:
+                    part_stages, part_total, part_states, part_transitions = solve_part_native(
+                        graph, lo, hi, cfg, memo_cost, can_merge)
+                else:
+                    part = _PartSearch(graph, lo, hi, cfg, memo_cost, can_merge)
+                    part_stages = part.stages()
+                    part_total = part.memo[(1 << (hi - lo)) - 1]
+                    part_states, part_transitions = len(part.memo) - 1, part.transitions
+                stages.extend(part_stages)
+                total += part_total
+                stats.states += part_states
+                stats.transitions += part_transitions
+        finally:
+            sys.setrecursionlimit(limit)
+        meta["parts"] = [list(p) for p in parts]
+    if cfg.strategy not in ("sequential", "greedy"):
+        stages, total = _no_worse_than_baselines(graph, cfg, memo_cost, stages, total, meta)
+    stats.cost_calls = memo_cost.counters.calls - calls0
+    stats.stages_costed = memo_cost.counters.distinct - distinct0
+    stats.seconds = time.perf_counter() - t0
+    logger.debug("search %s: %s", cfg.strategy, stats)
+    return SearchResult(Schedule(tuple(stages), total, meta), stats)
+
+
+def candidate_stages(graph: Any, config: Any = None) -> list[Stage]:
+    """Every distinct stage the IOS search of ``graph`` with ``config`` will ask the cost of.
+
+    The DP visits every state and costs every ending whatever the costs are, so one search
+    with a constant cost model records exactly the stages a measured search needs; measure
+    them in one batch with :meth:`MeasuredCost.prefetch`.
+    """
+    seen: dict[tuple[int, str], Stage] = {}
+
+    def record(stage: Stage) -> float:
+        seen.setdefault((stage.mask, stage.strategy), stage)
+        return 1.0
+
+    search(graph, record, config)
+    return list(seen.values())
