@@ -85,45 +85,6 @@ class _DeadlineCost:
         return self.cost(stage)
 
 
-def induced_width(graph: OpGraph, lo: int, hi: int) -> int:
-    """Width (largest antichain) of the nodes ``[lo, hi)`` of ``graph``.
-
-    Reachability inside the range is taken from the whole graph, which is the same thing
-    because ids are topological and the range is contiguous.
-
-    Parameters
-    ----------
-    graph
-        The graph.
-    lo, hi
-        The node range.
-
-    Returns
-    -------
-    int
-        The width, by Dilworth's theorem (range size minus a maximum matching).
-    """
-    n = hi - lo
-    full = ((1 << hi) - 1) ^ ((1 << lo) - 1)
-    desc = [(graph.descendant_masks[lo + i] & full) >> lo for i in range(n)]
-    match = [-1] * n
-
-    def augment(u: int, seen: list[bool]) -> bool:
-        m = desc[u]
-        while m:
-            low = m & -m
-            v = low.bit_length() - 1
-            m ^= low
-            if not seen[v]:
-                seen[v] = True
-                if match[v] < 0 or augment(match[v], seen):
-                    match[v] = u
-                    return True
-        return False
-
-    return n - sum(augment(u, [False] * n) for u in range(n))
-
-
 def partition_info(graph: OpGraph, max_part_size: int) -> dict[str, Any]:
     """Sizes, widths and cut widths of the parts the search will use."""
     parts = partition(graph, max_part_size)
@@ -131,7 +92,7 @@ def partition_info(graph: OpGraph, max_part_size: int) -> dict[str, Any]:
     return {
         "parts": len(parts),
         "sizes": [hi - lo for lo, hi in parts],
-        "widths": [induced_width(graph, lo, hi) for lo, hi in parts],
+        "widths": [graph.range_width(lo, hi) for lo, hi in parts],
         "cut_widths": [widths[lo] for lo, _ in parts[1:]],
     }
 

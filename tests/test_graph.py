@@ -24,12 +24,17 @@ def test_width_is_the_largest_antichain(n, data):
     edges = [(u, v) for v in range(n) for u in range(v) if data.draw(st.booleans())]
     g = OpGraph.from_edges(n, edges)
     reach = g.descendant_masks
-    best = 0
+    lo = data.draw(st.integers(0, n - 1))
+    hi = data.draw(st.integers(lo + 1, n))
+    best = best_range = 0
     for mask in range(1, 1 << n):
         ops = [i for i in range(n) if mask >> i & 1]
         if all(not (reach[a] >> b & 1) for a in ops for b in ops):
             best = max(best, len(ops))
+            if all(lo <= i < hi for i in ops):
+                best_range = max(best_range, len(ops))
     assert g.width == best
+    assert g.range_width(lo, hi) == best_range
 
 
 def test_views_are_not_nodes():

@@ -262,13 +262,18 @@ class OpGraph:
 
     @cached_property
     def width(self) -> int:
-        """Size of a maximum antichain (the most ops that could ever run at once).
+        """Size of a maximum antichain (the most ops that could ever run at once)."""
+        return self.range_width(0, len(self.nodes))
 
-        Computed by Dilworth's theorem as n minus a maximum matching in the reachability
-        bipartite graph.
+    def range_width(self, lo: int, hi: int) -> int:
+        """Size of a maximum antichain among the nodes ``lo .. hi - 1``.
+
+        Computed by Dilworth's theorem as the range's size minus a maximum matching in its
+        reachability bipartite graph (reachability through nodes outside the range counts).
         """
-        n = len(self.nodes)
-        desc = self.descendant_masks
+        n = hi - lo
+        full = ((1 << hi) - 1) ^ ((1 << lo) - 1)
+        desc = [(self.descendant_masks[lo + i] & full) >> lo for i in range(n)]
         match_of_right = [-1] * n
 
         def augment(u: int, seen: list[bool]) -> bool:
@@ -284,8 +289,7 @@ class OpGraph:
                         return True
             return False
 
-        matched = sum(augment(u, [False] * n) for u in range(n))
-        return n - matched
+        return n - sum(augment(u, [False] * n) for u in range(n))
 
     def subgraph_nodes(self, mask: int) -> list[int]:
         """Ids of the nodes in ``mask``, ascending."""

@@ -238,29 +238,13 @@ class Tensor:
         return (self.shape[2], self.shape[3])
 
 
-class OnnxBuilder:
-    """Accumulates ONNX nodes and initializers for one NCHW float32 network (the ONNX backend).
+class ScopedNames:
+    """Unique node names inside nested scopes (``scope/name``, ``_1``, ``_2`` on repeats)."""
 
-    Parameters
-    ----------
-    graph_name
-        Name of the ONNX graph.
-    seed
-        Seed of the weight generator; weights are drawn in layer-creation order.
-    """
-
-    def __init__(self, graph_name: str, seed: int = 0) -> None:
-        self.graph_name = graph_name
-        self.rng = np.random.default_rng(seed)
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.inputs: list[Tensor] = []
-        #: Every tensor created, by name (estimated moments included; for diagnostics).
-        self.tensors: dict[str, Tensor] = {}
+    def __init__(self) -> None:
         self._scope: list[str] = []
         self._used: set[str] = set()
 
-    # ------------------------------------------------------------------ naming
     @contextmanager
     def scope(self, name: str) -> Iterator[None]:
         """Prefix the names of the nodes created inside the ``with`` block by ``name/``."""
@@ -281,6 +265,28 @@ class OnnxBuilder:
             i += 1
         self._used.add(name)
         return name
+
+
+class OnnxBuilder(ScopedNames):
+    """Accumulates ONNX nodes and initializers for one NCHW float32 network (the ONNX backend).
+
+    Parameters
+    ----------
+    graph_name
+        Name of the ONNX graph.
+    seed
+        Seed of the weight generator; weights are drawn in layer-creation order.
+    """
+
+    def __init__(self, graph_name: str, seed: int = 0) -> None:
+        super().__init__()
+        self.graph_name = graph_name
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.inputs: list[Tensor] = []
+        #: Every tensor created, by name (estimated moments included; for diagnostics).
+        self.tensors: dict[str, Tensor] = {}
 
     def _emit(self, op_type: str, inputs: Sequence[str], base: str, shape: Sequence[int],
               mean: float, m2: float, reserved: bool = False, **attrs: object) -> Tensor:

@@ -62,14 +62,13 @@ conv ``strides``, ``padding`` (top, left, bottom, right), ``dilation``, ``groups
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ios_tvm.errors import UnsupportedGraphError
 from ios_tvm.ir.graph import OpGraph, OpNode, TensorInfo
-from ios_tvm.models._builder import IntPair, _out_size, _pair, check_batch
+from ios_tvm.models._builder import IntPair, ScopedNames, _out_size, _pair, check_batch
 from ios_tvm.models.inception_v3 import define_inception_block, define_inception_v3
 from ios_tvm.models.nasnet import define_nasnet_large
 from ios_tvm.models.randwire import RANDWIRE_GRAPHS, define_randwire, load_randwire_graph
@@ -114,7 +113,7 @@ def _kernel_name(ops: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else "fused_" + "_".join(names)
 
 
-class OpGraphBuilder:
+class OpGraphBuilder(ScopedNames):
     """Accumulates nodes and tensors in definition order and turns them into an OpGraph.
 
     Parameters
@@ -127,31 +126,11 @@ class OpGraphBuilder:
         if granularity not in GRANULARITIES:
             raise UnsupportedGraphError(f"unknown granularity {granularity!r}; choose one of "
                                         f"{', '.join(GRANULARITIES)}")
+        super().__init__()
         self.ios = granularity == "ios"
         self.nodes: list[OpNode] = []
         self.tensors: dict[str, TensorInfo] = {}
         self.inputs: list[str] = []
-        self._scope: list[str] = []
-        self._used: set[str] = set()
-
-    # -- naming and bookkeeping ------------------------------------------------------------
-    @contextmanager
-    def scope(self, name: str) -> Iterator[None]:
-        """Prefix the names of the nodes created inside the ``with`` block by ``name/``."""
-        self._scope.append(name)
-        try:
-            yield
-        finally:
-            self._scope.pop()
-
-    def _name(self, base: str) -> str:
-        full = "/".join([*self._scope, base])
-        name, i = full, 1
-        while name in self._used:
-            name = f"{full}_{i}"
-            i += 1
-        self._used.add(name)
-        return name
 
     def _sum_flops(self, x: Value) -> float:
         n, c, h, w = x.shape
