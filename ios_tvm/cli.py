@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ios_tvm.errors import ConfigError, IosTvmError, Terminated
+from ios_tvm.ir.plan import MAX_STREAMS
 from ios_tvm.scheduler.config import SEARCH_STRATEGIES, SearchConfig
 
 logger = logging.getLogger("ios_tvm")
@@ -35,8 +36,8 @@ EXIT_TERMINATED = 143
 
 
 # -- argument types: bad values are usage errors (exit 2), found before any work ---------------
-def _int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer of at least ``low``."""
+def _int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``low`` (and at most ``high`` if given)."""
 
     def parse(text: str) -> int:
         try:
@@ -45,6 +46,8 @@ def _int_at_least(low: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, not {value}")
         return value
 
     return parse
@@ -416,7 +419,7 @@ def _add_model_args(p: argparse.ArgumentParser, *, target: str = "host") -> None
 
 def _add_search_args(p: argparse.ArgumentParser) -> None:
     """IOS's search limits: --max-groups (s), --max-group-size (r), --max-part-size."""
-    p.add_argument("--max-groups", type=_positive, default=8,
+    p.add_argument("--max-groups", type=_int_at_least(1, MAX_STREAMS), default=8,
                    help="groups per stage, IOS s (default 8)")
     p.add_argument("--max-group-size", type=_positive, default=3,
                    help="ops per group, IOS r (default 3)")

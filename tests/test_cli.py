@@ -68,6 +68,7 @@ BAD_FLAGS = [
     ("compile", ["--number", "-5"]), ("compile", ["--number", "0"]),
     ("compile", ["--repeat", "0"]), ("compile", ["--warmup", "-1"]),
     ("compile", ["--rpc-servers", "0"]), ("compile", ["--max-groups", "-3"]),
+    ("compile", ["--max-groups", "3000"]), ("schedule", ["--max-groups", "65"]),
     ("compile", ["--strategy", "fastest"]), ("compile", ["--cpu-layout", "NCWH"]),
     ("tune", ["--trials", "0"]), ("tune", ["--trials-per-iter", "0"]),
     ("tune", ["--seed", "-1"]), ("tune", ["--batch-size", "-1"]),

@@ -488,6 +488,16 @@ def test_search_config_rejects_bad_limits(field, value):
     assert isinstance(info.value, ValueError)  # a user's mistake
 
 
+@pytest.mark.parametrize("field", ["max_groups", "greedy_max_streams"])
+def test_search_config_caps_streams_at_the_executors_limit(field):
+    from ios_tvm.errors import ConfigError
+    from ios_tvm.ir.plan import MAX_STREAMS
+
+    SearchConfig(**{field: MAX_STREAMS})
+    with pytest.raises(ConfigError, match=f"{field} must be at most {MAX_STREAMS}"):
+        SearchConfig(**{field: MAX_STREAMS + 1})
+
+
 def test_unknown_analytic_device_names_the_presets():
     from ios_tvm.errors import ConfigError
 

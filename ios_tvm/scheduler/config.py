@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ios_tvm.errors import ConfigError
+from ios_tvm.ir.plan import MAX_STREAMS
 
 #: Scheduling strategies: the two baselines and IOS's three variants.
 #: ``concurrent`` is IOS-Parallel, ``merge`` is IOS-Merge, ``both`` is IOS-Both.
@@ -53,6 +54,12 @@ class SearchConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        # Groups of a stage run on as many streams (worker threads on CPU); the executor
+        # refuses plans above MAX_STREAMS, so say so here, before any lowering or measuring.
+        for name in ("max_groups", "greedy_max_streams"):
+            if getattr(self, name) > MAX_STREAMS:
+                raise ConfigError(f"{name} must be at most {MAX_STREAMS} (the executor's stream "
+                                  f"limit), got {getattr(self, name)}")
         if self.collapse_chains not in (None, True, False):
             raise ConfigError(f"collapse_chains must be None, True or False, got "
                               f"{self.collapse_chains!r}")
