@@ -144,7 +144,7 @@ def run_once(extraction: Any, lib: Any, cache_path: Path, settings: ProfileSetti
            "cached": cost.cache_hits, "profile_s": timed.seconds, "search_s": search_s,
            "setup_s": setup_s,
            "per_stage_ms": 1e3 * timed.seconds / cost.measured if cost.measured else None,
-           "repeats": getattr(timed.inner, "repeats", None),
+           "stage_runs": getattr(timed.inner, "runs", None),
            "dp_and_rest_s": search_s - timed.seconds,
            "schedule": result.schedule.summary(),
            "estimated_ms": 1e3 * (result.schedule.cost or 0.0)}
