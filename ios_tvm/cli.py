@@ -237,6 +237,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     if result.kernel_schedules:
         print("kernel schedules: " + ", ".join(
             f"{n} {how}" for how, n in sorted(result.kernel_schedules.items())))
+    for name, f in result.fidelity.items():
+        print(f"{name}: predicted {f['predicted_ms']:.3f} ms (sum of stage costs), measured "
+              f"{f['measured_ms']:.3f} ms, error {f['rel_error']:+.0%}")
     print(f"chosen: {result.chosen} ({result.reason})")
     costed, measured, cached = (result.search_stats.stages_costed, result.stages_measured,
                                 result.stages_cached)
@@ -531,8 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="IOS strategies to search and time (default: concurrent)")
     _add_search_args(p)
     _add_measure_args(p)
-    p.add_argument("--rounds", type=_positive, default=7,
-                   help="whole-run timing rounds (default 7)")
+    p.add_argument("--rounds", type=_positive, default=9,
+                   help="whole-run timing rounds (default 9: the paired decision then ignores "
+                        "one wild round)")
     p.add_argument("--min-ms", type=_float_at_least(0.0), default=100.0,
                    help="least time per variant per round (default 100)")
     _add_layout_arg(p)

@@ -26,8 +26,8 @@
  * is refused until every input has been set.
  *
  * The executor is a tvm-ffi Module with the functions set_input, get_output, run,
- * profile_stage, num_inputs, num_outputs, num_streams, missing_inputs, set_cuda_graph and
- * cuda_graph_stats.
+ * profile_stage, profile_run, profile_stages, num_inputs, num_outputs, num_streams,
+ * missing_inputs, set_cuda_graph and cuda_graph_stats.
  */
 #include <dlfcn.h>
 #include <sched.h>
@@ -559,6 +559,16 @@ class ExecutorObj : public ffi::ModuleObj {
           [self](ffi::Array<ffi::Array<int64_t>> groups, int64_t warmup, int64_t number,
                  int64_t repeat) { return self->ProfileStage(groups, warmup, number, repeat); });
     }
+    if (name == "profile_run") {
+      return ffi::Function::FromTyped([self](int64_t warmup, int64_t repeat) {
+        return self->ProfileRun(warmup, repeat);
+      });
+    }
+    if (name == "profile_stages") {
+      return ffi::Function::FromTyped(
+          [self](ffi::Array<ffi::Array<ffi::Array<int64_t>>> stages, int64_t warmup,
+                 int64_t repeat) { return self->ProfileStages(stages, warmup, repeat); });
+    }
     if (name == "num_inputs") {
       return ffi::Function::FromTyped([self]() { return int64_t(self->inputs_.size()); });
     }
@@ -1065,6 +1075,88 @@ class ExecutorObj : public ffi::ModuleObj {
         auto t1 = std::chrono::steady_clock::now();
         out.push_back(std::chrono::duration<double>(t1 - t0).count() / number);
       }
+    }
+    return ffi::Array<double>(out.begin(), out.end());
+  }
+
+  // -- profiling stages the way a plan runs them (ios_tvm/compiler/fidelity.py) ------------------
+  /*! \brief Per-stage seconds of `repeat` whole runs of the plan, after `warmup` runs.
+   *
+   * Row-major, repeat x (num_stages + 1): each row holds every stage's seconds, timed by a
+   * steady clock around the stage inside a real run (same threads, pool shares and order as
+   * run()), then the seconds of the whole run. On CUDA stream 0 is synchronised after each
+   * stage so that its time can be read on the host (this adds one synchronisation per
+   * stage; run() has none). Inputs need not be set (their values do not matter for timing). */
+  ffi::Array<double> ProfileRun(int64_t warmup, int64_t repeat) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return TimeStages(stages_, warmup, repeat);
+  }
+
+  /*! \brief As ProfileRun, for a sequence of stages given by call ids (any order the caller
+   * wants: e.g. a candidate stage after the stages that precede it in a plan). */
+  ffi::Array<double> ProfileStages(const ffi::Array<ffi::Array<ffi::Array<int64_t>>>& stages,
+                                   int64_t warmup, int64_t repeat) {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<Stage> seq;
+    for (const auto& groups : stages) {
+      if (groups.empty() || static_cast<int>(groups.size()) > num_streams_) {
+        TVM_FFI_THROW(ValueError) << "a profiled stage needs 1.." << num_streams_
+                                  << " groups, got " << groups.size();
+      }
+      Stage stage;
+      for (const auto& g : groups) {
+        Group group;
+        for (int64_t c : g) {
+          if (c < 0 || c >= static_cast<int64_t>(calls_.size())) {
+            TVM_FFI_THROW(ValueError) << "profile_stages names missing call " << c;
+          }
+          group.push_back(static_cast<int>(c));
+        }
+        if (group.empty()) TVM_FFI_THROW(ValueError) << "profile_stages: an empty group";
+        stage.push_back(std::move(group));
+      }
+      seq.push_back(std::move(stage));
+    }
+    return TimeStages(seq, warmup, repeat);
+  }
+
+  ffi::Array<double> TimeStages(const std::vector<Stage>& seq, int64_t warmup, int64_t repeat) {
+    if (repeat < 1 || warmup < 0) {
+      TVM_FFI_THROW(ValueError) << "profiling runs need warmup >= 0 and repeat >= 1";
+    }
+    using Clock = std::chrono::steady_clock;
+    const bool cuda = device_.device_type == kDLCUDA;
+    std::vector<double> out;
+    out.reserve(static_cast<size_t>(repeat) * (seq.size() + 1));
+    auto sync = [this, cuda] {
+      if (!cuda) return;
+      const CudaApi& api = CudaApi::Get();
+      api.Check(api.stream_synchronize(streams_[0]), "cudaStreamSynchronize");
+    };
+    auto body = [&] {
+      for (int64_t i = 0; i < warmup; ++i) {
+        for (const Stage& stage : seq) RunStage(stage);
+        sync();
+      }
+      for (int64_t r = 0; r < repeat; ++r) {
+        const auto start = Clock::now();
+        auto t = start;
+        for (const Stage& stage : seq) {
+          RunStage(stage);
+          sync();
+          const auto now = Clock::now();
+          out.push_back(std::chrono::duration<double>(now - t).count());
+          t = now;
+        }
+        out.push_back(std::chrono::duration<double>(t - start).count());
+      }
+    };
+    if (cuda) {
+      StreamGuard guard(device_);
+      body();
+    } else {
+      KernelThreadsGuard restore{kernel_threads_};
+      body();
     }
     return ffi::Array<double>(out.begin(), out.end());
   }

@@ -61,7 +61,23 @@ MODELS: dict[str, Callable[[], Any]] = {
     "inception": lambda: om.inception_block(channels=16, size=16),
     "residual": lambda: om.residual_block(channels=32, size=14),
     "transformer": lambda: om.transformer_layer(seq=32, dim=64),
+    # The zoo (ios_tvm/models), NHWC convs as build() lowers them on CPU.
+    "sample": lambda: zoo("sample"),
+    "squeezenet": lambda: zoo("squeezenet"),
+    "inception_v3": lambda: zoo("inception_v3"),
+    "resnet50": lambda: zoo("resnet50"),
+    "randwire": lambda: zoo("randwire"),
+    "nasnet": lambda: zoo("nasnet"),
 }
+ZOO = ("sample", "squeezenet", "inception_v3", "resnet50", "randwire", "nasnet")
+#: The models run by default (the zoo's large ones take minutes to measure; name them).
+DEFAULT_MODELS = ("sample-32x14", "sample-64x28", "inception", "residual", "transformer")
+
+
+def zoo(name: str) -> Any:
+    from ios_tvm.models import resolve_model
+
+    return resolve_model(name)
 
 
 class TimedProfiler:
@@ -93,13 +109,15 @@ class TimedProfiler:
 
 
 def run_once(extraction: Any, lib: Any, cache_path: Path, settings: ProfileSettings,
-             cfg: SearchConfig, rpc: tuple[str, str] | None) -> dict[str, Any]:
+             cfg: SearchConfig, rpc: tuple[str, str] | None,
+             adaptive: bool = True) -> dict[str, Any]:
     """One measured search on ``cache_path``; its counters and timings."""
     t0 = time.perf_counter()
     remote = None
     if rpc is None:
         cost = measured_cost(extraction, max_groups=cfg.max_groups,
                             cache=MeasurementCache(cache_path), settings=settings, lib=lib)
+        cost.profiler.adaptive = adaptive
         cost.profiler = timed = TimedProfiler(cost.profiler)
     else:
         from ios_tvm.cost.rpc import RPCProfiler
@@ -126,6 +144,8 @@ def run_once(extraction: Any, lib: Any, cache_path: Path, settings: ProfileSetti
            "cached": cost.cache_hits, "profile_s": timed.seconds, "search_s": search_s,
            "setup_s": setup_s,
            "per_stage_ms": 1e3 * timed.seconds / cost.measured if cost.measured else None,
+           "stage_runs": getattr(timed.inner, "runs", None),
+           "dp_and_rest_s": search_s - timed.seconds,
            "schedule": result.schedule.summary(),
            "estimated_ms": 1e3 * (result.schedule.cost or 0.0)}
     if remote is not None:
@@ -134,15 +154,16 @@ def run_once(extraction: Any, lib: Any, cache_path: Path, settings: ProfileSetti
 
 
 def bench_model(name: str, model: Any, settings: ProfileSettings, cfg: SearchConfig,
-                rpc: tuple[str, str] | None) -> dict[str, Any]:
+                rpc: tuple[str, str] | None, adaptive: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
-    extraction = graph_from_model(model, "llvm")
+    layout = "NHWC" if name in ZOO else None
+    extraction = graph_from_model(model, "llvm", cpu_layout=layout)
     lib = build_kernel_library(extraction.mod, extraction.target)
     compile_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="ios_bench_prof_") as tmp:
         path = Path(tmp) / "m.sqlite"
-        cold = run_once(extraction, lib, path, settings, cfg, rpc)
-        warm = run_once(extraction, lib, path, settings, cfg, rpc)
+        cold = run_once(extraction, lib, path, settings, cfg, rpc, adaptive)
+        warm = run_once(extraction, lib, path, settings, cfg, rpc, adaptive)
     return {"model": name, "kernels": len(extraction.graph.nodes),
             "width": extraction.graph.width, "compile_s": compile_s, "cold": cold,
             "warm": warm}
@@ -173,12 +194,14 @@ def default_out() -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=",".join(MODELS),
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS),
                     help=f"comma-separated, from {', '.join(MODELS)}")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--number", type=int, default=6)
     ap.add_argument("--repeat", type=int, default=6)
     ap.add_argument("--max-groups", type=int, default=8)
+    ap.add_argument("--fixed", action="store_true",
+                    help="time every stage with all --repeat repeats (no adaptive stop)")
     ap.add_argument("--rpc-tracker", help="profile on the servers of this tracker (HOST:PORT)")
     ap.add_argument("--rpc-key", help="device key of the RPC servers")
     ap.add_argument("--out", type=Path, default=None,
@@ -199,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     for name in names:
         print(f"{name} ...", flush=True)
-        rows.append(bench_model(name, MODELS[name](), settings, cfg, rpc))
+        rows.append(bench_model(name, MODELS[name](), settings, cfg, rpc, not args.fixed))
     print_table(rows)
     doc = {
         "format": "ios_tvm.bench_profiling", "version": 1,
@@ -208,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine,
         "settings": {"warmup": settings.warmup, "number": settings.number,
                      "repeat": settings.repeat, "max_groups": cfg.max_groups,
+                     "adaptive": not args.fixed,
                      "rpc_tracker": args.rpc_tracker, "rpc_key": args.rpc_key},
         "seconds": time.perf_counter() - t0,
         "models": rows,

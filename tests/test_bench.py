@@ -14,6 +14,7 @@ from ios_tvm.bench.harness import BenchReport, bench
 from ios_tvm.bench.timing import time_rounds
 from ios_tvm.bench.torch_onnx import available as torch_available
 from ios_tvm.cli import main
+from ios_tvm.compiler.choose import median_interval
 from ios_tvm.errors import IosTvmError
 from ios_tvm.ir.schedule import Schedule
 
@@ -63,14 +64,33 @@ def test_report_describes_each_schedule(sample_report: BenchReport) -> None:
 
 
 def test_shipped_follows_the_never_slower_rule(sample_report: BenchReport) -> None:
+    """The build's paired rule: IOS ships iff the upper end of the interval of the median
+    paired ratio IOS/sequential over the rounds is at most 1 - margin."""
     r = sample_report
     seq = r.median_ms["sequential"]
     for strategy in ("concurrent", "merge"):
         ios = r.median_ms[f"ios/{strategy}"]
-        expect = "ios" if ios <= seq * (1 - 0.03) else "sequential"
+        ratios = [a / b for a, b in zip(r.samples_ms[f"ios/{strategy}"],
+                                        r.samples_ms["sequential"], strict=True)]
+        _, high, _ = median_interval(ratios)
+        expect = "ios" if high <= 1 - 0.03 else "sequential"
         assert r.shipped[strategy] == expect
         assert r.shipped_ms[strategy] == (ios if expect == "ios" else seq)
+        evidence = r.decisions[strategy]["evidence"]
+        assert evidence["rounds"] == 2 and evidence["interval"][1] == pytest.approx(high)
+        assert evidence["ratios"] == pytest.approx(ratios)
     assert "onnxruntime" in r.table() and "shipped by build" in r.table()
+
+
+def test_fidelity_of_every_timed_plan(sample_report: BenchReport) -> None:
+    r = sample_report
+    assert set(r.fidelity) == {"sequential", "greedy", "ios/concurrent", "ios/merge"}
+    for plan, f in r.fidelity.items():
+        assert f["predicted_ms"] == pytest.approx(sum(r.search[plan]["stage_ms"]))
+        assert f["measured_ms"] == pytest.approx(r.median_ms[plan])
+        assert f["rel_error"] == pytest.approx((f["predicted_ms"] - f["measured_ms"])
+                                               / f["measured_ms"])
+    assert "fidelity ios/concurrent: predicted" in r.table()
 
 
 def test_time_rounds_interleaves_and_pauses() -> None:
@@ -80,8 +100,9 @@ def test_time_rounds_interleaves_and_pauses() -> None:
     samples = time_rounds(runners, rounds=3, min_ms=0.0, warmup=1, pause_ms=20.0,
                           turn_warmup=1)
     elapsed = time.perf_counter() - t0
-    # Warm-up, then per round each runner's turn: one untimed run, one timed run.
-    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3
+    # Warm-up, then per round each runner's turn (the order rotated every round): one
+    # untimed run, one timed run.
+    assert calls == ["a", "b"] + ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
     assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3}
     assert elapsed >= 6 * 0.02  # a pause before every turn
 

@@ -178,9 +178,42 @@ def test_guard_rejects_a_genuinely_slower_plan() -> None:
 
 
 def test_search_choosing_sequential_ships_sequential() -> None:
-    r = build(om.residual_block(), "llvm", cost="analytic", settings=FAST, compare_vm=False)
+    r = build(om.residual_block(), "llvm", cost="analytic", settings=FAST, compare_vm=False,
+              rounds=3)
     # A chain: the only schedule is sequential.
     assert r.chosen == "sequential" and "chose the sequential" in r.reason
+    # One schedule, one plan, timed once: not twice under two names.
+    assert set(r.samples) == {"sequential"} and len(r.samples["sequential"]) == 3
+    assert r.latencies["ios"] == r.latencies["sequential"]
+    assert r.decision is not None and r.decision.evidence is None
+    assert set(r.fidelity) == {"sequential"}
+
+
+def test_guard_decides_on_paired_rounds_and_reports_fidelity() -> None:
+    model = om.inception_block()
+    r = build(model, "llvm", cost="analytic", settings=FAST, rounds=5, min_ms=2.0,
+              config=SearchConfig(strategy="greedy"))
+    assert set(r.samples) == {"ios", "sequential", "relax_vm"}
+    assert all(len(v) == 5 for v in r.samples.values())
+    e = r.decision.evidence
+    assert e is not None and e.rounds == 5
+    ratios = [a / b for a, b in zip(r.samples["ios"], r.samples["sequential"], strict=True)]
+    assert e.ratios == pytest.approx(ratios)
+    assert e.interval[0] <= e.median_ratio <= e.interval[1]
+    assert r.chosen == ("ios" if e.interval[1] <= 0.97 else "sequential")
+    s = r.summary()
+    assert s["decision"]["evidence"]["rounds"] == 5 and "rule" in s["decision"]["evidence"]
+    assert set(s["fidelity"]) == {"ios", "sequential"}
+    for plan in ("ios", "sequential"):
+        f = r.fidelity[plan]
+        assert f["measured_ms"] == pytest.approx(r.latencies[plan] * 1e3)
+        assert f["rel_error"] == pytest.approx((f["predicted_ms"] - f["measured_ms"])
+                                               / f["measured_ms"])
+    shipped = r.fidelity[r.chosen]
+    assert shipped["predicted_ms"] == pytest.approx(
+        sum(r.artifact.plan.meta["stage_seconds"]) * 1e3)
+    assert r.artifact.plan.meta["fidelity"] == r.fidelity
+    json.dumps(s)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from ios_tvm.bench.baselines import add_torch_runners, onnx_proto, ort_runner
 from ios_tvm.bench.timing import machine_info, time_rounds
 from ios_tvm.compiler.build import load_and_extract
 from ios_tvm.compiler.choose import choose_plan
+from ios_tvm.compiler.fidelity import fidelity
 from ios_tvm.compiler.inputs import profiling_inputs
 from ios_tvm.compiler.layout import warn_merge_layout
 from ios_tvm.compiler.merge import MergeCompiler
@@ -76,7 +77,11 @@ class BenchReport:
     plan's schedule (``schedule_json``, the cost model's ``stage_ms``, and for IOS plans the
     search time and stages measured). ``shipped`` is the IOS variant that
     :func:`ios_tvm.build` would ship for each strategy: IOS when it beats sequential by the
-    build's margin, sequential otherwise (``shipped_ms`` its time).
+    build's margin, sequential otherwise (``shipped_ms`` its time), decided as the build
+    decides, on the paired rounds (``decisions[strategy]``: the choice, its reason and
+    evidence: rounds, median paired ratio, interval, rule). ``fidelity[plan]`` holds each
+    timed plan's predicted latency (the sum of its stage costs, ``predicted_ms``), its
+    measured median (``measured_ms``) and ``rel_error`` = (predicted - measured) / measured.
     """
 
     model: str
@@ -92,6 +97,8 @@ class BenchReport:
     peak_activation_bytes: dict[str, int] = field(default_factory=dict)
     shipped: dict[str, str] = field(default_factory=dict)
     shipped_ms: dict[str, float] = field(default_factory=dict)
+    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fidelity: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
@@ -125,6 +132,12 @@ class BenchReport:
         for strategy, what in self.shipped.items():
             lines.append(f"shipped by build for {strategy}: {what} "
                          f"({self.shipped_ms[strategy]:.3f} ms)")
+            why = self.decisions.get(strategy, {}).get("reason")
+            if why:
+                lines.append(f"  because {why}")
+        for plan, f in self.fidelity.items():
+            lines.append(f"fidelity {plan}: predicted {f['predicted_ms']:.3f} ms, measured "
+                         f"{f['measured_ms']:.3f} ms ({f['rel_error']:+.0%})")
         for plan, info in self.search.items():
             if "search_seconds" in info:
                 lines.append(f"search {plan}: {info['search_seconds']:.2f} s, "
@@ -155,7 +168,7 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
           params: dict[str, Any] | None = None,
           strategies: Sequence[str] = ("concurrent",), cost: str = "measured",
           config: SearchConfig | None = None, cache: Any = True, database: Any = None,
-          rounds: int = 7, min_ms: float = 100.0, settings: Any = None,
+          rounds: int = 9, min_ms: float = 100.0, settings: Any = None,
           onnxruntime: bool = True, relax_vm: bool = True, greedy: bool = True,
           pytorch: Sequence[str] = ("eager", "compile"), margin: float = 0.03,
           progress: bool = False, name: str | None = None,
@@ -187,7 +200,9 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
         As for :func:`ios_tvm.build`: measurement cache, MetaSchedule database,
         :class:`~ios_tvm.cost.base.ProfileSettings` for stage measurement.
     rounds, min_ms
-        Whole-run timing: rounds of the round-robin, least time per runner per round.
+        Whole-run timing: rounds of the round-robin, least time per runner per round (the
+        build's decision is made on these paired rounds; 9 give a 96% interval that ignores
+        one wild round).
     onnxruntime, relax_vm, greedy
         Include these baselines.
     pytorch
@@ -346,17 +361,22 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
     seconds["timing"] = time.perf_counter() - t3
     median = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
     seq_ms = median["sequential"]
-    shipped, shipped_ms = {}, {}
+    shipped, shipped_ms, decisions = {}, {}, {}
     for strategy in strategies:
         key = f"ios/{strategy}"
         for suffix in ("/graph", "") if device_type == "cuda" else ("",):
             if key + suffix in median:
-                ios_ms, base = median[key + suffix], median.get("sequential" + suffix, seq_ms)
+                base_key = ("sequential" + suffix if "sequential" + suffix in samples
+                            else "sequential")
                 choice = choose_plan(
-                    ios_ms, base, margin=margin,
+                    samples[key + suffix], samples[base_key], margin=margin,
                     same_schedule=schedules[key].stages == schedules["sequential"].stages)
                 shipped[strategy + suffix] = choice.chosen
-                shipped_ms[strategy + suffix] = ios_ms if choice.chosen == "ios" else base
+                shipped_ms[strategy + suffix] = (median[key + suffix] if choice.chosen == "ios"
+                                                 else median[base_key])
+                decisions[strategy + suffix] = choice.to_json()
+    fid = fidelity({k: [x / 1e3 for x in search_info[k]["stage_ms"]] for k in schedules},
+                   {k: median[k] / 1e3 for k in schedules if k in median})
     return BenchReport(
         model=name, target=str(extraction.target),
         input_shapes={n: list(x.shape) for n, x in zip(names, inputs, strict=True)},
@@ -364,7 +384,8 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
         median_ms=median, samples_ms={k: [s * 1e3 for s in v] for k, v in samples.items()},
         speedup_vs_sequential={k: seq_ms / v for k, v in median.items()},
         max_abs_err=errors, reference=reference, search=search_info,
-        peak_activation_bytes=peak, shipped=shipped, shipped_ms=shipped_ms, seconds=seconds,
+        peak_activation_bytes=peak, shipped=shipped, shipped_ms=shipped_ms,
+        decisions=decisions, fidelity=fid, seconds=seconds,
         settings={"strategies": list(strategies), "cost": cost, "rounds": rounds,
                   "min_ms": min_ms, "batch_size": batch_size, "margin": margin,
                   "config": base_cfg.to_json(), "database": str(database) if database else None,

@@ -12,10 +12,11 @@ import datetime as _dt
 import os
 import platform
 import subprocess
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from ios_tvm.compiler.choose import time_paired
 
 
 # -- machine and timing (shared by scripts/bench*.py) ---------------------------------------------
@@ -74,7 +75,9 @@ def time_rounds(runners: Mapping[str, Callable[[], Any]], rounds: int, min_ms: f
                 progress: bool = False) -> dict[str, list[float]]:
     """Seconds per run of each runner: one sample per round, runners interleaved.
 
-    Each runner is called ``warmup`` times first (allocations, caches, thread pools). In
+    The build's own paired timing (:func:`ios_tvm.compiler.choose.time_paired`, the order
+    rotated every round) with a longer default pause. Each runner is called ``warmup`` times
+    first (allocations, caches, thread pools). In
     every round each runner then takes a turn: the process sleeps ``pause_ms``, the runner
     runs ``turn_warmup`` times untimed, then back to back for at least ``min_ms``; the mean
     of that turn is its sample. Runners must return only when their work has finished.
@@ -85,26 +88,5 @@ def time_rounds(runners: Mapping[str, Callable[[], Any]], rounds: int, min_ms: f
     Why the warm-up in each turn: after the pause a runner's own pool has gone to sleep,
     and the first run pays for waking it.
     """
-    for run in runners.values():
-        for _ in range(warmup):
-            run()
-    out: dict[str, list[float]] = {k: [] for k in runners}
-    iterator: Any = range(rounds)
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(iterator, desc="timing", unit="round", leave=False)
-    for _ in iterator:
-        for name, run in runners.items():
-            if pause_ms > 0:
-                time.sleep(pause_ms / 1e3)
-            for _ in range(turn_warmup):
-                run()
-            n, elapsed = 0, 0.0
-            t0 = time.perf_counter()
-            while n < 1 or elapsed * 1e3 < min_ms:
-                run()
-                n += 1
-                elapsed = time.perf_counter() - t0
-            out[name].append(elapsed / n)
-    return out
+    return time_paired(runners, rounds, min_ms, warmup=warmup, pause_ms=pause_ms,
+                       turn_warmup=turn_warmup, progress=progress)

@@ -8,9 +8,12 @@
    latencies are cached on disk; :mod:`ios_tvm.compiler.profiling`), or take the schedule
    :class:`~ios_tvm.compiler.transform.InterOperatorSchedule` recorded on the module;
 3. :func:`lower_plans`: lower the IOS and the sequential schedules to artifacts;
-4. :func:`time_plans`: time both plans (and TVM's Relax VM) on the device;
-5. :func:`~ios_tvm.compiler.choose.choose_plan`: ship the IOS plan only if it beats the
-   sequential one by ``margin``.
+4. :func:`time_plans`: time both plans (and TVM's Relax VM) on the device, interleaved in
+   paired rounds (one plan only when the search returned the sequential schedule);
+5. :func:`~ios_tvm.compiler.choose.choose_plan`: ship the IOS plan only if the median of its
+   paired ratios to the sequential plan, with a stated confidence, beats it by ``margin``;
+6. :func:`~ios_tvm.compiler.fidelity.fidelity`: each timed plan's predicted latency (sum of its
+   stage costs) beside its measured median, and the relative error.
 
 The result carries every latency measured; the plan records the schedule and what it is
 specialised for (device, target, input shapes).
@@ -19,6 +22,7 @@ specialised for (device, target, input shapes).
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from ios_tvm.compiler.choose import choose_plan
+from ios_tvm.compiler.choose import Choice, choose_plan, time_paired
 from ios_tvm.compiler.extract import Extraction, graph_from_model
+from ios_tvm.compiler.fidelity import fidelity
 from ios_tvm.compiler.frontend import describe_model, tvm_errors
 from ios_tvm.compiler.inputs import index_bounds_of, profiling_inputs
 from ios_tvm.compiler.kernel_schedules import schedule_report
@@ -72,6 +77,12 @@ class BuildResult:
 
     ``chosen`` is ``"ios"`` or ``"sequential"``; ``latencies`` holds median seconds per run of
     ``ios``, ``sequential`` and ``relax_vm`` (when measured); ``reason`` explains the choice.
+    When the search returned the sequential schedule there is one plan, timed once, and
+    ``latencies["ios"]`` is that same measurement. ``samples`` holds each plan's seconds per
+    round (the plans are timed interleaved, in paired rounds), ``decision`` the guard's
+    choice with its evidence (rounds, median paired ratio, interval, rule;
+    :class:`~ios_tvm.compiler.choose.Choice`), and ``fidelity`` per timed plan its predicted
+    latency (the sum of its stage costs), measured median and relative error.
     On CUDA both executor modes are timed: ``ios_eager``, ``ios_graph``, ``sequential_eager``
     and ``sequential_graph`` (one CUDA graph launch per run), with ``ios`` and ``sequential``
     the mode the artifact runs in, and ``relax_vm_graph`` (the Relax VM with
@@ -90,6 +101,9 @@ class BuildResult:
     seconds: dict[str, float] = field(default_factory=dict)
     peak_bytes: dict[str, int] = field(default_factory=dict)
     kernel_schedules: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    decision: Choice | None = None
+    fidelity: dict[str, dict[str, float]] = field(default_factory=dict)
     _executor: Executor | None = None
 
     @property
@@ -115,7 +129,9 @@ class BuildResult:
                 "stages_measured": self.stages_measured, "stages_cached": self.stages_cached,
                 "stages_reused": self.stages_reused,
                 "seconds": self.seconds, "peak_activation_bytes": self.peak_bytes,
-                "kernel_schedules": self.kernel_schedules}
+                "kernel_schedules": self.kernel_schedules,
+                "decision": self.decision.to_json() if self.decision is not None else None,
+                "fidelity": self.fidelity}
 
 
 def build(model: Any, target: Any = "llvm", *,
@@ -128,7 +144,7 @@ def build(model: Any, target: Any = "llvm", *,
           rpc_key: str | None = None, rpc_servers: int | None = None,
           cuda_graph: bool | None = None, database: Any = None,
           cpu_schedule: bool = True, cpu_layout: str | None = "NHWC",
-          sample_inputs: Any = None) -> BuildResult:
+          sample_inputs: Any = None, rounds: int = 9, min_ms: float = 20.0) -> BuildResult:
     """Compile ``model`` for ``target`` with an IOS schedule run by the ios-tvm executor.
 
     Parameters
@@ -199,6 +215,11 @@ def build(model: Any, target: Any = "llvm", *,
         (:func:`~ios_tvm.compiler.inputs.profiling_inputs`: random floats; ids that index an
         embedding drawn within its rows; other integers zero). Give real inputs when a
         model's speed or validity depends on the values.
+    rounds, min_ms
+        Whole-plan timing: the plans (and the Relax VM) are timed interleaved in ``rounds``
+        paired rounds, each plan for at least ``min_ms`` per round
+        (:func:`~ios_tvm.compiler.choose.time_paired`); the guard decides on the paired
+        ratios. 9 rounds give a 96% interval that ignores one wild round.
     """
     cfg = config or SearchConfig()
     settings = settings or ProfileSettings()
@@ -206,6 +227,8 @@ def build(model: Any, target: Any = "llvm", *,
         raise ConfigError("remote profiling needs both rpc_tracker (HOST:PORT) and rpc_key")
     if not (cost in ("measured", "analytic") or callable(cost)):
         raise ConfigError(f"unknown cost {cost!r}; use 'measured', 'analytic' or a callable")
+    if rounds < 1:
+        raise ConfigError(f"rounds must be at least 1, not {rounds}")
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     extraction, lib = load_and_extract(model, target, input_shapes=input_shapes, params=params,
@@ -235,21 +258,27 @@ def build(model: Any, target: Any = "llvm", *,
                  else device_name(device_type) if measure else "unmeasured")
         ios_art, seq_art = lower_plans(extraction, lib, searched, params=params, where=where,
                                        cost_name=cost if isinstance(cost, str) else "custom")
+        seq = sequential_schedule(extraction.graph)
+        same = searched.schedule.stages == seq.stages
         latencies: dict[str, float] = {}
+        samples: dict[str, list[float]] = {}
         use_graph = device_type == "cuda" and cuda_graph is not False
         if measure:
             t2 = time.perf_counter()
-            latencies, use_graph = time_plans(
-                {"ios": ios_art, "sequential": seq_art}, inputs, settings,
-                device_type=device_type, cuda_graph=cuda_graph, profiler=profiler)
-            if compare_vm and profiler is None:
-                latencies.update(relax_vm_latencies(extraction, inputs, settings, params,
-                                                    device_type))
+            # One schedule is timed once: when the search returned sequential, one plan.
+            plans = {"sequential": seq_art} if same else {"ios": ios_art, "sequential": seq_art}
+            extra = (relax_vm_runners(extraction, inputs, params, device_type)
+                     if compare_vm and profiler is None else {})
+            latencies, use_graph, samples = time_plans(
+                plans, inputs, settings, device_type=device_type, cuda_graph=cuda_graph,
+                profiler=profiler, rounds=rounds, min_ms=min_ms, extra=extra)
+            if same:
+                for key in [k for k in latencies if k.startswith("sequential")]:
+                    latencies["ios" + key[len("sequential"):]] = latencies[key]
             seconds["measure_plans"] = time.perf_counter() - t2
-    seq = sequential_schedule(extraction.graph)
-    same = searched.schedule.stages == seq.stages
-    choice = choose_plan(latencies.get("ios"), latencies.get("sequential"), same_schedule=same,
-                         margin=margin, where=where)
+    choice = choose_plan(samples.get("ios", latencies.get("ios")),
+                         samples.get("sequential", latencies.get("sequential")),
+                         same_schedule=same, margin=margin, where=where)
     if choice.chosen == "sequential" and not same:
         logger.warning("%s", choice.reason)  # the searched plan lost on the device
     art = ios_art if choice.chosen == "ios" else seq_art
@@ -259,12 +288,17 @@ def build(model: Any, target: Any = "llvm", *,
         art.plan.meta["cuda_graph"] = use_graph  # type: ignore[index]
     seconds["total"] = time.perf_counter() - t0
     report = schedule_report(extraction.mod)
+    timed = {"sequential": seq_art} if same else {"ios": ios_art, "sequential": seq_art}
+    fid = fidelity({k: a.plan.meta["stage_seconds"] for k, a in timed.items()},  # type: ignore[index]
+                   {k: latencies[k] for k in timed if k in latencies})
+    art.plan.meta["fidelity"] = fid  # type: ignore[index]
     return BuildResult(art, searched.schedule if choice.chosen == "ios" else seq, choice.chosen,
                        choice.reason, latencies, searched.stats, searched.measured,
                        searched.cached, searched.reused, seconds,
                        {"ios": ios_art.plan.activation_nbytes,
                         "sequential": seq_art.plan.activation_nbytes},
-                       report.counts if report is not None else {})
+                       report.counts if report is not None else {},
+                       {k: list(v) for k, v in samples.items()}, choice, fid)
 
 
 # -- the steps ---------------------------------------------------------------------------------
@@ -390,26 +424,45 @@ def lower_plans(extraction: Extraction, lib: Any, searched: SearchOutcome, *,
 
 def time_plans(artifacts: dict[str, Artifact], inputs: list[np.ndarray],
                settings: ProfileSettings, *, device_type: str, cuda_graph: bool | None = None,
-               profiler: Any = None) -> tuple[dict[str, float], bool]:
-    """Median seconds per run of each plan, and whether the CUDA graph mode held.
+               profiler: Any = None, rounds: int = 9, min_ms: float = 20.0,
+               extra: dict[str, Callable[[], Any]] | None = None
+               ) -> tuple[dict[str, float], bool, dict[str, list[float]]]:
+    """Median seconds per run of each plan, whether the CUDA graph mode held, and the samples.
 
-    On CUDA each plan is timed eagerly (``<name>_eager``) and as a CUDA graph
-    (``<name>_graph``, unless ``cuda_graph`` is False), and ``<name>`` is the mode that
-    ships; a plan that cannot be captured turns graph mode off for all (an error when
-    ``cuda_graph`` is True). With a remote ``profiler`` the plans run on one of its servers.
+    Every runner (each plan, in each mode, and the ``extra`` ones, e.g. the Relax VM) is
+    timed interleaved in ``rounds`` paired rounds (:func:`~ios_tvm.compiler.choose.time_paired`);
+    the samples hold each runner's seconds per round. On CUDA each plan is timed eagerly
+    (``<name>_eager``) and as a CUDA graph (``<name>_graph``, unless ``cuda_graph`` is
+    False), and ``<name>`` is the mode that ships; a plan that cannot be captured turns graph
+    mode off for all (an error when ``cuda_graph`` is True). With a remote ``profiler`` the
+    plans run on one of its servers, one whole-plan benchmark per plan per round.
+    ``settings`` (warm-up) applies to each runner before the first round.
     """
-    latencies: dict[str, float] = {}
     use_graph = device_type == "cuda" and cuda_graph is not False
-    for name, art in artifacts.items():
-        if profiler is not None:
-            latencies[name] = profiler.benchmark_plan(art.plan, inputs, min_repeat_ms=50)
-        elif device_type != "cuda":
-            latencies[name] = _plan_latency(art, inputs, settings, False)
-        else:
-            latencies[f"{name}_eager"] = _plan_latency(art, inputs, settings, False)
+    samples: dict[str, list[float]]
+    if profiler is not None:
+        samples = {name: [] for name in artifacts}
+        for r in range(rounds):
+            names = list(artifacts)
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                samples[name].append(profiler.benchmark_plan(artifacts[name].plan, inputs,
+                                                             min_repeat_ms=min_ms))
+    else:
+        runners: dict[str, Callable[[], Any]] = {}
+        for name, art in artifacts.items():
+            if device_type != "cuda":
+                ex = art.executor()
+                ex.run(*inputs)
+                runners[name] = ex.run
+                continue
+            ex = art.executor(cuda_graph=False)
+            ex.run(*inputs)
+            runners[f"{name}_eager"] = ex.run
             if use_graph:
+                gx = art.executor(cuda_graph=True)
                 try:
-                    latencies[f"{name}_graph"] = _plan_latency(art, inputs, settings, True)
+                    gx.run(*inputs)  # the first run captures the graph
                 except RuntimeError as e:
                     if cuda_graph:
                         raise ExecutionError(f"the {name} plan cannot run as a CUDA graph: "
@@ -417,35 +470,36 @@ def time_plans(artifacts: dict[str, Artifact], inputs: list[np.ndarray],
                     logger.warning("the %s plan cannot run as a CUDA graph, running eagerly: "
                                    "%s", name, e)
                     use_graph = False
+                else:
+                    runners[f"{name}_graph"] = gx.run
+        if not use_graph:
+            runners = {k: v for k, v in runners.items() if not k.endswith("_graph")}
+        runners.update(extra or {})
+        samples = time_paired(runners, rounds, min_ms, warmup=settings.warmup)
+    latencies = {name: statistics.median(v) for name, v in samples.items()}
     for name in artifacts:
         if f"{name}_eager" in latencies:
-            latencies[name] = latencies[f"{name}_graph" if use_graph else f"{name}_eager"]
-    return latencies, use_graph
+            mode = f"{name}_graph" if use_graph else f"{name}_eager"
+            latencies[name] = latencies[mode]
+            samples[name] = samples[mode]
+    return latencies, use_graph, samples
 
 
-def relax_vm_latencies(extraction: Extraction, inputs: list[np.ndarray],
-                       settings: ProfileSettings, params: Any, device_type: str
-                       ) -> dict[str, float]:
-    """TVM's Relax VM on the same kernels: ``relax_vm`` (and ``relax_vm_graph`` on CUDA)."""
-    out = {"relax_vm": RelaxVM(extraction, inputs, params).latency(settings.number,
-                                                                     settings.repeat)}
+def relax_vm_runners(extraction: Extraction, inputs: list[np.ndarray], params: Any,
+                     device_type: str) -> dict[str, Callable[[], Any]]:
+    """TVM's Relax VM on the same kernels, to time beside the plans.
+
+    ``relax_vm``, and on CUDA ``relax_vm_graph`` (with ``relax.backend.use_cuda_graph``).
+    """
+    out: dict[str, Callable[[], Any]] = {"relax_vm": RelaxVM(extraction, inputs, params).run}
     if device_type == "cuda":
         try:
-            out["relax_vm_graph"] = RelaxVM(extraction, inputs, params, cuda_graph=True
-                                            ).latency(settings.number, settings.repeat)
+            vm = RelaxVM(extraction, inputs, params, cuda_graph=True)
+            vm.run()
+            out["relax_vm_graph"] = vm.run
         except Exception as e:  # reported only; TVM raises several error types
             logger.warning("Relax VM with use_cuda_graph failed: %s", e)
     return out
-
-
-def _plan_latency(art: Artifact, inputs: list[np.ndarray], settings: ProfileSettings,
-                  cuda_graph: bool) -> float:
-    """Median seconds per run of a plan's executor (the first run also captures the graph)."""
-    ex = art.executor(cuda_graph=cuda_graph)
-    ex.run(*inputs)
-    bench = ex.benchmark(warmup=settings.warmup, number=settings.number,
-                         repeat=settings.repeat, min_repeat_ms=50)
-    return float(bench["median"])
 
 
 @contextmanager

@@ -339,6 +339,33 @@ class Executor:
             return list(self._profile([list(map(int, g)) for g in groups], warmup, number,
                                       repeat))
 
+    def profile_run(self, *, warmup: int = 2, repeat: int = 10) -> list[list[float]]:
+        """Seconds of every stage inside whole runs of the plan.
+
+        One row per repeat: the stages' seconds in order, then the whole run's. The stages
+        run as in :meth:`run` (same threads, thread shares and order), timed by a steady
+        clock around each stage; on CUDA stream 0 is synchronised after each stage (one more
+        synchronisation per stage than a run). Inputs need not be set.
+        """
+        warmup, repeat = _count(warmup, "warmup", 0), _count(repeat, "repeat", 1)
+        with self.lock:
+            flat = list(self._module["profile_run"](warmup, repeat))
+        width = len(self.plan.stages) + 1
+        return [flat[i:i + width] for i in range(0, len(flat), width)]
+
+    def profile_stages(self, stages: Sequence[Sequence[Sequence[int]]], *, warmup: int = 2,
+                       repeat: int = 10) -> list[list[float]]:
+        """As :meth:`profile_run`, for a sequence of stages given as groups of call ids.
+
+        E.g. a candidate stage after the stages a plan runs before it.
+        """
+        warmup, repeat = _count(warmup, "warmup", 0), _count(repeat, "repeat", 1)
+        spec = [[list(map(int, g)) for g in st] for st in stages]
+        with self.lock:
+            flat = list(self._module["profile_stages"](spec, warmup, repeat))
+        width = len(spec) + 1
+        return [flat[i:i + width] for i in range(0, len(flat), width)]
+
 
 def _count(value: Any, name: str, low: int) -> int:
     """``value`` as an integer >= ``low``, else an :class:`ExecutorArgumentError`."""

@@ -1,0 +1,176 @@
+#!/usr/bin/env python
+"""Fidelity of the measured cost model: predicted vs measured latency of every plan (issue 18).
+
+For each model: lower and compile it, search the IOS schedule with measured stage costs (the
+measurement cache of ``--cache``), and lower the sequential, greedy and IOS plans. Then, per
+plan:
+
+* ``predicted_ms``: the sum of its stage costs, as the search sees them (each stage timed
+  alone, over and over, by the executor's ``profile_stage``);
+* ``measured_ms``: the median whole run over paired rounds (the plans interleaved, the order
+  rotated every round); each run is timed stage by stage by the executor's ``profile_run``
+  (the same code path as ``run``), so ``in_plan_stage_ms`` says which stages the stage-alone
+  measurement gets wrong; ``rel_error`` = (predicted - measured) / measured;
+* ``alone_now_stage_ms``: in the same rounds, every stage of the plan timed alone again with
+  the search's settings; ``paired_method_error`` is the median over rounds of (sum of the
+  stages alone - whole run) / whole run: the error of measuring stages alone, with the
+  machine's drift between the search and the timing removed.
+
+Usage::
+
+    flock -x /work/wt/measure.lock .venv/bin/python scripts/bench_fidelity.py \\
+        [--models sample,squeezenet,inception_v3 | --set full] [--rounds 9] [--out FILE]
+
+Writes ``benchmarks/results/fidelity-cpu-<date>.json`` (machine, load average, command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from ios_tvm.runtime.executor import default_cpu_threads  # noqa: E402
+
+default_cpu_threads()
+
+from ios_tvm.bench.timing import machine_info  # noqa: E402
+from ios_tvm.compiler.build import load_and_extract  # noqa: E402
+from ios_tvm.compiler.fidelity import fidelity  # noqa: E402
+from ios_tvm.compiler.inputs import profiling_inputs  # noqa: E402
+from ios_tvm.compiler.plan_lowering import lower_schedule  # noqa: E402
+from ios_tvm.compiler.profiling import make_stage_cost  # noqa: E402
+from ios_tvm.cost.base import ProfileSettings  # noqa: E402
+from ios_tvm.models import resolve_model  # noqa: E402
+from ios_tvm.scheduler.config import SearchConfig  # noqa: E402
+from ios_tvm.scheduler.search import greedy_schedule, search, sequential_schedule  # noqa: E402
+
+QUICK = ("sample", "squeezenet", "inception_v3")
+FULL = ("sample", "squeezenet", "inception_v3", "resnet50", "randwire", "nasnet")
+
+
+def fidelity_of(name: str, *, cache: Any, settings: ProfileSettings, rounds: int,
+                min_ms: float, profile_repeat: int) -> dict[str, Any]:
+    """The fidelity record of one zoo model (see the module docstring)."""
+    t0 = time.perf_counter()
+    extraction, lib = load_and_extract(resolve_model(name), "llvm")
+    inputs = profiling_inputs(extraction)
+    cfg = SearchConfig()
+    stage_cost, measured = make_stage_cost(extraction, "measured", cache=cache,
+                                           settings=settings, max_groups=cfg.max_groups,
+                                           lib=lib, inputs=inputs)
+    t1 = time.perf_counter()
+    try:
+        result = search(extraction.graph, stage_cost, cfg)
+    finally:
+        measured.close()
+    search_s = time.perf_counter() - t1
+    graph = extraction.graph
+    schedules = {"sequential": sequential_schedule(graph),
+                 "greedy": greedy_schedule(graph, cfg.greedy_max_streams),
+                 "ios": result.schedule}
+    if schedules["ios"].stages == schedules["sequential"].stages:
+        del schedules["ios"]  # one schedule is timed once
+    predicted = {k: [stage_cost(s) for s in sch.stages] for k, sch in schedules.items()}
+    executors = {}
+    for key, sch in schedules.items():
+        ex = lower_schedule(extraction, sch, lib=lib).executor()
+        ex.run(*inputs)
+        executors[key] = ex
+    # Paired rounds, the order rotated each round: per plan, a turn of whole runs timed
+    # stage by stage (profile_run; its total is the whole run), then each of its stages
+    # timed alone (profile_stage, the search's settings). Both in the same round, so drift
+    # of the machine hits the prediction and the measurement alike.
+    keys = list(executors)
+    runs: dict[str, list[list[float]]] = {k: [] for k in keys}   # per round: stage medians
+    totals: dict[str, list[float]] = {k: [] for k in keys}
+    alone: dict[str, list[list[float]]] = {k: [] for k in keys}
+    for r in range(rounds):
+        shift = r % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            ex = executors[key]
+            time.sleep(0.1)
+            once = statistics.median(row[-1] for row in ex.profile_run(warmup=1, repeat=1))
+            n = max(3, min(profile_repeat, int(min_ms / 1e3 / max(once, 1e-6))))
+            rows = ex.profile_run(warmup=0, repeat=n)
+            runs[key].append([statistics.median(row[i] for row in rows)
+                              for i in range(len(rows[0]) - 1)])
+            totals[key].append(statistics.median(row[-1] for row in rows))
+            alone[key].append([statistics.median(ex.profile_stage(
+                s.groups, warmup=settings.warmup, number=settings.number,
+                repeat=settings.repeat)) for s in ex.plan.stages])
+    medians = {k: statistics.median(v) for k, v in totals.items()}
+    fid = fidelity(predicted, medians)
+    plans: dict[str, Any] = {}
+    for key in keys:
+        nst = len(schedules[key].stages)
+        inplan = [statistics.median(rr[i] for rr in runs[key]) for i in range(nst)]
+        now = [statistics.median(rr[i] for rr in alone[key]) for i in range(nst)]
+        # The method's own error, drift removed: per round, the stages alone vs the run.
+        paired = [(sum(a) - t) / t for a, t in zip(alone[key], totals[key], strict=True)]
+        plans[key] = {
+            **fid[key], "samples_ms": [x * 1e3 for x in totals[key]],
+            "stages": nst, "max_groups": max(len(s.groups) for s in schedules[key].stages),
+            "stage_groups": [[len(g) for g in s.groups] for s in schedules[key].stages],
+            "predicted_stage_ms": [x * 1e3 for x in predicted[key]],
+            "in_plan_stage_ms": [x * 1e3 for x in inplan],
+            "in_plan_sum_ms": sum(inplan) * 1e3,
+            "alone_now_stage_ms": [x * 1e3 for x in now],
+            "alone_now_sum_ms": sum(now) * 1e3,
+            "paired_method_error": statistics.median(paired),
+            "paired_method_errors": paired}
+        print(f"{name:<14} {key:<11} predicted {fid[key]['predicted_ms']:9.3f} ms  measured "
+              f"{fid[key]['measured_ms']:9.3f} ms  error {fid[key]['rel_error']:+6.1%}  "
+              f"stages alone now {plans[key]['alone_now_sum_ms']:9.3f} ms (paired error "
+              f"{plans[key]['paired_method_error']:+6.1%})", flush=True)
+    return {"model": name, "kernels": len(graph.nodes), "search_seconds": search_s,
+            "stages_measured": measured.measured, "stages_cached": measured.cache_hits,
+            "seconds": time.perf_counter() - t0, "load_average": list(os.getloadavg()),
+            "plans": plans}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=None, help="comma-separated zoo models")
+    ap.add_argument("--set", choices=("quick", "full"), default="quick")
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--min-ms", type=float, default=50.0)
+    ap.add_argument("--profile-repeat", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--number", type=int, default=6)
+    ap.add_argument("--repeat", type=int, default=6)
+    ap.add_argument("--cache", default=None,
+                    help="measurement cache file (default: a fresh one, all stages measured)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    models = args.models.split(",") if args.models else list(QUICK if args.set == "quick"
+                                                             else FULL)
+    date = _dt.date.today().isoformat()
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"fidelity-cpu-{date}.json")
+    settings = ProfileSettings(args.warmup, args.number, args.repeat)
+    cache = args.cache or str(Path(tempfile.mkdtemp()) / "fidelity.sqlite")
+    doc: dict[str, Any] = {"command": " ".join(sys.argv), "machine": machine_info(),
+                           "settings": vars(args), "models": []}
+    for name in models:
+        doc["models"].append(fidelity_of(name, cache=cache, settings=settings,
+                                         rounds=args.rounds, min_ms=args.min_ms,
+                                         profile_repeat=args.profile_repeat))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""Fidelity (ios_tvm/compiler/fidelity.py) and the executor's in-plan stage timing entries
+(profile_run, profile_stages)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tvm")
+sys.path.insert(0, str(Path(__file__).parent))
+import onnx_models as om  # noqa: E402
+
+from ios_tvm import _native  # noqa: E402
+from ios_tvm.compiler.build import build  # noqa: E402
+from ios_tvm.compiler.fidelity import fidelity, stages_in_plan  # noqa: E402
+from ios_tvm.errors import ExecutorArgumentError  # noqa: E402
+from ios_tvm.scheduler.config import SearchConfig  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not _native.native_available(),
+                                reason="native library not built (bash scripts/setup.sh)")
+
+
+def test_fidelity_fields() -> None:
+    f = fidelity({"a": [1e-3, 2e-3], "b": [1e-3], "c": [1e-3]}, {"a": 2e-3, "b": 1e-3})
+    assert set(f) == {"a", "b"}  # c was not measured
+    assert f["a"] == {"predicted_ms": pytest.approx(3.0), "measured_ms": pytest.approx(2.0),
+                      "rel_error": pytest.approx(0.5)}
+    assert f["b"]["rel_error"] == pytest.approx(0.0)
+
+
+@pytest.fixture(scope="module")
+def executor():  # noqa: ANN201
+    r = build(om.inception_block(), "llvm", cost="analytic", measure=False,
+              config=SearchConfig(strategy="greedy"))
+    assert any(len(s.groups) > 1 for s in r.artifact.plan.stages)
+    return r.artifact.executor()
+
+
+def test_profile_run_times_every_stage_inside_a_run(executor) -> None:  # noqa: ANN001
+    stages = len(executor.plan.stages)
+    rows = executor.profile_run(warmup=1, repeat=4)
+    assert len(rows) == 4 and all(len(r) == stages + 1 for r in rows)
+    for r in rows:
+        assert all(x > 0 for x in r)
+        # The run's time is the stages' plus the clock reads between them.
+        assert sum(r[:-1]) == pytest.approx(r[-1], rel=1e-6)
+    s = stages_in_plan(executor, warmup=1, repeat=3)
+    assert len(s["stage_seconds"]) == stages and s["run_seconds"] > 0
+
+
+def test_profile_stages_runs_a_given_sequence(executor) -> None:  # noqa: ANN001
+    plan = executor.plan
+    seq = [plan.stages[0].groups, plan.stages[-1].groups]
+    rows = executor.profile_stages(seq, warmup=0, repeat=2)
+    assert len(rows) == 2 and all(len(r) == 3 for r in rows)
+    with pytest.raises(ValueError, match="missing call"):
+        executor.profile_stages([[[len(plan.calls)]]], repeat=1)
+    with pytest.raises(ValueError, match="groups"):
+        executor.profile_stages([[]], repeat=1)
+    with pytest.raises(ExecutorArgumentError):
+        executor.profile_run(repeat=0)
