@@ -46,7 +46,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +284,10 @@ class LearnedModel:
     cache_hash: str
     trained_until: float
     train_rows: int
+    #: Searches (graph and configuration, :attr:`LearnedCost.search_id`) whose plans were
+    #: verified with this model; a rerun of one of them on an unchanged cache measures
+    #: nothing.
+    verified: list[str] = field(default_factory=list)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the model file (atomically: a reader never sees half a file)."""
@@ -293,7 +297,8 @@ class LearnedModel:
                "device": ctx.get("device"),
                "cache": {"rows": self.cache_rows, "hash": self.cache_hash,
                          "until": self.trained_until},
-               "train_rows": self.train_rows, "boosters": self.ensemble.to_json()}
+               "train_rows": self.train_rows, "verified": list(self.verified),
+               "boosters": self.ensemble.to_json()}
         path = Path(path)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(doc))
@@ -348,7 +353,8 @@ def load_learned_model(path: str | os.PathLike[str], *, context: str,
         ensemble = Ensemble.from_json(doc["boosters"])
     except Exception as e:  # noqa: BLE001 (any failure to parse is the file's fault)
         raise LearnedModelError(f"{path}: its boosters cannot be loaded ({e})") from e
-    return LearnedModel(ensemble, context, n, want, until, int(doc.get("train_rows", 0)))
+    return LearnedModel(ensemble, context, n, want, until, int(doc.get("train_rows", 0)),
+                        [str(v) for v in doc.get("verified", [])])
 
 
 # -- the cost model -------------------------------------------------------------------------------
@@ -442,6 +448,9 @@ class LearnedCost:
             model_path = cache.path.with_name(cache.path.name + ".learned.json")
         self.model_path = Path(model_path) if model_path is not None else None
         self.infos = kernel_infos(graph)
+        #: Identifies this search (kernels, graph, configuration) in a saved model.
+        self.search_id = hashlib.sha1(json.dumps(
+            [measured.keys, graph.edges, self.config.to_json()]).encode()).hexdigest()[:16]
         self.model: LearnedModel | None = None
         #: (mean latency s, spread of the log) predicted for unmeasured stages, by
         #: (op mask, strategy).
@@ -526,6 +535,7 @@ class LearnedCost:
         self.model = LearnedModel(ens, self.measured.context, len(rows), rows_identity(rows),
                                   until, len(x))
         self.report["train_rows"] = len(x)
+        self.report["model"] = "trained"
         return len(x)
 
     def _load_saved(self) -> bool:
@@ -546,9 +556,11 @@ class LearnedCost:
             return False  # trained on a prefix of the cache: retrain on all of it
         self.model = model
         self.report["train_rows"] = model.train_rows
+        self.report["model"] = "saved"
         return True
 
     def _save(self) -> None:
+        """Save the model beside the cache (not when there is none or it is read-only)."""
         if self.model is None or self.model_path is None or self.measured.cache is None \
                 or self.measured.cache.read_only:
             return
@@ -623,6 +635,14 @@ class LearnedCost:
         if not self._load_saved():
             self.train()
         todo = unknown()
+        if self.model is not None and self.report["model"] == "saved" \
+                and self.search_id in self.model.verified:
+            # Verified before on this very cache: price as then, measure nothing.
+            self._refresh(todo)
+            self._sign = 1.0
+            self.report["plan_verified"] = "before"
+            self.report["seconds"] = time.perf_counter() - t0
+            return
         if self.report["train_rows"] < self.settings.min_train and todo:
             # Too little data: measure spread-out candidates (by kernel-sum latency) first.
             sums = {id(s): sum(self.measured.values[self.measured.stage_key(Stage(((op,),)))]
@@ -648,8 +668,12 @@ class LearnedCost:
             todo = unknown()
         self._refresh(todo)
         self._verify_plan(cfg, distinct)
+        if self.report["plan_verified"] and self.model is not None:
+            if self.report["model"] == "trained":
+                self.model.verified = [self.search_id]
+            elif self.search_id not in self.model.verified:
+                self.model.verified.append(self.search_id)
         self._save()
-        self.report["model"] = "trained"
         self.report["seconds"] = time.perf_counter() - t0
 
     def _verify_plan(self, cfg: SearchConfig, distinct: Sequence[Stage]) -> None:
