@@ -23,10 +23,10 @@ learned model times far fewer and predicts the rest:
   bound if the model is right within its spread; every stage of the plan it picks that is
   not measured yet is measured, the model retrained, and the DP run again, until the plan
   is all measured or its measured total is within ``tolerance`` of the bound (or
-  ``plan_rounds`` runs out). Optimism makes the DP try the stages the model is unsure of
-  instead of trusting a pessimistic guess. The search proper then prices unmeasured stages
-  pessimistically (``mean + optimism * spread``), so it keeps to measured stages unless a
-  prediction is clearly better.
+  ``patience`` rounds found no better plan, or ``plan_rounds`` runs out). Optimism makes
+  the DP try the stages the model is unsure of instead of trusting a pessimistic guess.
+  The search proper then prices unmeasured stages pessimistically (``mean + optimism *
+  spread``), so it keeps to measured stages unless a prediction is clearly better.
 * **Fallback**: without xgboost (``pip install ios-tvm[learned]``) every stage is measured,
   as the measured model does, with one warning.
 
@@ -213,9 +213,12 @@ class Ensemble:
 
         xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
         rng = np.random.default_rng(seed)
+        # Pseudo-Huber loss: a stage timed while the machine was busy (a 2x outlier) must not
+        # pull the model the way a squared loss lets it.
         params = {"max_depth": self.depth, "eta": self.eta, "subsample": 0.9,
-                  "colsample_bytree": 0.8, "min_child_weight": 1.0, "lambda": 1.0,
-                  "objective": "reg:squarederror", "nthread": 1, "verbosity": 0}
+                  "colsample_bytree": 0.8, "min_child_weight": 2.0, "lambda": 1.0,
+                  "objective": "reg:pseudohubererror", "huber_slope": 0.1, "nthread": 1,
+                  "verbosity": 0}
         self.boosters = []
         # One matrix (one thread: the sizes are tiny and the machine is shared); a bootstrap
         # resample is a weight per row (how often it was drawn).
@@ -240,8 +243,8 @@ class Ensemble:
         return preds.mean(axis=0).tolist(), preds.std(axis=0).tolist()
 
     def to_json(self) -> list[str]:
-        """The boosters, each as base64 of XGBoost's JSON model."""
-        return [base64.b64encode(bytes(b.save_raw("json"))).decode() for b in self.boosters]
+        """The boosters, each as base64 of XGBoost's (binary JSON) model."""
+        return [base64.b64encode(bytes(b.save_raw("ubj"))).decode() for b in self.boosters]
 
     @classmethod
     def from_json(cls, data: Sequence[str]) -> Ensemble:
@@ -285,8 +288,8 @@ class LearnedModel:
     trained_until: float
     train_rows: int
     #: Searches (graph and configuration, :attr:`LearnedCost.search_id`) whose plans were
-    #: verified with this model; a rerun of one of them on an unchanged cache measures
-    #: nothing.
+    #: verified (as far as :class:`LearnedSettings` let them) with this model; a rerun of
+    #: one of them on an unchanged cache measures nothing.
     verified: list[str] = field(default_factory=list)
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -384,6 +387,8 @@ class LearnedSettings:
     tolerance
         Plan verification stops when the picked plan, measured, is within this fraction of
         the DP's optimistic bound.
+    patience
+        ... or when this many rounds in a row measured no better plan than before.
     """
 
     ensemble: int = 5
@@ -394,10 +399,11 @@ class LearnedSettings:
     spread: float = 0.1
     optimism: float = 0.5
     plan_rounds: int = 12
-    tolerance: float = 0.02
+    tolerance: float = 0.03
+    patience: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("ensemble", "min_train", "plan_rounds"):
+        for name in ("ensemble", "min_train", "plan_rounds", "patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"LearnedSettings.{name} must be >= 1")
         for name in ("seed_stages", "batch", "uncertainty_rounds"):
@@ -668,7 +674,7 @@ class LearnedCost:
             todo = unknown()
         self._refresh(todo)
         self._verify_plan(cfg, distinct)
-        if self.report["plan_verified"] and self.model is not None:
+        if self.model is not None:  # this search is done: a rerun measures nothing
             if self.report["model"] == "trained":
                 self.model.verified = [self.search_id]
             elif self.search_id not in self.model.verified:
@@ -687,6 +693,7 @@ class LearnedCost:
         stages unless a prediction is clearly better.
         """
         self._sign = -1.0
+        best, stalled = math.inf, 0
         for rnd in range(self.settings.plan_rounds):
             self.report["plan_rounds"] = rnd + 1
             result = search(self.graph, self._value, cfg)
@@ -705,6 +712,13 @@ class LearnedCost:
             self._refresh([s for s in distinct if self._known(s) is None])
             if measured_total <= bound * (1.0 + self.settings.tolerance):
                 self.report["plan_verified"] = True
+                break
+            # A model biased low keeps the bound below every plan; stop when the measured
+            # plans stop improving.
+            stalled = stalled + 1 if measured_total >= best * (1.0 - 1e-3) else 0
+            best = min(best, measured_total)
+            if stalled >= self.settings.patience:
+                self.report["plan_stalled"] = True
                 break
         self._sign = 1.0
 
