@@ -50,11 +50,12 @@ from ios_tvm.compiler.profiling import device_cores, measured_cost  # noqa: E402
 from ios_tvm.cost.base import ProfileSettings  # noqa: E402
 from ios_tvm.cost.cache import MeasurementCache  # noqa: E402
 from ios_tvm.cost.learned import (  # noqa: E402
-    Ensemble,
     LearnedCost,
     cache_rows,
+    fit_ensemble,
     kernels_file,
     read_kernel_features,
+    read_model_kernels,
     stage_features,
 )
 from ios_tvm.ir.schedule import Stage  # noqa: E402
@@ -84,14 +85,16 @@ def lock(path: str | None, exclusive: bool):
 def merge_caches(dst: Path, srcs: list[Path], context: str) -> None:
     """A cache holding the rows (and kernel features) of ``srcs``."""
     out = MeasurementCache(dst)
-    feats: dict[str, Any] = {}
+    doc: dict[str, Any] = {"kernels": {}, "models": {}}
     for src in srcs:
         c = MeasurementCache(src)
         for key, value, _ in c.items(context):
             out.put(context, key, value, [value])
-        feats.update({k: [v.flops, v.nbytes, v.kind] for k, v in read_kernel_features(c).items()})
+        part = json.loads(kernels_file(c).read_text())
+        doc["kernels"].update(part["kernels"])
+        doc["models"].update(part["models"])
         c.close()
-    kernels_file(out).write_text(json.dumps(feats))
+    kernels_file(out).write_text(json.dumps(doc))
     out.close()
 
 
@@ -99,11 +102,11 @@ def held_out_error(lc: LearnedCost, own: Any, train_cache: MeasurementCache,
                    cands: list[Stage]) -> dict[str, Any]:
     """Train on ``train_cache`` only; relative error on the model's own measured stages."""
     table = read_kernel_features(train_cache)
-    x, y = lc.training_set({k: v for k, v, _ in cache_rows(train_cache, own.context)}, table)
+    x, y, origin = lc.training_set({k: v for k, v, _ in cache_rows(train_cache, own.context)},
+                                   table, read_model_kernels(train_cache))
     if not x:
         return {"train_rows": 0}
-    ens = Ensemble()
-    ens.fit(x, y)
+    ens, config, cv = fit_ensemble(x, y, origin)
     feats, truth, sums = [], [], []
     seen: set[str] = set()
     for s in cands:
@@ -124,7 +127,7 @@ def held_out_error(lc: LearnedCost, own: Any, train_cache: MeasurementCache,
     def q(v: list[float], f: float) -> float:
         return v[min(len(v) - 1, int(f * len(v)))]
 
-    return {"train_rows": len(x), "test_stages": len(truth),
+    return {"train_rows": len(x), "test_stages": len(truth), "config": config, "cv_error": cv,
             "rel_error_median": statistics.median(err), "rel_error_mean": statistics.fmean(err),
             "rel_error_p90": q(err, 0.9),
             "kernel_sum_baseline_rel_error_median": statistics.median(base),

@@ -26,7 +26,6 @@ from ios_tvm.cost import learned as L  # noqa: E402
 from ios_tvm.cost.cache import MeasurementCache  # noqa: E402
 from ios_tvm.cost.learned import (  # noqa: E402
     FEATURES,
-    Ensemble,
     LearnedCost,
     LearnedSettings,
     load_learned_model,
@@ -128,11 +127,13 @@ def test_held_out_error_is_small(trained_cache: Path) -> None:
     g = zoo.inception_block()
     cache = MeasurementCache(trained_cache)
     lc = LearnedCost(g, measured(g, None), config=CFG, cores=4)
-    x, y = lc.training_set({k: v for k, v, _ in L.cache_rows(cache, lc.measured.context)},
-                           L.read_kernel_features(cache))
-    assert len(x) > 50
-    ens = Ensemble()
-    ens.fit(x, y)
+    x, y, origin = lc.training_set(
+        {k: v for k, v, _ in L.cache_rows(cache, lc.measured.context)},
+        L.read_kernel_features(cache), L.read_model_kernels(cache))
+    assert len(x) > 50 and len(set(origin)) == 2 and "?" not in origin
+    ens, config, errors = L.fit_ensemble(x, y, origin)
+    assert set(errors) == set(L.CONFIGS)  # chosen by holding out each model in turn
+    assert config == min(errors, key=errors.__getitem__)
     dev = SyntheticDevice(g)
     lc._measure([Stage(((i,),)) for i in range(len(g.nodes))])
     lc.model = L.LearnedModel(ens, lc.measured.context, 0, "", 0.0, len(x))

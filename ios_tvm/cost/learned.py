@@ -148,20 +148,43 @@ def kernels_file(cache: MeasurementCache) -> Path:
     return cache.path.with_name(cache.path.name + ".kernels.json")
 
 
+def model_id(keys: Sequence[str]) -> str:
+    """Identifies a model (its kernel keys in order) in the kernel features file."""
+    return hashlib.sha1(",".join(keys).encode()).hexdigest()[:12]
+
+
+def _read_kernels_doc(cache: MeasurementCache | None) -> dict[str, Any]:
+    empty: dict[str, Any] = {"kernels": {}, "models": {}}
+    if cache is None:
+        return empty
+    path = kernels_file(cache)
+    if not path.is_file():
+        return empty
+    try:
+        doc = json.loads(path.read_text())
+        if not isinstance(doc, dict) or not isinstance(doc.get("kernels"), dict):
+            raise ValueError("no 'kernels' table")
+        return {"kernels": doc["kernels"], "models": dict(doc.get("models") or {})}
+    except (OSError, ValueError) as e:
+        logger.warning("ignoring unreadable kernel features %s: %s", path, e)
+        return empty
+
+
 def read_kernel_features(cache: MeasurementCache | None) -> dict[str, KernelInfo]:
     """Kernel features by kernel key stored beside ``cache`` (empty if none)."""
     table: dict[str, KernelInfo] = {}
-    if cache is None:
-        return table
-    path = kernels_file(cache)
-    if not path.is_file():
-        return table
-    try:
-        for key, (flops, nbytes, kind) in json.loads(path.read_text()).items():
+    for key, value in _read_kernels_doc(cache)["kernels"].items():
+        try:
+            flops, nbytes, kind = value
             table[key] = KernelInfo(float(flops), float(nbytes), str(kind))
-    except (OSError, ValueError, TypeError) as e:
-        logger.warning("ignoring unreadable kernel features %s: %s", path, e)
+        except (TypeError, ValueError):
+            continue
     return table
+
+
+def read_model_kernels(cache: MeasurementCache | None) -> dict[str, set[str]]:
+    """The kernel keys of every model measured into ``cache``, by :func:`model_id`."""
+    return {m: set(keys) for m, keys in _read_kernels_doc(cache)["models"].items()}
 
 
 def record_kernel_features(cache: MeasurementCache | None, keys: Sequence[str],
@@ -169,21 +192,24 @@ def record_kernel_features(cache: MeasurementCache | None, keys: Sequence[str],
     """Store the features of ``graph``'s kernels (keyed like its stages) beside ``cache``.
 
     The measurement cache names kernels by hashes; these features make its stages training
-    data for the learned model. Called by every measured search, so all models measured so
-    far teach the learned model.
+    data for the learned model, and the model's kernel list lets training hold out whole
+    models. Called by every measured search, so all models measured so far teach the
+    learned model.
     """
     if cache is None or cache.read_only:
         return
-    table = read_kernel_features(cache)
-    new = dict(zip(keys, kernel_infos(graph), strict=True))
-    if all(table.get(k) == v for k, v in new.items()):
+    doc = _read_kernels_doc(cache)
+    mid = model_id(keys)
+    new = {k: [v.flops, v.nbytes, v.kind] for k, v in zip(keys, kernel_infos(graph),
+                                                             strict=True)}
+    if mid in doc["models"] and all(doc["kernels"].get(k) == v for k, v in new.items()):
         return
-    table.update(new)
+    doc["kernels"].update(new)
+    doc["models"][mid] = sorted(set(keys))
     path = kernels_file(cache)
-    doc = {k: [v.flops, v.nbytes, v.kind] for k, v in sorted(table.items())}
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(doc))
+        tmp.write_text(json.dumps(doc, sort_keys=True))
         tmp.replace(path)
     except OSError as e:
         logger.warning("cannot save kernel features to %s: %s", path, e)
@@ -197,13 +223,15 @@ class Ensemble:
     ----------
     size
         Number of boosters.
-    rounds, depth, eta
-        Boosting rounds, tree depth and learning rate of each booster.
+    rounds, depth, eta, l2
+        Boosting rounds, tree depth, learning rate and L2 penalty of each booster. Small,
+        shallow and strongly penalised: stage timings on a shared machine are noisy, and
+        leave-one-model-out on the zoo (CPU) preferred this to deeper, longer boosting.
     """
 
-    def __init__(self, size: int = 5, rounds: int = 120, depth: int = 4,
-                 eta: float = 0.1) -> None:
-        self.size, self.rounds, self.depth, self.eta = size, rounds, depth, eta
+    def __init__(self, size: int = 5, rounds: int = 30, depth: int = 2, eta: float = 0.1,
+                 l2: float = 50.0) -> None:
+        self.size, self.rounds, self.depth, self.eta, self.l2 = size, rounds, depth, eta, l2
         self.boosters: list[Any] = []
 
     def fit(self, x: Sequence[Sequence[float]], y: Sequence[float], seed: int = 0) -> None:
@@ -216,7 +244,7 @@ class Ensemble:
         # Pseudo-Huber loss: a stage timed while the machine was busy (a 2x outlier) must not
         # pull the model the way a squared loss lets it.
         params = {"max_depth": self.depth, "eta": self.eta, "subsample": 0.9,
-                  "colsample_bytree": 0.8, "min_child_weight": 2.0, "lambda": 1.0,
+                  "colsample_bytree": 0.8, "min_child_weight": 2.0, "lambda": self.l2,
                   "objective": "reg:pseudohubererror", "huber_slope": 0.1, "nthread": 1,
                   "verbosity": 0}
         self.boosters = []
@@ -257,6 +285,54 @@ class Ensemble:
             booster.load_model(bytearray(base64.b64decode(raw)))
             ens.boosters.append(booster)
         return ens
+
+
+#: Booster settings the training chooses from by leave-one-model-out error: shallow and
+#: strongly penalised (close to the kernels' sum unless the data insist; what noisy timings
+#: on a shared CPU need), or deeper and freer (what clean, structured timings reward).
+CONFIGS: dict[str, dict[str, Any]] = {
+    "prior": {"rounds": 30, "depth": 2, "l2": 50.0},
+    "flexible": {"rounds": 120, "depth": 4, "l2": 1.0},
+}
+
+
+def fit_ensemble(x: Sequence[Sequence[float]], y: Sequence[float],
+                 groups: Sequence[str] | None = None, *, size: int = 5, seed: int = 0,
+                 min_group: int = 5) -> tuple[Ensemble, str, dict[str, float]]:
+    """An ensemble of the :data:`CONFIGS` entry with the lowest leave-one-model-out error.
+
+    ``groups`` names the model of each row; with fewer than two models of ``min_group``
+    rows, four folds of the rows are held out instead (``"prior"`` with too few rows for
+    that). The error of a config is the
+    mean over held-out models of the median relative error of the predicted latency.
+    Returns the ensemble, the config's name and each config's error.
+    """
+    import numpy as np
+
+    errors: dict[str, float] = {}
+    names = [g for g in sorted(set(groups or ())) if g != "?"
+             and sum(1 for h in groups or () if h == g) >= min_group]
+    ga = np.asarray(groups) if groups is not None else None
+    if len(names) < 2 and len(y) >= 4 * min_group:
+        # One model only (a cold cache): hold out folds of its rows instead.
+        ga = np.asarray([f"fold{i % 4}" for i in range(len(y))])
+        names = sorted(set(ga.tolist()))
+    if ga is not None and len(names) >= 2:
+        xa, ya = np.asarray(x), np.asarray(y)
+        for name, cfg in CONFIGS.items():
+            per_model = []
+            for held in names:
+                train, test = ga != held, ga == held
+                ens = Ensemble(size=1, **cfg)
+                ens.fit(xa[train], ya[train], seed=seed)
+                mean, _ = ens.predict(xa[test])
+                per_model.append(float(np.median(np.abs(np.exp(np.asarray(mean) - ya[test])
+                                                        - 1.0))))
+            errors[name] = float(np.mean(per_model))
+    best = min(errors, key=errors.__getitem__) if errors else "prior"
+    ens = Ensemble(size=size, **CONFIGS[best])
+    ens.fit(x, y, seed=seed)
+    return ens, best, errors
 
 
 # -- the model file -------------------------------------------------------------------------------
@@ -503,11 +579,14 @@ class LearnedCost:
         rows.update({k: v for k, v in self.measured.values.items() if math.isfinite(v)})
         return rows
 
-    def training_set(self, rows: Mapping[str, float], table: Mapping[str, KernelInfo]
-                     ) -> tuple[list[list[float]], list[float]]:
-        """Features and targets of the multi-kernel concurrent stages of ``rows``.
+    def training_set(self, rows: Mapping[str, float], table: Mapping[str, KernelInfo],
+                     models: Mapping[str, set[str]] | None = None
+                     ) -> tuple[list[list[float]], list[float], list[str]]:
+        """Features, targets and models of the multi-kernel concurrent stages of ``rows``.
 
-        Only stages whose kernels are all known (features and single-kernel latency) count.
+        The model of a stage is the first of ``models`` that has all its kernels, else
+        ``"?"``. Only stages whose kernels are all known (features and single-kernel latency) count.
+        A stage belongs to the first model of ``models`` that has all its kernels.
         """
         single: dict[str, float] = {}
         for key, value in rows.items():
@@ -516,6 +595,7 @@ class LearnedCost:
                 single[groups[0][0]] = value
         x: list[list[float]] = []
         y: list[float] = []
+        origin: list[str] = []
         for key, value in rows.items():
             strategy, groups = parse_stage_key(key)
             if strategy != "concurrent" or sum(len(g) for g in groups) < 2:
@@ -525,17 +605,23 @@ class LearnedCost:
             members = [[(single[k], table[k]) for k in g] for g in groups]
             x.append(stage_features(members, self.cores))
             y.append(math.log(value / sum(single[k] for g in groups for k in g)))
-        return x, y
+            kernels = {k for g in groups for k in g}
+            origin.append(next((m for m, ks in sorted((models or {}).items())
+                                if kernels <= ks), "?"))
+        return x, y, origin
 
     def train(self) -> int:
         """(Re)train the ensemble on every usable measurement; returns the rows trained on."""
         table = self._kernel_table()
-        x, y = self.training_set(self._all_rows(), table)
+        models = read_model_kernels(self.measured.cache)
+        models[model_id(self.measured.keys)] = set(self.measured.keys)
+        x, y, origin = self.training_set(self._all_rows(), table, models)
         if not x:
             self.model = None
             return 0
-        ens = Ensemble(size=self.settings.ensemble)
-        ens.fit(x, y, seed=len(x))
+        ens, config, errors = fit_ensemble(x, y, origin, size=self.settings.ensemble,
+                                           seed=len(x))
+        self.report["config"], self.report["cv_error"] = config, errors
         rows = cache_rows(self.measured.cache, self.measured.context)
         until = max((r[2] for r in rows), default=0.0)
         self.model = LearnedModel(ens, self.measured.context, len(rows), rows_identity(rows),
