@@ -198,7 +198,7 @@ def main() -> int:
         # 1. measured search, cold cache (or, with --resume, the one an earlier run recorded)
         own = MeasurementCache(work / f"{name}.sqlite")
         phase1 = work / f"{name}.measured.json"
-        if args.resume and len(own):
+        if args.resume and len(own) and (phase1.is_file() or name in args.phase1_seconds):
             m = measured_cost(extraction, cache=own, settings=settings, lib=lib, inputs=inputs)
             r = search(extraction.graph, StageCostCache(m), cfg)  # every stage from the cache
             assert m.measured == 0
