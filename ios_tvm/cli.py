@@ -432,8 +432,10 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
 
 def _add_measure_args(p: argparse.ArgumentParser) -> None:
     """Stage costs: --cost, the measurement cache and the profiling settings, --database."""
-    p.add_argument("--cost", choices=("measured", "analytic"), default="measured",
-                   help="stage cost model (default: measured on this machine)")
+    p.add_argument("--cost", choices=("measured", "learned", "analytic"), default="measured",
+                   help="stage cost model (default: measured on this machine; learned: an "
+                        "XGBoost model trained on the measurement cache measures only the "
+                        "stages it is unsure of)")
     p.add_argument("--cache", help="measurement cache file (default ~/.cache/ios_tvm/...)")
     p.add_argument("--no-cache", action="store_true", help="measure everything afresh")
     p.add_argument("--warmup", type=_non_negative, default=2,

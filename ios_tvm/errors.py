@@ -63,6 +63,14 @@ class TuningDatabaseError(IosTvmError, ValueError):
     """A MetaSchedule tuning database is missing, corrupt or tuned for another target."""
 
 
+class LearnedModelError(IosTvmError, ValueError):
+    """A saved learned cost model does not fit (names the file).
+
+    Another format version, feature schema or device, or trained on measurements the
+    measurement cache does not hold.
+    """
+
+
 # -- the environment ------------------------------------------------------------------------------
 class CacheError(IosTvmError):
     """The measurement cache file is unusable (the message names it)."""

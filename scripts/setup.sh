@@ -69,6 +69,9 @@ if ! command -v cmake >/dev/null 2>&1; then
   build_reqs+=("cmake>=3.18")
 fi
 run_quiet "$PY" -m pip install -q "${build_reqs[@]}"
+# The learned extra is the CPU-only xgboost-cpu wheel; the full `xgboost` (NCCL, ~130 MB) of an
+# older setup owns the same module files, so it goes first.
+if "$PY" -m pip show -q xgboost >/dev/null 2>&1; then run_quiet "$PY" -m pip uninstall -y -q xgboost; fi
 run_quiet "$PY" -m pip install -q --no-build-isolation -e ".[dev,test,rpc,plot,learned,notebook]"
 # PyTorch, for the PyTorch baselines of the benchmark and their tests: only a CPU build that
 # pip's find-links directory already holds (a plain `pip install torch` can pull several GB of

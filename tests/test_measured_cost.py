@@ -305,8 +305,14 @@ def test_make_stage_cost_picks_the_cost_model(sample8: Any, tmp_path: Path) -> N
     assert analytic(stage) != AnalyticCost(sample8.graph, "h100")(stage)
     own, none = make_stage_cost(sample8, lambda s: 0.5)
     assert none is None and own(stage) == 0.5
-    with pytest.raises(IosTvmError, match="unknown cost 'learned'"):
-        make_stage_cost(sample8, "learned")
+    # "learned" was the unknown name here until it became a cost model (issue 18).
+    with pytest.raises(IosTvmError, match="unknown cost 'guessed'"):
+        make_stage_cost(sample8, "guessed")
+    learned, inner = make_stage_cost(sample8, "learned", cache=tmp_path / "m.sqlite",
+                                     profiler=Named())
+    from ios_tvm.cost.learned import LearnedCost
+
+    assert isinstance(learned.cost, LearnedCost) and learned.cost.measured is inner
 
 
 def test_twins_are_measured_once(sample8: Any, tmp_path: Path) -> None:

@@ -228,8 +228,8 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
     bad = [s for s in strategies if s not in IOS_STRATEGIES]
     if bad:
         raise ConfigError(f"unknown IOS strategy {bad[0]!r}; choose from {IOS_STRATEGIES}")
-    if cost not in ("measured", "analytic"):
-        raise ConfigError(f"unknown cost {cost!r}; use 'measured' or 'analytic'")
+    if cost not in ("measured", "learned", "analytic"):
+        raise ConfigError(f"unknown cost {cost!r}; use 'measured', 'learned' or 'analytic'")
     if rounds < 1:
         raise ConfigError(f"rounds must be at least 1, not {rounds}")
     pytorch = tuple(pytorch)
@@ -262,7 +262,8 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
     inputs = profiling_inputs(extraction, sample_inputs, seed)
     stage_cost, measured = make_stage_cost(extraction, cost, cache=cache, settings=settings,
                                            max_groups=base_cfg.max_groups, lib=lib,
-                                           merges=merges, progress=progress, inputs=inputs)
+                                           merges=merges, progress=progress, inputs=inputs,
+                                           config=base_cfg)
     schedules: dict[str, Any] = {"sequential": sequential_schedule(graph)}
     if greedy:
         schedules["greedy"] = greedy_schedule(graph, base_cfg.greedy_max_streams)

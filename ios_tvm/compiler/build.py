@@ -165,8 +165,10 @@ def build(model: Any, target: Any = "llvm", *,
         (matmuls) that share an input into one kernel (IOS-Merge, :mod:`ios_tvm.scheduler.merge`);
         merged kernels are generated, checked and measured on demand.
     cost
-        ``"measured"`` (default; stage latencies timed on the target), ``"analytic"``, or a
-        ``stage -> seconds`` callable.
+        ``"measured"`` (default; stage latencies timed on the target), ``"learned"`` (an
+        XGBoost model trained on the measurement cache predicts stages; only those it is
+        unsure of and the picked plan's are timed: :mod:`ios_tvm.cost.learned`),
+        ``"analytic"``, or a ``stage -> seconds`` callable.
     cache
         Measurement cache: True for the default file, a path, a
         :class:`~ios_tvm.cost.cache.MeasurementCache`, or False/None for none.
@@ -225,8 +227,9 @@ def build(model: Any, target: Any = "llvm", *,
     settings = settings or ProfileSettings()
     if (rpc_tracker is None) != (rpc_key is None):
         raise ConfigError("remote profiling needs both rpc_tracker (HOST:PORT) and rpc_key")
-    if not (cost in ("measured", "analytic") or callable(cost)):
-        raise ConfigError(f"unknown cost {cost!r}; use 'measured', 'analytic' or a callable")
+    if not (cost in ("measured", "learned", "analytic") or callable(cost)):
+        raise ConfigError(f"unknown cost {cost!r}; use 'measured', 'learned', 'analytic' or a "
+                          "callable")
     if rounds < 1:
         raise ConfigError(f"rounds must be at least 1, not {rounds}")
     seconds: dict[str, float] = {}
@@ -242,8 +245,8 @@ def build(model: Any, target: Any = "llvm", *,
     remote = rpc_tracker is not None
     if measure is None:
         measure = remote or device_present(device_type)
-    if cost == "measured" and not measure:
-        raise ConfigError(f"cost='measured' needs a {device_type} device on this machine; use "
+    if cost in ("measured", "learned") and not measure:
+        raise ConfigError(f"cost={cost!r} needs a {device_type} device on this machine; use "
                           "cost='analytic' (or profile remotely over RPC: rpc_tracker, "
                           "rpc_key)")
     inputs = profiling_inputs(extraction, sample_inputs)
@@ -362,7 +365,7 @@ def search_schedule(extraction: Extraction, lib: Any, cfg: SearchConfig, cost: A
         recorded is not None and any(s.strategy == "merge" for s in recorded.stages))
     merges = None
     if merging:
-        if profiler is not None and cost == "measured" and recorded is None:
+        if profiler is not None and cost in ("measured", "learned") and recorded is None:
             raise ConfigError(f"strategy {cfg.strategy!r} measures merged kernels on this "
                               "machine's device; remote (RPC) profiling supports the "
                               "sequential, greedy and concurrent strategies")
@@ -371,9 +374,9 @@ def search_schedule(extraction: Extraction, lib: Any, cfg: SearchConfig, cost: A
     stage_cost, measured = make_stage_cost(
         extraction, "analytic" if recorded is not None else cost, cache=cache,
         settings=settings, max_groups=cfg.max_groups, lib=lib, merges=merges,
-        profiler=profiler, progress=progress, inputs=inputs, params=params)
+        profiler=profiler, progress=progress, inputs=inputs, params=params, config=cfg)
     try:
-        if measured is not None and profiler is not None:
+        if measured is not None and profiler is not None and cost == "measured":
             t = time.perf_counter()
             measured.prefetch(candidate_stages(extraction.graph, cfg))
             if seconds is not None:

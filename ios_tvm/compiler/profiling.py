@@ -18,7 +18,8 @@ module builds what it needs from a model's :class:`~ios_tvm.compiler.extract.Ext
   reproduce the originals is not merged).
 
 :func:`make_stage_cost` is the one place :func:`ios_tvm.build` and the benchmark harness choose
-a stage cost: measured, analytic or the caller's own.
+a stage cost: measured, learned (measures few stages, predicts the rest), analytic or the
+caller's own.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ from ios_tvm.compiler.target import device_name, target_device_type
 from ios_tvm.cost.analytic import AnalyticCost
 from ios_tvm.cost.base import ProfileSettings, StageProfiler
 from ios_tvm.cost.cache import MeasurementCache, open_cache
+from ios_tvm.cost.learned import LearnedCost, record_kernel_features
 from ios_tvm.cost.measured import MeasuredCost
 from ios_tvm.errors import ConfigError, MergeError
+from ios_tvm.scheduler.config import SearchConfig
 from ios_tvm.scheduler.search import sequential_schedule
 from ios_tvm.scheduler.stage_cost import StageCostCache
 
@@ -207,37 +210,58 @@ def measured_cost(extraction: Any, *, max_groups: int = 8,
     if not remote:
         merges = merges or MergeCompiler(extraction, lib=lib, params=params)
         merge_fn = merge_profiler(merges, settings)
-    return MeasuredCost(kernel_keys(extraction), profiler,
-                        context=measurement_context(extraction, settings, device),
+    keys = kernel_keys(extraction)
+    # Every measured model teaches the learned cost model (its kernels' features).
+    record_kernel_features(cache, keys, extraction.graph)
+    return MeasuredCost(keys, profiler, context=measurement_context(extraction, settings, device),
                         cache=cache, merge_profiler=merge_fn, progress=progress)
+
+
+def device_cores(extraction: Any) -> int:
+    """The target device's cores (CPU threads kernels use) or streaming multiprocessors."""
+    if target_device_type(extraction.target) == "cuda":
+        try:
+            return int(tvm.cuda(0).multi_processor_count)
+        except Exception:  # noqa: BLE001 (no GPU here: a remote device; the count is a hint)
+            return 0
+    from ios_tvm.runtime.executor import default_cpu_threads
+
+    return default_cpu_threads()
 
 
 def make_stage_cost(extraction: Any, cost: Any, *, cache: Any = True,
                     settings: ProfileSettings | None = None, max_groups: int = 8,
                     lib: Any = None, merges: Any = None, profiler: Any = None,
                     progress: bool = False, inputs: Sequence[Any] | None = None,
-                    params: Any = None) -> tuple[StageCostCache, MeasuredCost | None]:
+                    params: Any = None, config: SearchConfig | None = None
+                    ) -> tuple[StageCostCache, MeasuredCost | None]:
     """The stage cost that :func:`ios_tvm.build` and :func:`ios_tvm.bench.harness.bench` use.
 
     ``cost`` is ``"measured"`` (:func:`measured_cost` on this machine's device, or on
     ``profiler``, persisted in ``cache``: see :func:`~ios_tvm.cost.cache.open_cache`),
-    ``"analytic"`` (:class:`~ios_tvm.cost.analytic.AnalyticCost` with the CPU preset on CPU
-    targets, H100 otherwise) or a cost function of one's own. Returns the memoised cost and
-    the :class:`~ios_tvm.cost.measured.MeasuredCost` (to ``close()`` and read counters
-    from), or None.
+    ``"learned"`` (:class:`~ios_tvm.cost.learned.LearnedCost` over that measured model:
+    measures the stages of ``config``'s search that the model trained on ``cache`` is unsure
+    of, predicts the rest), ``"analytic"`` (:class:`~ios_tvm.cost.analytic.AnalyticCost` with
+    the CPU preset on CPU targets, H100 otherwise) or a cost function of one's own. Returns the
+    memoised cost and the :class:`~ios_tvm.cost.measured.MeasuredCost` (to ``close()`` and
+    read counters from), or None.
     """
     measured = None
-    if cost == "measured":
+    if cost in ("measured", "learned"):
         measured = measured_cost(
             extraction, max_groups=max_groups, cache=open_cache(cache), settings=settings,
             progress=progress, profiler=profiler, lib=lib, merges=merges, inputs=inputs,
             params=params, device=profiler.device_name() if profiler is not None else None)
         fn: Any = measured
+        if cost == "learned":
+            fn = LearnedCost(extraction.graph, measured,
+                             config=config or SearchConfig(max_groups=max_groups),
+                             cores=device_cores(extraction))
     elif cost == "analytic":
         device_type = target_device_type(extraction.target)
         fn = AnalyticCost(extraction.graph, "cpu" if device_type == "cpu" else "h100")
     elif isinstance(cost, str):
-        raise ConfigError(f"unknown cost {cost!r}; use 'measured' or 'analytic'")
+        raise ConfigError(f"unknown cost {cost!r}; use 'measured', 'learned' or 'analytic'")
     else:
         fn = cost
     return StageCostCache(fn), measured

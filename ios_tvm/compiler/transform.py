@@ -22,9 +22,11 @@ from tvm import relax
 
 from ios_tvm.compiler.extract import Extraction, extract_graph
 from ios_tvm.compiler.kernel_schedules import CpuDefaultSchedule
-from ios_tvm.compiler.profiling import measured_cost
+from ios_tvm.compiler.profiling import device_cores, measured_cost
 from ios_tvm.compiler.target import resolve_target
 from ios_tvm.cost.analytic import AnalyticCost
+from ios_tvm.cost.cache import open_cache
+from ios_tvm.cost.learned import LearnedCost
 from ios_tvm.errors import ConfigError, register_errors
 from ios_tvm.ir.schedule import Schedule, Stage
 from ios_tvm.scheduler.config import SearchConfig
@@ -47,9 +49,16 @@ def _make_cost(cost: CostSpec, factory: CostFactory | None, extraction: Extracti
         return AnalyticCost(extraction.graph, device)
     if cost == "measured":
         return measured_cost(extraction, max_groups=config.max_groups)
+    if cost == "learned":
+        # Learning needs what was measured before: the user's measurement cache.
+        measured = measured_cost(extraction, max_groups=config.max_groups,
+                                 cache=open_cache(True))
+        return LearnedCost(extraction.graph, measured, config=config,
+                           cores=device_cores(extraction))
     if callable(cost):
         return cost
-    raise ConfigError(f"unknown cost model {cost!r}; use 'analytic', 'measured' or a callable")
+    raise ConfigError(f"unknown cost model {cost!r}; use 'analytic', 'measured', 'learned' or "
+                      "a callable")
 
 
 @tvm.transform.module_pass(opt_level=0, name="InterOperatorSchedule")
@@ -62,7 +71,9 @@ class InterOperatorSchedule:
         Strategy and pruning (:class:`~ios_tvm.scheduler.config.SearchConfig`).
     cost
         ``"analytic"`` (default; roofline model, no device), ``"measured"`` (times stages on
-        the module's target, device 0) or a ``stage -> seconds`` callable.
+        the module's target, device 0), ``"learned"`` (XGBoost trained on the user's
+        measurement cache; times only the stages it is unsure of,
+        :mod:`ios_tvm.cost.learned`) or a ``stage -> seconds`` callable.
     func_name
         The function to schedule (default: ``main``, else the only Relax function).
     device

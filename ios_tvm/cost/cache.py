@@ -147,6 +147,18 @@ class MeasurementCache:
                 return None
             return value
 
+    def items(self, context: str) -> list[tuple[str, float, float]]:
+        """Every valid stored (stage, seconds, created time) of ``context``."""
+        with self._lock:
+            try:
+                rows = self._conn.execute(
+                    "SELECT stage, seconds, created FROM measurements WHERE context=?",
+                    (context,)).fetchall()
+            except sqlite3.DatabaseError as e:
+                raise CacheError(f"reading the measurement cache {self.path} failed: {e}") from e
+        return [(str(k), float(v), float(t)) for k, v, t in rows
+                if isinstance(v, float) and math.isfinite(v) and v > 0.0]
+
     def put(self, context: str, stage: str, seconds: float, samples: list[float]) -> None:
         """Store a measurement (replacing an older one for the same key).
 
