@@ -69,7 +69,7 @@ if ! command -v cmake >/dev/null 2>&1; then
   build_reqs+=("cmake>=3.18")
 fi
 run_quiet "$PY" -m pip install -q "${build_reqs[@]}"
-run_quiet "$PY" -m pip install -q --no-build-isolation -e ".[dev,test,rpc,plot,learned,notebook]"
+run_quiet "$PY" -m pip install -q --no-build-isolation -e ".[dev,test,rpc,plot,learned,notebook,cuda]"
 # PyTorch, for the PyTorch baselines of the benchmark and their tests: only a CPU build that
 # pip's find-links directory already holds (a plain `pip install torch` can pull several GB of
 # CUDA libraries). Without one, those baselines and tests are skipped.

@@ -17,6 +17,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ios_tvm.compiler.cuda_binary import compile_cuda_kernels
 from ios_tvm.compiler.target import target_device_type
 from ios_tvm.errors import ModelLoadError
 
@@ -46,6 +47,7 @@ class RelaxVM:
         with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph":
                                                bool(cuda_graph)}):
             exe = tvm.compile(extraction.mod, target=target, relax_pipeline=rest)
+        exe = compile_cuda_kernels(exe, target)  # as the artifacts it is compared with
         self.device = tvm.cuda(0) if cuda else tvm.cpu(0)
         self.vm = relax.VirtualMachine(exe, self.device)
         self.func_name = extraction.func_name
