@@ -10,8 +10,9 @@ call, so that one lent GPU call is not spent on them:
 
 1. the native library loads, and TVM is runtime-only (no compiler library mapped);
 2. TVM's CUDA runtime loads and registers its CUDA module loader and device API;
-3. the kernels load as compiled code: the artifact holds cubins, not CUDA source, and
-   nothing calls NVRTC (``tvm_callback_cuda_compile``, ``cuda.bindings``) on the way;
+3. the kernels load as compiled code: the artifact (and a Relax VM executable, the
+   baseline bench_gpu.py ships) holds cubins, not CUDA source, and nothing calls NVRTC
+   (``tvm_callback_cuda_compile``, ``cuda.bindings``) on the way;
 4. the plan validates;
 5. the executor's CUDA entry points come from the same libcudart file as TVM's (the
    ``ios_tvm.runtime.cuda_graph_load_api`` test hook) and there is one libcudart in the process;
@@ -60,6 +61,28 @@ def cuda_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     result = build(sample_block(), "cuda", cost="analytic", compare_vm=False, measure=False)
     return Path(result.export(tmp_path_factory.mktemp("cuda") / "sample"))
+
+
+@pytest.fixture(scope="module")
+def cuda_vm_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample block's Relax VM executable for CUDA (the baseline bench_gpu.py ships)."""
+    _cuda_compiler_or_skip()
+    from tvm import relax
+
+    from ios_tvm.compiler.extract import graph_from_model
+    from ios_tvm.models.sample import sample_block
+
+    ex = graph_from_model(sample_block(), "cuda")
+    backend = relax.backend.cuda.pipeline
+    rest = tvm.transform.Sequential([*backend.dataflow_lower_passes(ex.target),
+                                     *backend.finalize_passes(ex.target)])
+    exe = tvm.compile(ex.mod, target=ex.target, relax_pipeline=rest)
+    assert [cuda_binary.module_format(m) for m in cuda_binary.cuda_modules(exe)] == ["cuda"]
+    assert cuda_binary.compile_cuda_kernels(exe, ex.target) is exe
+    assert [cuda_binary.module_format(m) for m in cuda_binary.cuda_modules(exe)] == ["cubin"]
+    path = tmp_path_factory.mktemp("cuda_vm") / "vm.so"
+    exe.export_library(str(path))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +220,16 @@ REHEARSAL = textwrap.dedent(r"""
     step("kernels", kinds=kinds, source_chars=sum(len(s) for s in sources), nvrtc_calls=len(calls),
          nvrtc_libs=cuda.loaded_libraries("libnvrtc"))
 
+    vm = tvm.runtime.load_module(sys.argv[2])  # a Relax VM executable: the same
+    stack, vm_sources = [vm], []
+    while stack:
+        m = stack.pop()
+        stack.extend(m.imports)
+        if m.kind == "cuda":
+            vm_sources.append(len(m.inspect_source("cuda")))
+    step("vm_kernels", kind=vm.kind, cuda_modules=len(vm_sources),
+         source_chars=sum(vm_sources), nvrtc_calls=len(calls))
+
     art.plan.validate()
     step("plan", calls=len(art.plan.calls), stages=len(art.plan.stages))
 
@@ -222,16 +255,17 @@ REHEARSAL = textwrap.dedent(r"""
 """)
 
 
-def test_runtime_only_rehearsal(cuda_artifact: Path, runtime_kit: Path, stub_driver: Path,
-                                pip_cudart: Path) -> None:
+def test_runtime_only_rehearsal(cuda_artifact: Path, cuda_vm_library: Path, runtime_kit: Path,
+                                stub_driver: Path, pip_cudart: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("TVM_DEVKIT_CUDA_LIB", "CUDA_PATH")}
     env.update({
         "TVM_USE_RUNTIME_LIB": "1",
         "PYTHONPATH": os.pathsep.join([str(runtime_kit), str(REPO)]),
         "LD_LIBRARY_PATH": os.pathsep.join([str(stub_driver), str(pip_cudart.parent)]),
     })
-    proc = subprocess.run([sys.executable, "-c", REHEARSAL, str(cuda_artifact)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", REHEARSAL, str(cuda_artifact),
+                           str(cuda_vm_library)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
     log = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     steps = {d["step"]: d for d in (json.loads(line[5:]) for line in proc.stdout.splitlines()
                                     if line.startswith("STEP "))}
@@ -250,6 +284,9 @@ def test_runtime_only_rehearsal(cuda_artifact: Path, runtime_kit: Path, stub_dri
     assert "cuda" in kernels["kinds"], log
     assert kernels["source_chars"] == 0, "the loaded CUDA module holds CUDA source"
     assert kernels["nvrtc_calls"] == 0 and kernels["nvrtc_libs"] == [], log
+
+    vm = steps["vm_kernels"]
+    assert vm["cuda_modules"] == 1 and vm["source_chars"] == 0 and vm["nvrtc_calls"] == 0, log
 
     assert steps["plan"]["calls"] > 0 and steps["plan"]["stages"] > 0, log
 
