@@ -190,10 +190,11 @@ def compile_vm(mod: Any, target: Any, use_cuda_graph: bool) -> Any:
                else relax.backend.cpu_generic.pipeline)
     rest = tvm.transform.Sequential([*backend.dataflow_lower_passes(target),
                                      *backend.finalize_passes(target)])
-    with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": use_cuda_graph}):
-        exe = tvm.compile(mod, target=target, relax_pipeline=rest)
-    from ios_tvm.compiler.cuda_binary import compile_cuda_kernels
+    from ios_tvm.compiler.cuda_binary import compile_cuda_kernels, cuda_build_scope
 
+    with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": use_cuda_graph}), \
+            cuda_build_scope(target):
+        exe = tvm.compile(mod, target=target, relax_pipeline=rest)
     return compile_cuda_kernels(exe, target)  # cubins, as in kernels.so: no NVRTC on the GPU
 
 

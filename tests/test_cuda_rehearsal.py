@@ -182,6 +182,45 @@ def test_no_cuda_compiler_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) ->
         cuda_binary.cuda_compiler()
 
 
+BUILD_WITH_CUDA_RUNTIME = textwrap.dedent(r"""
+    import tvm, tvm_ffi
+    from tvm import te
+    from ios_tvm.compiler import cuda_binary
+
+    assert tvm_ffi.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True)
+    # TVM's codegen compiles through this global here; a build must restore the caller's.
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", lambda *a: "mine", override=True)
+    a = te.placeholder((256,), name="a")
+    b = te.compute((256,), lambda i: a[i] * 2.0, name="b")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([a, b]))
+    (loop,) = sch.get_loops(sch.get_sblock("b"))
+    outer, inner = sch.split(loop, [None, 64])
+    sch.bind(outer, "blockIdx.x")
+    sch.bind(inner, "threadIdx.x")
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
+    lib = cuda_binary.build_cuda_library(tvm.IRModule({"double": sch.mod["main"].with_attr(
+        "global_symbol", "double")}), target)
+    (m,) = cuda_binary.cuda_modules(lib)
+    print("format", cuda_binary.module_format(m), "runnable", m.is_runnable(),
+          "restored", tvm_ffi.get_global_func("tvm_callback_cuda_compile")("x"))
+""")
+
+
+def test_build_where_tvm_has_its_cuda_runtime(stub_driver: Path, pip_cudart: Path) -> None:
+    """On a machine whose TVM loads its CUDA runtime (a GPU machine), TVM's codegen compiles at
+    build time through ``tvm_callback_cuda_compile``, by default for this machine's GPU (here:
+    none, an error); the build compiles for the target's arch instead and keeps TVM's own,
+    runnable CUDA module."""
+    _cuda_compiler_or_skip()
+    env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join([str(stub_driver),
+                                                             str(pip_cudart.parent)])}
+    env.pop("TVM_USE_RUNTIME_LIB", None)
+    proc = subprocess.run([sys.executable, "-c", BUILD_WITH_CUDA_RUNTIME], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "format cubin runnable True restored mine" in proc.stdout, proc.stdout
+
+
 # -- the GPU side, rehearsed: runtime-only TVM, pip's libcudart, a driver without devices --------
 REHEARSAL = textwrap.dedent(r"""
     import json, os, sys

@@ -256,6 +256,65 @@ def compile_source(source: str, arch: str) -> bytes:
     return binary
 
 
+# -- during a build: TVM's compile callback ----------------------------------------------------
+#: The global TVM's CUDA codegen calls to compile CUDA source, where TVM has a CUDA runtime.
+COMPILE_CALLBACK = "tvm_callback_cuda_compile"
+_callback_lock = threading.RLock()
+
+
+def is_cuda_target(target: Any) -> bool:
+    """Whether ``target`` (a ``tvm.target.Target``) is a CUDA target."""
+    kind = getattr(target, "kind", None)
+    return getattr(kind, "name", None) == "cuda"
+
+
+@contextlib.contextmanager
+def cuda_build_scope(target: Any) -> Iterator[None]:
+    """Around a ``tvm.tirx.build``/``tvm.compile`` for ``target``: TVM compiles with our compiler.
+
+    Where TVM has its CUDA runtime (a GPU machine, or ``libcuda.so.1`` present), its CUDA
+    codegen compiles at build time through the global ``tvm_callback_cuda_compile``, whose
+    default takes the arch from ``Target.current()`` (unset there) or else from the GPU of
+    this machine, not from the target. For the duration of the block that global compiles
+    for the target's arch with :func:`compile_source`; the previous one is restored after.
+    (Process-wide while it lasts; builds in several threads are serialised by a lock.)
+    Without a CUDA runtime TVM does not call it and keeps CUDA source, which
+    :func:`compile_cuda_kernels` compiles after the build. A no-op for other targets.
+    """
+    if not is_cuda_target(target):
+        yield
+        return
+    import tvm_ffi
+
+    arch = target_arch(target)
+
+    def compile_callback(code: str, *_: Any) -> bytes:
+        return compile_source(str(code), arch)
+
+    with _callback_lock:
+        previous = tvm_ffi.get_global_func(COMPILE_CALLBACK, allow_missing=True)
+        tvm_ffi.register_global_func(COMPILE_CALLBACK, compile_callback, override=True)
+        try:
+            yield
+        finally:
+            if previous is not None:
+                tvm_ffi.register_global_func(COMPILE_CALLBACK, previous, override=True)
+            else:
+                tvm_ffi.remove_global_func(COMPILE_CALLBACK)
+
+
+def build_cuda_library(mod: Any, target: Any) -> Any:
+    """``tvm.tirx.build(mod, target)``, with CUDA kernels compiled to device code.
+
+    (:func:`cuda_build_scope` and :func:`compile_cuda_kernels`; other targets: a plain build.)
+    """
+    import tvm
+
+    with cuda_build_scope(target):
+        lib = tvm.tirx.build(mod, target=target)
+    return compile_cuda_kernels(lib, target) if is_cuda_target(target) else lib
+
+
 # -- rewriting a module tree --------------------------------------------------------------------
 def _binary_module(source_module: Any, arch: str) -> Any | None:
     """The compiled twin of a CUDA source module, or None if it already holds device code."""
