@@ -47,6 +47,7 @@ BINARY_FORMAT = "cubin"
 _cache: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
 _CACHE_ENTRIES = 64
 _lock = threading.Lock()
+_compile_lock = threading.Lock()
 
 
 # -- TVM's serialised CUDA module: fmt, function table, data ------------------------------------
@@ -229,6 +230,18 @@ def compile_source(source: str, arch: str) -> bytes:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
+
+    # One compile at a time: the NVRTC path points $CUDA_PATH at a temporary directory.
+    with _compile_lock:
+        binary = _compile(source, arch, compiler)
+    with _lock:
+        _cache[key] = binary
+        while len(_cache) > _CACHE_ENTRIES:
+            _cache.popitem(last=False)
+    return binary
+
+
+def _compile(source: str, arch: str, compiler: str) -> bytes:
     import tvm
     from tvm.support import nvcc
 
@@ -249,10 +262,6 @@ def compile_source(source: str, arch: str) -> bytes:
     binary = bytes(binary)
     if not binary.startswith(b"\x7fELF"):
         raise CudaCompileError(f"{compiler} returned no cubin for {arch}")
-    with _lock:
-        _cache[key] = binary
-        while len(_cache) > _CACHE_ENTRIES:
-            _cache.popitem(last=False)
     return binary
 
 

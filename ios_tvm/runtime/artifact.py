@@ -201,8 +201,9 @@ def load(directory: str | os.PathLike[str], device: Any | None = None, *,
     :class:`~ios_tvm.errors.CudaUnavailableError`, one line saying which.
     """
     art = load_artifact(directory, expect_target=expect_target)
-    if art.plan.device_type == "cuda":
-        index = 0 if device is None else int(getattr(device, "index", 0))
+    on_cuda = device is None or device.dlpack_device_type() % 128 == 2  # kDLCUDA (RPC: +128k)
+    if art.plan.device_type == "cuda" and on_cuda:
+        index = 0 if device is None else int(device.index)
         problem = cuda_device_problem(index)  # the first CUDA call
         if problem:
             raise CudaUnavailableError(f"{directory}: cannot run this CUDA artifact: {problem}")
