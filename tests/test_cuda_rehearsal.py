@@ -221,6 +221,15 @@ def test_build_where_tvm_has_its_cuda_runtime(stub_driver: Path, pip_cudart: Pat
     assert "format cubin runnable True restored mine" in proc.stdout, proc.stdout
 
 
+@pytest.mark.parametrize(("arch", "version", "runs"), [
+    ("sm_90", "9.0", True), ("sm_80", "8.6", True), ("sm_86", "8.0", False),
+    ("sm_80", "9.0", False), ("sm_90a", "9.0", True), ("sm_90a", "9.1", False),
+    ("sm_100", "10.0", True), ("sm_120", "10.0", False)])
+def test_cubin_runs_on(arch: str, version: str, runs: bool) -> None:
+    """load refuses, before any launch, an artifact compiled for another GPU architecture."""
+    assert cuda_rt.cubin_runs_on(arch, version) is runs
+
+
 # -- the GPU side, rehearsed: runtime-only TVM, pip's libcudart, a driver without devices --------
 REHEARSAL = textwrap.dedent(r"""
     import json, os, sys

@@ -35,7 +35,7 @@ import numpy as np
 
 from ios_tvm.errors import CudaUnavailableError, PlanFormatError, Terminated
 from ios_tvm.ir.plan import Plan, parse_json, target_dict
-from ios_tvm.runtime.cuda import cuda_device_problem, load_cuda_runtime
+from ios_tvm.runtime.cuda import cubin_runs_on, cuda_device_problem, load_cuda_runtime
 from ios_tvm.runtime.executor import Executor, packed_function_allowed
 
 ARTIFACT_FORMAT = "ios_tvm.Artifact"
@@ -207,6 +207,16 @@ def load(directory: str | os.PathLike[str], device: Any | None = None, *,
         problem = cuda_device_problem(index)  # the first CUDA call
         if problem:
             raise CudaUnavailableError(f"{directory}: cannot run this CUDA artifact: {problem}")
+        arch = (target_dict(art.plan.target) or {}).get("arch")
+        if isinstance(arch, str):  # a cubin for another GPU fails at its first kernel launch
+            import tvm
+
+            version = str(tvm.cuda(index).compute_version)
+            if not cubin_runs_on(arch, version):
+                raise PlanFormatError(f"{directory}: its kernels are compiled for {arch}; CUDA "
+                                      f"device {index} has compute capability {version} "
+                                      f"(rebuild with target {{\"kind\": \"cuda\", \"arch\": "
+                                      f"\"sm_{version.replace('.', '')}\"}})")
     return art.executor(device, cuda_graph=cuda_graph)
 
 

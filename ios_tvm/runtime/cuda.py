@@ -152,3 +152,22 @@ def cuda_device_problem(index: int = 0) -> str:
         return (f"no CUDA device {index}: this machine has {count.value} CUDA device(s)"
                 if count.value else "no CUDA device: cudaGetDeviceCount found none")
     return ""
+
+
+def cubin_runs_on(arch: str, compute_version: str) -> bool:
+    """Whether a cubin for ``arch`` (``"sm_90"``) runs on a GPU of ``compute_version`` (``"9.0"``).
+
+    A cubin holds machine code for one architecture: it runs on GPUs of the same major
+    version and a minor version at least its own; an ``a`` (arch-specific) cubin only on
+    exactly its own.
+    """
+    digits = arch.removeprefix("sm_").rstrip("abcdefghijklmnopqrstuvwxyz")
+    suffix = arch.removeprefix("sm_")[len(digits):]
+    try:
+        major, minor = (int(x) for x in str(compute_version).split(".")[:2])
+        want_major, want_minor = int(digits[:-1]), int(digits[-1])
+    except ValueError:
+        return True  # unknown spelling: let the driver decide
+    if suffix == "a":
+        return (major, minor) == (want_major, want_minor)
+    return major == want_major and minor >= want_minor
