@@ -1,12 +1,16 @@
 """CUDA kernels compiled at build time: artifacts carry device code, not CUDA source.
 
-TVM 0.27 builds a CUDA kernel library as CUDA *source* and compiles it with NVRTC each time
-the exported library is loaded, through the global ``tvm_callback_cuda_compile``, whose
-default needs the TVM compiler (``Target.current()``), NVRTC and cuda-bindings on the GPU
-machine. :func:`compile_cuda_kernels` compiles every CUDA source module of a built module
-(a kernel library, or a Relax VM executable) to a cubin for the target's arch here, and
-replaces it by the same module holding the cubin, so that loading needs no compiler and pays
-no compile; TVM's own CUDA loader reads it (``cuModuleLoadData``).
+On a machine without TVM's CUDA runtime (no ``libcuda.so.1``: a CPU build host) TVM 0.27
+builds a CUDA kernel library as CUDA *source*, compiled with NVRTC each time the exported
+library is loaded, through the global ``tvm_callback_cuda_compile``, whose default needs the
+TVM compiler (``Target.current()``), NVRTC and cuda-bindings on the GPU machine.
+:func:`compile_cuda_kernels` compiles every CUDA source module of a built module (a kernel
+library, or a Relax VM executable) to a cubin for the target's arch, and replaces it by the
+same module holding the cubin, so that loading needs no compiler and pays no compile; TVM's
+own CUDA loader reads it (``cuModuleLoadData``). Where TVM has its CUDA runtime, its codegen
+calls that global at build time instead, by default for the GPU it finds;
+:func:`cuda_build_scope` points it at the target's arch for the build.
+:func:`build_cuda_library` does both around ``tvm.tirx.build``.
 
 The compiler is NVRTC from pip (``pip install 'ios-tvm[cuda]'``: cuda-bindings,
 nvidia-cuda-nvrtc and the CUDA headers; it runs on a machine without a GPU), or nvcc (CUDA
