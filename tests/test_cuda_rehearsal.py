@@ -34,6 +34,9 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 pytest.importorskip("onnx")
+if getattr(tvm.base, "_RUNTIME_ONLY", False):
+    pytest.skip("the rehearsal compiles with the full TVM (this TVM is runtime-only)",
+                allow_module_level=True)
 
 from ios_tvm.compiler import cuda_binary  # noqa: E402
 from ios_tvm.errors import CudaCompileError  # noqa: E402
