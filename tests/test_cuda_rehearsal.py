@@ -149,6 +149,23 @@ def test_cuda_artifact_holds_compiled_kernels(cuda_artifact: Path) -> None:
     assert plan["device_type"] == "cuda" and json.loads(plan["target"])["arch"] == "sm_90"
 
 
+def test_merged_kernels_are_compiled_too(tmp_path: Path) -> None:
+    """An IOS-Merge plan's library (merged kernels importing the model's library) holds
+    cubins only, in both CUDA modules."""
+    _cuda_compiler_or_skip()
+    from ios_tvm.compiler.build import build
+    from ios_tvm.models.sample import sample_block
+    from ios_tvm.scheduler.config import SearchConfig
+
+    result = build(sample_block(), "cuda", cost="analytic", compare_vm=False, measure=False,
+                   config=SearchConfig(strategy="merge"))
+    assert "1 merged" in result.schedule.summary(), result.schedule.summary()
+    modules = cuda_binary.cuda_modules(result.artifact.lib)
+    assert [cuda_binary.module_format(m) for m in modules] == ["cubin", "cubin"]
+    data = (Path(result.export(tmp_path / "merged")) / "kernels.so").read_bytes()
+    assert b"__global__" not in data
+
+
 def test_compile_cuda_kernels_rewrites_the_import_tree() -> None:
     """Every CUDA source module of a build becomes a cubin module; a second pass is a no-op."""
     _cuda_compiler_or_skip()
