@@ -28,8 +28,12 @@ namespace {
 
 class SerializedDeviceModuleObj : public ffi::ModuleObj {
  public:
-  SerializedDeviceModuleObj(std::string kind, ffi::Bytes payload, std::string fmt)
-      : kind_(std::move(kind)), payload_(std::move(payload)), fmt_(std::move(fmt)) {}
+  SerializedDeviceModuleObj(std::string kind, ffi::Bytes payload, std::string fmt,
+                            std::string source)
+      : kind_(std::move(kind)),
+        payload_(std::move(payload)),
+        fmt_(std::move(fmt)),
+        source_(std::move(source)) {}
 
   const char* kind() const final { return kind_.c_str(); }
 
@@ -42,15 +46,19 @@ class SerializedDeviceModuleObj : public ffi::ModuleObj {
 
   ffi::Bytes SaveToBytes() const final { return payload_; }
 
-  // The binary's format ("cubin", "fatbin") under the key "format", for inspection.
+  // For inspection only (not serialised): the binary's format ("cubin") under "format", and
+  // the source it was compiled from under its kind ("cuda"), as TVM's CUDA module keeps it.
   ffi::String InspectSource(const ffi::String& format) const final {
-    return format == "format" ? ffi::String(fmt_) : ffi::String();
+    if (format == "format") return ffi::String(fmt_);
+    if (format == kind_) return ffi::String(source_);
+    return ffi::String();
   }
 
  private:
   std::string kind_;
   ffi::Bytes payload_;
   std::string fmt_;
+  std::string source_;
 };
 
 }  // namespace
@@ -59,10 +67,11 @@ TVM_FFI_STATIC_INIT_BLOCK() {
   namespace refl = tvm::ffi::reflection;
   refl::GlobalDef().def(
       "ios_tvm.cuda.serialized_module",
-      [](const ffi::String& kind, const ffi::Bytes& payload, const ffi::String& fmt) {
+      [](const ffi::String& kind, const ffi::Bytes& payload, const ffi::String& fmt,
+         const ffi::String& source) {
         if (kind.size() == 0) TVM_FFI_THROW(ValueError) << "a module kind is required";
         return ffi::Module(ffi::make_object<SerializedDeviceModuleObj>(
-            std::string(kind), payload, std::string(fmt)));
+            std::string(kind), payload, std::string(fmt), std::string(source)));
       });
 }
 

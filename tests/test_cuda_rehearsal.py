@@ -166,6 +166,28 @@ def test_merged_kernels_are_compiled_too(tmp_path: Path) -> None:
     assert b"__global__" not in data
 
 
+def test_load_without_a_driver_is_one_line(cuda_artifact: Path) -> None:
+    """No libcuda.so.1 at all (this process, on a machine without the NVIDIA driver): load
+    says so in one line; load_artifact, which only reads artifacts, refuses the library."""
+    import ctypes
+
+    from ios_tvm.errors import CudaUnavailableError, PlanFormatError
+    from ios_tvm.runtime.artifact import load, load_artifact
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        pytest.skip("this machine has a CUDA driver")
+    except OSError:
+        pass
+    with pytest.raises(CudaUnavailableError, match=r"cannot run this CUDA artifact: .*no CUDA "
+                                                   r"driver \(libcuda.so.1 not found\)") as e:
+        load(cuda_artifact)
+    assert "\n" not in str(e.value)
+    with pytest.raises(PlanFormatError, match=r"kernels.so: cannot load the kernel library "
+                                              r"here: its CUDA kernels need TVM's CUDA runtime"):
+        load_artifact(cuda_artifact)
+
+
 def test_compile_cuda_kernels_rewrites_the_import_tree() -> None:
     """Every CUDA source module of a build becomes a cubin module; a second pass is a no-op."""
     _cuda_compiler_or_skip()

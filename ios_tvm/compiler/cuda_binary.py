@@ -80,7 +80,7 @@ def _module_bytes(module: Any) -> bytes:
 
     _native.load()
     container = tvm_ffi.get_global_func("ios_tvm.cuda.serialized_module")(
-        "ios_tvm.container", b"", "")
+        "ios_tvm.container", b"", "", "")
     container.import_module(module)
     blob = bytes(tvm_ffi.get_global_func("runtime.ModulePackImportsToTensor")(container)
                  .numpy().tobytes())
@@ -345,7 +345,7 @@ def _binary_module(source_module: Any, arch: str) -> Any | None:
     if loader is not None:  # TVM's CUDA runtime is here: its own (runnable) module
         return loader(new_payload)
     return tvm_ffi.get_global_func("ios_tvm.cuda.serialized_module")(
-        "cuda", new_payload, BINARY_FORMAT)
+        "cuda", new_payload, BINARY_FORMAT, source)  # (the source for inspect_source only)
 
 
 def compile_cuda_kernels(module: Any, target: Any) -> Any:

@@ -200,7 +200,13 @@ def load(directory: str | os.PathLike[str], device: Any | None = None, *,
     usable CUDA device, driver or runtime it raises
     :class:`~ios_tvm.errors.CudaUnavailableError`, one line saying which.
     """
-    art = load_artifact(directory, expect_target=expect_target)
+    try:
+        art = load_artifact(directory, expect_target=expect_target)
+    except PlanFormatError as e:  # a sound artifact, but no CUDA runtime to load it here
+        if isinstance(e.__cause__, CudaUnavailableError):
+            raise CudaUnavailableError(f"{directory}: cannot run this CUDA artifact: "
+                                       f"{e.__cause__}") from e
+        raise
     on_cuda = device is None or device.dlpack_device_type() % 128 == 2  # kDLCUDA (RPC: +128k)
     if art.plan.device_type == "cuda" and on_cuda:
         index = 0 if device is None else int(device.index)
@@ -424,9 +430,10 @@ def load_artifact(directory: str | os.PathLike[str], *,
         try:
             lib = rt.load_module(str(lib_path))
         except Exception as e:  # TVM raises RuntimeError/TVMError variants
-            if no_cuda is not None and "cuda" in str(e):
-                raise CudaUnavailableError(f"{lib_path}: cannot load its CUDA kernels: "
-                                           f"{no_cuda}") from e
+            if no_cuda is not None and "cuda" in str(e):  # (load turns it into no_cuda)
+                raise PlanFormatError(f"{lib_path}: cannot load the kernel library here: its "
+                                      f"CUDA kernels need TVM's CUDA runtime: {no_cuda}") \
+                    from no_cuda
             hint = ""
             if plan.device_type == "cuda" and ("TargetCurrent" in str(e) or "NVRTC" in str(e)):
                 hint = (" (its CUDA kernels are CUDA source, compiled when loaded: an artifact "
