@@ -84,6 +84,18 @@ class ExecutionError(IosTvmError, RuntimeError):
     """A run failed: a kernel raised (the message names the call, kernel and node)."""
 
 
+class CudaUnavailableError(IosTvmError):
+    """A CUDA artifact cannot run here: no CUDA device, driver or runtime (says which)."""
+
+
+class CudaCompileError(IosTvmError):
+    """CUDA kernels could not be compiled to device code at build time.
+
+    No compiler (NVRTC from ``pip install 'ios-tvm[cuda]'``, or nvcc), or it failed (the
+    message has its log).
+    """
+
+
 # -- ios-tvm's own bugs ---------------------------------------------------------------------------
 class InternalError(IosTvmError, RuntimeError):
     """An invariant of ios-tvm does not hold: a bug; please report it with the message."""

@@ -21,8 +21,8 @@ The work is split so that the GPU machine needs no TVM compiler (runtime-only TV
 ``shared/tools/device-kit.sh``):
 
 ``compile`` (here, any machine with the TVM compiler; no GPU): per model and batch, lower the
-    model for CUDA, compile the kernel library once (CUDA source; NVRTC compiles it when
-    loaded on the GPU), search the IOS schedule (analytic H100 cost model, or stage latencies
+    model for CUDA, compile the kernel library once (kernels compiled to cubin here, so the
+    GPU side needs no NVRTC), search the IOS schedule (analytic H100 cost model, or stage latencies
     measured on the GPU by ``profile``: ``--stage-costs``), write both plans, the Relax VM
     executables with and without ``use_cuda_graph`` (weights lifted to parameters), and a
     recipe of the weights: every weight is an initializer of the zoo's ONNX model, which the
@@ -190,8 +190,12 @@ def compile_vm(mod: Any, target: Any, use_cuda_graph: bool) -> Any:
                else relax.backend.cpu_generic.pipeline)
     rest = tvm.transform.Sequential([*backend.dataflow_lower_passes(target),
                                      *backend.finalize_passes(target)])
-    with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": use_cuda_graph}):
-        return tvm.compile(mod, target=target, relax_pipeline=rest)
+    from ios_tvm.compiler.cuda_binary import compile_cuda_kernels, cuda_build_scope
+
+    with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": use_cuda_graph}), \
+            cuda_build_scope(target):
+        exe = tvm.compile(mod, target=target, relax_pipeline=rest)
+    return compile_cuda_kernels(exe, target)  # cubins, as in kernels.so: no NVRTC on the GPU
 
 
 def _offline_cost(ex: Any, max_groups: int, costs: Mapping[str, Sequence[float]] | None) -> Any:
@@ -298,8 +302,8 @@ def compile_case(model_name: str, batch: int, out: Path, args: argparse.Namespac
 
 
 def write_archive(root: Path, archive: Path) -> None:
-    """Pack the compiled cases (``kernels.so`` and the VM executables are mostly CUDA source,
-    which xz shrinks about 100x) so that they travel to the GPU machine."""
+    """Pack the compiled cases (``kernels.so`` and the VM executables, with their cubins)
+    so that they travel to the GPU machine."""
     import tarfile
 
     archive.parent.mkdir(parents=True, exist_ok=True)
@@ -341,30 +345,22 @@ def cmd_compile(args: argparse.Namespace) -> int:
 # the GPU side (runtime-only TVM is enough)
 # =============================================================================================
 def setup_cuda() -> tuple[Any, str]:
-    """CUDA device 0 and its ``sm_XY``; makes CUDA-source kernel libraries loadable.
+    """CUDA device 0 and its ``sm_XY``.
 
-    In runtime-only mode TVM loads no CUDA runtime and cannot ask a Target for the arch, so
-    the library is loaded by hand and the NVRTC callback is given the device's arch.
+    The kernel libraries hold cubins compiled at ``compile`` time (``ios_tvm.compiler.
+    cuda_binary``), so nothing is compiled here: TVM's CUDA runtime is loaded (runtime-only
+    mode loads none by itself) and the device checked.
     """
-    import tvm_ffi
+    from ios_tvm.runtime.cuda import cuda_device_problem
 
-    from ios_tvm.runtime.executor import device_of
-
-    device_of("cuda", 0)  # loads TVM's CUDA runtime in runtime-only mode
+    problem = cuda_device_problem(0)
+    if problem:
+        raise SystemExit(problem)
     import tvm
 
     dev = tvm.cuda(0)  # a tvm.runtime.Device, as the Relax VM wants
-    if not dev.exist:
-        raise SystemExit("no CUDA GPU here")
-    major, minor = str(tvm.cuda(0).compute_version).split(".")
-    arch = f"sm_{major}{minor}"
-    from tvm.support import nvcc
-
-    def compile_cuda(code: str) -> bytes:
-        return nvcc.compile_cuda(code, target_format="cubin", arch=arch, compiler="nvrtc")
-
-    tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_cuda, override=True)
-    return dev, arch
+    major, minor = str(dev.compute_version).split(".")
+    return dev, f"sm_{major}{minor}"
 
 
 def load_case(case_dir: Path) -> dict[str, Any]:

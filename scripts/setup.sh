@@ -72,7 +72,7 @@ run_quiet "$PY" -m pip install -q "${build_reqs[@]}"
 # The learned extra is the CPU-only xgboost-cpu wheel; the full `xgboost` (NCCL, ~130 MB) of an
 # older setup owns the same module files, so it goes first.
 if "$PY" -m pip show -q xgboost >/dev/null 2>&1; then run_quiet "$PY" -m pip uninstall -y -q xgboost; fi
-run_quiet "$PY" -m pip install -q --no-build-isolation -e ".[dev,test,rpc,plot,learned,notebook]"
+run_quiet "$PY" -m pip install -q --no-build-isolation -e ".[dev,test,rpc,plot,learned,notebook,cuda]"
 # PyTorch, for the PyTorch baselines of the benchmark and their tests: only a CPU build that
 # pip's find-links directory already holds (a plain `pip install torch` can pull several GB of
 # CUDA libraries). Without one, those baselines and tests are skipped.

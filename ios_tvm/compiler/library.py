@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ios_tvm.compiler.cuda_binary import build_cuda_library
 from ios_tvm.errors import ModelLoadError, UnsupportedGraphError
 
 
@@ -12,7 +13,9 @@ def build_kernel_library(mod: Any, target: Any) -> Any:
     """Compile every PrimFunc of the lowered ``mod`` for ``target`` into one runtime module.
 
     Fused PrimFuncs are private; each gets its GlobalVar's name as global symbol, which is
-    the kernel name the plan calls.
+    the kernel name the plan calls. CUDA kernels are compiled to device code here
+    (:func:`~ios_tvm.compiler.cuda_binary.build_cuda_library`), so the exported library
+    loads without a compiler.
     """
     import tvm
 
@@ -22,7 +25,7 @@ def build_kernel_library(mod: Any, target: Any) -> Any:
             funcs[gv] = func.with_attr("global_symbol", gv.name_hint)
     if not funcs:
         raise UnsupportedGraphError("the lowered module has no kernels to build")
-    return tvm.tirx.build(tvm.IRModule(funcs), target=target)
+    return build_cuda_library(tvm.IRModule(funcs), target)
 
 
 def weights_of(extraction: Any, params: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ios_tvm.compiler.cuda_binary import compile_cuda_kernels, cuda_build_scope
 from ios_tvm.compiler.target import target_device_type
 from ios_tvm.errors import ModelLoadError
 
@@ -44,8 +45,10 @@ class RelaxVM:
         rest = tvm.transform.Sequential([*backend.dataflow_lower_passes(target),
                                          *backend.finalize_passes(target)])
         with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph":
-                                               bool(cuda_graph)}):
+                                               bool(cuda_graph)}), cuda_build_scope(target):
             exe = tvm.compile(extraction.mod, target=target, relax_pipeline=rest)
+        if cuda:  # cubins for the target's arch, as in the artifacts it is compared with
+            exe = compile_cuda_kernels(exe, target)
         self.device = tvm.cuda(0) if cuda else tvm.cpu(0)
         self.vm = relax.VirtualMachine(exe, self.device)
         self.func_name = extraction.func_name

@@ -33,13 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from ios_tvm.errors import PlanFormatError, Terminated
+from ios_tvm.errors import CudaUnavailableError, PlanFormatError, Terminated
 from ios_tvm.ir.plan import Plan, parse_json, target_dict
-from ios_tvm.runtime.executor import (
-    Executor,
-    load_cuda_runtime,
-    packed_function_allowed,
-)
+from ios_tvm.runtime.cuda import cubin_runs_on, cuda_device_problem, load_cuda_runtime
+from ios_tvm.runtime.executor import Executor, packed_function_allowed
 
 ARTIFACT_FORMAT = "ios_tvm.Artifact"
 #: Version 2 records each file's sha256 next to its size.
@@ -196,9 +193,37 @@ def load(directory: str | os.PathLike[str], device: Any | None = None, *,
     ``expect_target`` is checked with :func:`target_matches`; ``cuda_graph`` as in
     :class:`Executor` (default: on for CUDA artifacts). Loading runs the artifact's code
     (see the module docstring).
+
+    A CUDA artifact holds compiled kernels (cubin), so it loads with the TVM runtime alone
+    (``TVM_USE_RUNTIME_LIB=1``), without NVRTC or a compiler; TVM's CUDA runtime library is
+    loaded here when needed (:func:`ios_tvm.runtime.cuda.load_cuda_runtime`). Without a
+    usable CUDA device, driver or runtime it raises
+    :class:`~ios_tvm.errors.CudaUnavailableError`, one line saying which.
     """
-    return load_artifact(directory, expect_target=expect_target).executor(
-        device, cuda_graph=cuda_graph)
+    try:
+        art = load_artifact(directory, expect_target=expect_target)
+    except PlanFormatError as e:  # a sound artifact, but no CUDA runtime to load it here
+        if isinstance(e.__cause__, CudaUnavailableError):
+            raise CudaUnavailableError(f"{directory}: cannot run this CUDA artifact: "
+                                       f"{e.__cause__}") from e
+        raise
+    on_cuda = device is None or device.dlpack_device_type() % 128 == 2  # kDLCUDA (RPC: +128k)
+    if art.plan.device_type == "cuda" and on_cuda:
+        index = 0 if device is None else int(device.index)
+        problem = cuda_device_problem(index)  # the first CUDA call
+        if problem:
+            raise CudaUnavailableError(f"{directory}: cannot run this CUDA artifact: {problem}")
+        arch = (target_dict(art.plan.target) or {}).get("arch")
+        if isinstance(arch, str):  # a cubin for another GPU fails at its first kernel launch
+            import tvm
+
+            version = str(tvm.cuda(index).compute_version)
+            if not cubin_runs_on(arch, version):
+                raise PlanFormatError(f"{directory}: its kernels are compiled for {arch}; CUDA "
+                                      f"device {index} has compute capability {version} "
+                                      f"(rebuild with target {{\"kind\": \"cuda\", \"arch\": "
+                                      f"\"sm_{version.replace('.', '')}\"}})")
+    return art.executor(device, cuda_graph=cuda_graph)
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
@@ -396,12 +421,25 @@ def load_artifact(directory: str | os.PathLike[str], *,
             raise PlanFormatError(f"{lib_path}: not the kernel library this plan was built "
                                   "with (its sha256 differs from the plan's kernels_sha256)")
         check_shared_library(lib_path)
+        no_cuda: CudaUnavailableError | None = None
         if plan.device_type == "cuda":
-            load_cuda_runtime()
+            try:
+                load_cuda_runtime()
+            except CudaUnavailableError as e:  # matters only if the library has CUDA kernels
+                no_cuda = e
         try:
             lib = rt.load_module(str(lib_path))
         except Exception as e:  # TVM raises RuntimeError/TVMError variants
-            raise PlanFormatError(f"{lib_path}: cannot load the kernel library: {e}") from e
+            if no_cuda is not None and "cuda" in str(e):  # (load turns it into no_cuda)
+                raise PlanFormatError(f"{lib_path}: cannot load the kernel library here: its "
+                                      f"CUDA kernels need TVM's CUDA runtime: {no_cuda}") \
+                    from no_cuda
+            hint = ""
+            if plan.device_type == "cuda" and ("TargetCurrent" in str(e) or "NVRTC" in str(e)):
+                hint = (" (its CUDA kernels are CUDA source, compiled when loaded: an artifact "
+                        "from an older ios-tvm; rebuild it, current ones hold compiled kernels)")
+            raise PlanFormatError(f"{lib_path}: cannot load the kernel library: {e}{hint}") \
+                from e
         has_cuda = any(m.kind == "cuda" for m in lib.imports)
         if has_cuda != (plan.device_type == "cuda"):  # CPU code on device pointers, or back
             raise PlanFormatError(f"{lib_path}: the library {'has' if has_cuda else 'lacks'} "

@@ -15,7 +15,6 @@ import statistics
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,15 +75,10 @@ def device_of(device_type: str, index: int = 0) -> Any:
 
 
 def load_cuda_runtime() -> None:
-    """In runtime-only mode TVM does not load its CUDA runtime library; load it by hand."""
-    import ctypes
+    """Load TVM's CUDA runtime once (:func:`ios_tvm.runtime.cuda.load_cuda_runtime`)."""
+    from ios_tvm.runtime import cuda
 
-    import tvm
-
-    if getattr(tvm.base, "_RUNTIME_ONLY", False):
-        lib = os.environ.get("TVM_DEVKIT_CUDA_LIB") or str(
-            Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so")
-        ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+    cuda.load_cuda_runtime()
 
 
 def _global(name: str) -> Any:
