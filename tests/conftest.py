@@ -28,6 +28,14 @@ SLOW_TIMEOUT_S = 3600
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", default=False,
                      help="also run tests marked slow")
+    parser.addoption("--gpu-artifacts", default=None,
+                     help="cases compiled by scripts/gpu_first_light.sh prepare, for "
+                          "tests/test_gpu_runtime.py (same as IOS_TVM_GPU_ARTIFACTS=DIR)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--gpu-artifacts"):
+        os.environ["IOS_TVM_GPU_ARTIFACTS"] = str(config.getoption("--gpu-artifacts"))
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -50,7 +58,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=f"needs a CUDA GPU ({gpu_problem()})"))
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
     if "gpu" in item.keywords and gpu_required() and gpu_problem():
         pytest.fail(f"IOS_TVM_REQUIRE_GPU=1 but no GPU is usable: {gpu_problem()}",
                     pytrace=False)
