@@ -84,7 +84,8 @@ def gpu_problem() -> str:
             load_cuda_runtime()
         except Exception as e:
             return (f"TVM's CUDA runtime (libtvm_runtime_cuda.so) failed to load: "
-                    f"{type(e).__name__}: {e} (is libcudart.so.13 on LD_LIBRARY_PATH?)")
+                    f"{type(e).__name__}: {e} (it needs libcudart.so.13 and the driver's "
+                    "libcuda.so.1 on the loader path)")
     try:
         if bool(tvm.cuda(0).exist):
             return ""
