@@ -43,7 +43,7 @@ from ios_tvm import _native  # noqa: E402
 from ios_tvm.cost import AnalyticCost, DeviceSpec  # noqa: E402
 from ios_tvm.errors import IosTvmError  # noqa: E402
 from ios_tvm.ir.plan import Plan, PlanCall, PlanStage  # noqa: E402
-from ios_tvm.ir.schedule import Schedule  # noqa: E402
+from ios_tvm.ir.schedule import Schedule, Stage  # noqa: E402
 from ios_tvm.models import sample_block  # noqa: E402
 from ios_tvm.runtime.artifact import Artifact, load  # noqa: E402
 from ios_tvm.runtime.executor import Executor  # noqa: E402
@@ -249,6 +249,75 @@ def test_cuda_graph_api_matches_cuda_headers() -> None:
                             str(REPO / "tests" / "cuda_abi_check.cc")],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, f"against {d}:\n{r.stderr[-3000:]}"
+
+
+# -- kernels that allocate workspace never share a stage on CUDA (issue 14, item 7) -------------
+def _workspace_library(target: Any) -> Any:
+    """Two CUDA kernels: ``two_pass`` keeps an intermediate in global memory between two
+    launches (the host takes it from TVM's workspace pool), ``one_pass`` allocates nothing."""
+    from tvm.script import tirx as T
+
+    @T.prim_func
+    def two_pass(a: T.Buffer((1024,), "float32"), b: T.Buffer((1024,), "float32")) -> None:
+        tmp = T.alloc_buffer((1024,), "float32")
+        for bx in T.thread_binding(8, thread="blockIdx.x"):
+            for tx in T.thread_binding(128, thread="threadIdx.x"):
+                tmp[bx * 128 + tx] = a[bx * 128 + tx] * T.float32(2)
+        for bx in T.thread_binding(8, thread="blockIdx.x"):
+            for tx in T.thread_binding(128, thread="threadIdx.x"):
+                b[bx * 128 + tx] = tmp[1023 - (bx * 128 + tx)] + T.float32(1)
+
+    @T.prim_func
+    def one_pass(a: T.Buffer((1024,), "float32"), b: T.Buffer((1024,), "float32")) -> None:
+        for bx in T.thread_binding(8, thread="blockIdx.x"):
+            for tx in T.thread_binding(128, thread="threadIdx.x"):
+                b[bx * 128 + tx] = a[bx * 128 + tx] + T.float32(1)
+
+    mod = tvm.IRModule({"two_pass": two_pass.with_attr("global_symbol", "two_pass"),
+                        "one_pass": one_pass.with_attr("global_symbol", "one_pass")})
+    return tvm.tirx.build(mod, target=tvm.target.Target(target))
+
+
+@needs_compiler
+def test_workspace_kernels_are_found_and_serialized_on_cuda() -> None:
+    from ios_tvm.compiler.plan_lowering import workspace_kernels
+    from ios_tvm.ir.graph import OpGraph, OpNode, TensorInfo
+
+    lib = _workspace_library({"kind": "cuda", "arch": "sm_90"})
+    assert workspace_kernels(lib) == frozenset({"two_pass"})
+    tensors = {"x": TensorInfo("x", (1024,), kind="input"),
+               **{f"y{i}": TensorInfo(f"y{i}", (1024,)) for i in range(3)}}
+    kernels = ["one_pass", "two_pass", "one_pass"]
+    g = OpGraph([OpNode(f"n{i}", k, ("x",), (f"y{i}",)) for i, k in enumerate(kernels)],
+                tensors, ["x"], ["y0", "y1", "y2"])
+    sch = Schedule((Stage(((0,), (1,), (2,))),))
+    plan = make_plan(g, sch, target="cuda", device_type="cuda", workspace={"two_pass"})
+    # The workspace kernel's group runs alone, after the two others (still concurrent).
+    assert [s.groups for s in plan.stages] == [((0,), (2,)), ((1,),)]
+    assert plan.meta["serialized_kernels"] == ["two_pass"]
+    assert plan.num_streams == 2
+    # On the CPU each group has its own thread (and pool): nothing to serialise.
+    cpu = make_plan(g, sch, device_type="cpu", workspace={"two_pass"})
+    assert [s.groups for s in cpu.stages] == [((0,), (1,), (2,))]
+    assert "serialized_kernels" not in cpu.meta
+    # A single-group stage is left as it is.
+    seq = make_plan(g, Schedule((Stage(((0, 1, 2),)),)), target="cuda", device_type="cuda",
+                    workspace={"two_pass"})
+    assert [s.groups for s in seq.stages] == [((0, 1, 2),)]
+
+
+@needs_compiler
+def test_zoo_cuda_kernels_allocate_no_workspace() -> None:
+    """None of the inception block's CUDA kernels takes workspace today (the guess of issue
+    14 item 7 is checked, not assumed), so its plans keep their concurrent stages."""
+    from ios_tvm.compiler.library import build_kernel_library
+    from ios_tvm.compiler.plan_lowering import workspace_kernels
+
+    ex = graph_from_model(om.inception_block(), target={"kind": "cuda", "arch": "sm_90"})
+    assert workspace_kernels(build_kernel_library(ex.mod, ex.target)) == frozenset()
+    art = lower(ex, greedy_schedule(ex.graph))
+    assert art.plan.num_streams > 1 and "serialized_kernels" not in art.plan.meta
+    assert "workspace_check" not in art.plan.meta
 
 
 # -- the CUDA runtime loader and the executor's CUDA teardown, on a fake libcudart -------------
