@@ -139,6 +139,15 @@ d = tvm.cuda(0)
 print("tvm", tvm.__version__, "runtime-only", tvm.base._RUNTIME_ONLY, "cuda(0).exist", d.exist)
 if d.exist:
     print("device", d.device_name, "compute", d.compute_version, "SMs", d.multi_processor_count)
+import ctypes
+rt, drv = ctypes.c_int(0), ctypes.c_int(0)
+cudart = ctypes.CDLL("libcudart.so.13")
+cudart.cudaRuntimeGetVersion(ctypes.byref(rt))
+cudart.cudaDriverGetVersion(ctypes.byref(drv))
+print("CUDA runtime", rt.value, "driver API", drv.value)
+from ios_tvm import _native
+_native.load()
+print("ios-tvm native library:", _native.library_path())
 info = tvm_ffi.get_global_func("ios_tvm.runtime.cuda_runtime_info")
 print("ios-tvm CUDA runtime:", list(info()))
 PY
@@ -158,6 +167,12 @@ run() {
   fi
   CUDART_DIR=$(find_cudart)
   [ -n "$CUDART_DIR" ] && export LD_LIBRARY_PATH="$CUDART_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  # The driver's libcuda.so.1, in case the loader cache does not know its mount.
+  if ! ldconfig -p 2>/dev/null | grep -q 'libcuda.so.1 '; then
+    for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu; do
+      [ -e "$d/libcuda.so.1" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d" && break
+    done
+  fi
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
   export IOS_TVM_NATIVE_LIB="$ROOT/$FL/libios_tvm_native.so"
   export IOS_TVM_REQUIRE_GPU=1 IOS_TVM_GPU_ARTIFACTS="$ROOT/$FL/cases.tar.xz"
