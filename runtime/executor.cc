@@ -868,6 +868,8 @@ class ExecutorObj : public ffi::ModuleObj {
       if (!events_.empty() || !timing_events_.empty()) api = &CudaApi::Get();
     } catch (const std::exception& e) {
       warn("events", &e);
+    } catch (...) {
+      warn("events", nullptr);
     }
     for (std::vector<void*>* list : {&events_, &timing_events_}) {
       for (void* e : *list) {
@@ -882,6 +884,8 @@ class ExecutorObj : public ffi::ModuleObj {
       dev_api = DeviceAPI::Get(device_);
     } catch (const std::exception& e) {
       warn("streams", &e);
+    } catch (...) {
+      warn("streams", nullptr);
     }
     for (void* s : streams_) {
       if (dev_api == nullptr) break;
