@@ -541,6 +541,15 @@ def test_bench_gpu_script_compiles_here_and_runs_on_cpu(tmp_path: Path) -> None:
 
     call("compile", "--target", "llvm", "--out", str(tmp_path / "cpu"), "--models", "sample",
          "--batches", "1", "--archive", str(tmp_path / "cpu.tar.xz"))
+    # The reference the GPU tests compare with (tests/test_gpu_runtime.py): two inputs and
+    # ONNX Runtime's outputs, which the CPU plan reproduces.
+    call("reference", "--dir", str(tmp_path / "cpu"), "--inputs", "2")
+    with np.load(tmp_path / "cpu" / "sample-b1" / "reference.npz") as z:
+        ref = {k: z[k] for k in z.files}
+    assert sorted(ref) == ["ort0_0", "ort1_0", "x0", "x1"]
+    assert not np.array_equal(ref["x0"], ref["x1"])
+    cpu_plan = Plan.loads((tmp_path / "cpu" / "sample-b1" / "plan_sequential.json").read_text())
+    assert ref["x0"].shape == cpu_plan.tensors[cpu_plan.inputs[0]].shape
     out = tmp_path / "result.json"
     # PyTorch eager runs too where torch is installed (torch.compile is left out: 30 s here).
     call("run", "--dir", str(tmp_path / "cpu.tar.xz"), "--repeat", "2",

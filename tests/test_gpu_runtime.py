@@ -249,6 +249,25 @@ def test_gpu_test_modules_import_runtime_only() -> None:
     assert "error" not in r.stdout.lower().split("\n")[-2], r.stdout[-2000:]
 
 
+@pytest.mark.parametrize(("x", "w", "y", "want"), [
+    ((1, 3, 299, 299), (32, 3, 3, 3), (1, 32, 149, 149),
+     {"groups": 1, "stride": [2, 2], "padding": [0, 0]}),
+    ((1, 64, 35, 35), (96, 64, 3, 3), (1, 96, 35, 35),
+     {"groups": 1, "stride": [1, 1], "padding": [1, 1]}),
+    ((1, 768, 17, 17), (192, 768, 1, 7), (1, 192, 17, 17),
+     {"groups": 1, "stride": [1, 1], "padding": [0, 3]}),
+    ((1, 32, 8, 8), (32, 1, 3, 3), (1, 32, 8, 8),
+     {"groups": 32, "stride": [1, 1], "padding": [1, 1]}),
+    ((1, 8, 8, 8), (16, 3, 3, 3), (1, 16, 8, 8), None),      # channels do not match
+    ((1, 8, 10, 10), (8, 8, 3, 3), (1, 8, 9, 9), None),      # no symmetric padding fits
+])
+def test_conv_params_from_shapes(x: tuple[int, ...], w: tuple[int, ...], y: tuple[int, ...],
+                                 want: dict[str, Any] | None) -> None:
+    """bench_gpu.py convs rebuilds each TVM conv kernel's stride, padding and groups from its
+    argument shapes to time PyTorch's conv2d on the same problem."""
+    assert bench()._conv_params(x, w, y) == want
+
+
 _DUMMY_GPU_TEST = """
     import pytest
 
