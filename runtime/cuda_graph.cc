@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "runtime/cuda_runtime.h"
+
 namespace ios_tvm {
 namespace ffi = tvm::ffi;
 
@@ -30,30 +32,12 @@ const std::vector<const char*>& CudaGraphApi::SymbolNames() {
 
 namespace {
 
-/*! \brief The process's libcudart: the one TVM's CUDA runtime already loaded if any (the
- * same search as the executor's CudaApi), so that error state and handles are shared. */
-void* OpenCudaRuntime() {
-  for (const char* name : {"libcudart.so.13", "libcudart.so.12", "libcudart.so"}) {
-    void* lib = dlopen(name, RTLD_NOW | RTLD_NOLOAD);
-    if (!lib) lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-    if (lib) return lib;
-  }
-  TVM_FFI_THROW(RuntimeError) << "ios-tvm CUDA graphs: the CUDA runtime (libcudart) could not "
-                                 "be loaded; is this a CUDA machine?";
-  return nullptr;
-}
-
 CudaGraphApi LoadCudaGraphApi() {
-  void* lib = OpenCudaRuntime();
-  const std::vector<const char*>& names = CudaGraphApi::SymbolNames();
+  // The same libcudart as TVM's and the executor's (runtime/cuda_runtime.h).
+  const CudaRuntime& rt = CudaRuntime::Get();
   std::vector<void*> syms;
-  for (const char* name : names) {
-    void* p = dlsym(lib, name);
-    if (!p) {
-      TVM_FFI_THROW(RuntimeError) << "libcudart lacks " << name << " (CUDA graphs need CUDA 12 "
-                                  << "or newer)";
-    }
-    syms.push_back(p);
+  for (const char* name : CudaGraphApi::SymbolNames()) {
+    syms.push_back(rt.Symbol(name, "CUDA graphs need CUDA 12 or newer"));
   }
   CudaGraphApi api;
   size_t i = 0;
@@ -190,10 +174,25 @@ void CudaGraphRunner::Launch() {
 
 void CudaGraphRunner::Reset() {
   if (exec_ != nullptr) {
-    CudaGraphApi::Get().graph_exec_destroy(exec_);
+    void* exec = exec_;
     exec_ = nullptr;
+    num_nodes_ = 0;
+    const CudaGraphApi& api = CudaGraphApi::Get();
+    api.Check(api.graph_exec_destroy(exec), "cudaGraphExecDestroy");
   }
   num_nodes_ = 0;
+}
+
+CudaGraphRunner::~CudaGraphRunner() {
+  try {
+    Reset();
+  } catch (const ffi::Error& e) {
+    WarnCuda("destroying a CUDA graph: " + e.message());
+  } catch (const std::exception& e) {
+    WarnCuda(std::string("destroying a CUDA graph: ") + e.what());
+  } catch (...) {
+    WarnCuda("destroying a CUDA graph: unknown error");
+  }
 }
 
 TVM_FFI_STATIC_INIT_BLOCK() {

@@ -102,7 +102,8 @@ class CudaGraphRunner {
   /*! \brief A runner that captures work issued on `stream` (a cudaStream_t; not the legacy
    * default stream, which cannot be captured). Makes no CUDA call. */
   explicit CudaGraphRunner(void* stream) : stream_(stream) {}
-  ~CudaGraphRunner() { Reset(); }
+  /*! \brief Destroys the graph; never throws (a CUDA error is logged, see WarnCuda). */
+  ~CudaGraphRunner();
   CudaGraphRunner(const CudaGraphRunner&) = delete;
   CudaGraphRunner& operator=(const CudaGraphRunner&) = delete;
 

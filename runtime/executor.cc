@@ -29,7 +29,6 @@
  * profile_stage, profile_run, profile_stages, num_inputs, num_outputs, num_streams,
  * missing_inputs, set_cuda_graph and cuda_graph_stats.
  */
-#include <dlfcn.h>
 #include <sched.h>
 #include <tvm/ffi/cast.h>
 #include <tvm/ffi/container/array.h>
@@ -61,6 +60,7 @@
 #include <vector>
 
 #include "runtime/cuda_graph.h"
+#include "runtime/cuda_runtime.h"
 
 namespace ios_tvm {
 namespace ffi = tvm::ffi;
@@ -89,7 +89,17 @@ struct DeviceAlloc {
     t->data = DeviceAPI::Get(t->device)->AllocDataSpace(t->device, std::max<size_t>(nbytes, 1),
                                                          256, t->dtype);
   }
-  void FreeData(DLTensor* t) { DeviceAPI::Get(t->device)->FreeDataSpace(t->device, t->data); }
+  /*! \brief Called from the tensor's deleter, where an exception terminates the process (TVM's
+   * CUDA FreeDataSpace throws after a sticky CUDA error): logs instead. */
+  void FreeData(DLTensor* t) noexcept {
+    try {
+      DeviceAPI::Get(t->device)->FreeDataSpace(t->device, t->data);
+    } catch (const ffi::Error& e) {
+      WarnCuda("freeing a tensor: " + e.message());
+    } catch (const std::exception& e) {
+      WarnCuda(std::string("freeing a tensor: ") + e.what());
+    }
+  }
 };
 
 /*! \brief A view of another tensor's bytes starting `offset` bytes into them (any shape that
@@ -146,9 +156,9 @@ void CopyInto(const Tensor& from, const Tensor& to) {
   api->StreamSync(dev, nullptr);
 }
 
-/*! \brief The few CUDA runtime entry points the executor needs, resolved at run time so that
- * the library builds and loads without CUDA. libcudart is already loaded by TVM's CUDA
- * runtime whenever a CUDA device is in use. */
+/*! \brief The few CUDA runtime entry points the executor needs, resolved at run time (from
+ * the process's libcudart, the one TVM's CUDA runtime uses: runtime/cuda_runtime.h) so that
+ * the library builds and loads without CUDA. */
 struct CudaApi {
   using EventCreate = int (*)(void**, unsigned);
   using EventRecord = int (*)(void*, void*);
@@ -172,39 +182,38 @@ struct CudaApi {
     return api;
   }
 
+  /*! \brief The libcudart symbols Load() resolves, in the order of the members (for tests). */
+  static const std::vector<const char*>& SymbolNames() {
+    static const std::vector<const char*> names = {
+        "cudaEventCreateWithFlags", "cudaEventRecord", "cudaStreamWaitEvent",
+        "cudaEventDestroy", "cudaEventSynchronize", "cudaEventElapsedTime",
+        "cudaStreamSynchronize", "cudaGetErrorString"};
+    return names;
+  }
+
+  std::string Describe(int err) const {
+    return std::string(get_error_string ? get_error_string(err) : "unknown") + " (" +
+           std::to_string(err) + ")";
+  }
+
   void Check(int err, const char* what) const {
-    if (err != 0) {
-      TVM_FFI_THROW(RuntimeError) << "CUDA error in " << what << ": "
-                                  << (get_error_string ? get_error_string(err) : "unknown");
-    }
+    if (err != 0) TVM_FFI_THROW(RuntimeError) << "CUDA error in " << what << ": " << Describe(err);
   }
 
  private:
   static CudaApi Load() {
+    const CudaRuntime& rt = CudaRuntime::Get();
+    const std::vector<const char*>& names = SymbolNames();
     CudaApi api;
-    void* lib = nullptr;
-    for (const char* name : {"libcudart.so.13", "libcudart.so.12", "libcudart.so"}) {
-      lib = dlopen(name, RTLD_NOW | RTLD_NOLOAD);
-      if (!lib) lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-      if (lib) break;
-    }
-    if (!lib) {
-      TVM_FFI_THROW(RuntimeError) << "ios-tvm executor: the CUDA runtime (libcudart) could not "
-                                     "be loaded; is this a CUDA machine?";
-    }
-    auto sym = [&](const char* name) {
-      void* p = dlsym(lib, name);
-      if (!p) TVM_FFI_THROW(RuntimeError) << "libcudart lacks " << name;
-      return p;
-    };
-    api.event_create = reinterpret_cast<EventCreate>(sym("cudaEventCreateWithFlags"));
-    api.event_record = reinterpret_cast<EventRecord>(sym("cudaEventRecord"));
-    api.stream_wait_event = reinterpret_cast<StreamWaitEvent>(sym("cudaStreamWaitEvent"));
-    api.event_destroy = reinterpret_cast<EventDestroy>(sym("cudaEventDestroy"));
-    api.event_synchronize = reinterpret_cast<EventSynchronize>(sym("cudaEventSynchronize"));
-    api.event_elapsed_time = reinterpret_cast<EventElapsedTime>(sym("cudaEventElapsedTime"));
-    api.stream_synchronize = reinterpret_cast<StreamSynchronize>(sym("cudaStreamSynchronize"));
-    api.get_error_string = reinterpret_cast<GetErrorString>(sym("cudaGetErrorString"));
+    size_t i = 0;
+    api.event_create = reinterpret_cast<EventCreate>(rt.Symbol(names[i++]));
+    api.event_record = reinterpret_cast<EventRecord>(rt.Symbol(names[i++]));
+    api.stream_wait_event = reinterpret_cast<StreamWaitEvent>(rt.Symbol(names[i++]));
+    api.event_destroy = reinterpret_cast<EventDestroy>(rt.Symbol(names[i++]));
+    api.event_synchronize = reinterpret_cast<EventSynchronize>(rt.Symbol(names[i++]));
+    api.event_elapsed_time = reinterpret_cast<EventElapsedTime>(rt.Symbol(names[i++]));
+    api.stream_synchronize = reinterpret_cast<StreamSynchronize>(rt.Symbol(names[i++]));
+    api.get_error_string = reinterpret_cast<GetErrorString>(rt.Symbol(names[i++]));
     return api;
   }
 };
@@ -524,21 +533,20 @@ class ExecutorObj : public ffi::ModuleObj {
     for (const auto& stage : stages_) streams = std::max<int64_t>(streams, stage.size());
     num_streams_ = static_cast<int>(streams);
     if (device_.device_type == kDLCUDA) {
-      SetUpCuda();
+      try {
+        SetUpCuda();
+      } catch (...) {
+        ReleaseCuda();  // no destructor runs for a half-built object
+        throw;
+      }
     } else if (num_streams_ > 1) {
       pool_ = std::make_unique<WorkerPool>(num_streams_ - 1);
     }
   }
 
-  ~ExecutorObj() {
-    if (device_.device_type == kDLCUDA) {
-      const CudaApi& api = CudaApi::Get();
-      for (void* e : events_) api.event_destroy(e);
-      for (void* e : timing_events_) api.event_destroy(e);
-      DeviceAPI* dev_api = DeviceAPI::Get(device_);
-      for (void* s : streams_) dev_api->FreeStream(device_, s);
-    }
-  }
+  /*! \brief Never throws: a destructor that throws terminates the process, and after a
+   * sticky CUDA error (an illegal address, say) every CUDA call fails, FreeStream included. */
+  ~ExecutorObj() { ReleaseCuda(); }
 
   const char* kind() const final { return "ios_tvm.Executor"; }
 
@@ -855,9 +863,57 @@ class ExecutorObj : public ffi::ModuleObj {
     }
   }
 
+  /*! \brief Releases the CUDA graph, every event (fork/join and timing) and every stream;
+   * never throws: each failure is logged (WarnCuda) and the rest are still released. */
+  void ReleaseCuda() noexcept {
+    if (device_.device_type != kDLCUDA) return;
+    graph_.reset();  // its destructor logs its own errors; before the streams it captured
+    auto warn = [](const std::string& what, const std::exception* e) {
+      const auto* fe = dynamic_cast<const ffi::Error*>(e);
+      WarnCuda("releasing the executor's " + what + ": " +
+               (fe ? fe->message() : e ? std::string(e->what()) : std::string("unknown error")));
+    };
+    const CudaApi* api = nullptr;
+    try {
+      if (!events_.empty() || !timing_events_.empty()) api = &CudaApi::Get();
+    } catch (const std::exception& e) {
+      warn("events", &e);
+    } catch (...) {
+      warn("events", nullptr);
+    }
+    for (std::vector<void*>* list : {&events_, &timing_events_}) {
+      for (void* e : *list) {
+        int err = api ? api->event_destroy(e) : 0;
+        if (err != 0) WarnCuda("releasing the executor's event: " + api->Describe(err));
+      }
+      list->clear();
+    }
+    if (streams_.empty()) return;
+    DeviceAPI* dev_api = nullptr;
+    try {
+      dev_api = DeviceAPI::Get(device_);
+    } catch (const std::exception& e) {
+      warn("streams", &e);
+    } catch (...) {
+      warn("streams", nullptr);
+    }
+    for (void* s : streams_) {
+      if (dev_api == nullptr) break;
+      try {
+        dev_api->FreeStream(device_, s);
+      } catch (const std::exception& e) {
+        warn("stream", &e);
+      } catch (...) {
+        warn("stream", nullptr);
+      }
+    }
+    streams_.clear();
+  }
+
   void SetUpCuda() {
-    const CudaApi& api = CudaApi::Get();
+    // TVM's CUDA device API first: it loads the CUDA runtime the executor's calls must share.
     DeviceAPI* dev_api = DeviceAPI::Get(device_);
+    const CudaApi& api = CudaApi::Get();
     for (int i = 0; i < num_streams_; ++i) streams_.push_back(dev_api->CreateStream(device_));
     // events_[0] forks a stage from stream 0; events_[i] joins stream i back into stream 0;
     // the last two time profiling runs.
@@ -1264,6 +1320,12 @@ TVM_FFI_STATIC_INIT_BLOCK() {
       .def("ios_tvm.runtime.create_executor", CreateExecutor)
       .def("ios_tvm.runtime.allow_packed_function",
            [](const ffi::String& name) { PackedAllowlist::Global().Add(name); })
+      .def("ios_tvm.runtime.cuda_executor_symbols",
+           []() {
+             ffi::Array<ffi::String> out;
+             for (const char* name : CudaApi::SymbolNames()) out.push_back(name);
+             return out;
+           })
       .def("ios_tvm.runtime.packed_function_allowed",
            [](const ffi::String& name) { return PackedAllowlist::Global().Allowed(name); });
 }

@@ -581,6 +581,173 @@ def run_case(case_dir: Path, dev: Any, args: argparse.Namespace) -> dict[str, An
             "latency": latency, "check": check, "errors": errors, "extra": extra}
 
 
+# -- reference outputs (here), plan checks and per-kernel conv times (GPU) --------------------
+#: File of a case holding inputs and ONNX Runtime outputs (``reference`` writes it).
+REFERENCE_FILE = "reference.npz"
+
+
+def reference_inputs(meta: Mapping[str, Any], count: int) -> list[np.ndarray]:
+    """``count`` deterministic standard-normal inputs of a case (seeds 1000, 1001, ...)."""
+    shape, dtype = meta["input"]["shape"], meta["input"]["dtype"]
+    return [np.random.default_rng(1000 + i).standard_normal(shape).astype(dtype)
+            for i in range(count)]
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    """Write each case's ``reference.npz``: inputs ``x0, x1, ...`` and ONNX Runtime's (CPU)
+    outputs ``ort<i>_<j>`` (input i, output j) of the zoo model the case was compiled from."""
+    import onnxruntime as ort
+
+    from ios_tvm.models import BUILTIN_MODELS
+
+    for d in case_dirs(args.dir, _csv(args.models), [int(b) for b in _csv(args.batches)]):
+        meta = json.loads((d / "meta.json").read_text())
+        model = BUILTIN_MODELS[meta["model"]](batch=meta["batch"], seed=meta["seed"])
+        sess = ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        arrays: dict[str, np.ndarray] = {}
+        for i, x in enumerate(reference_inputs(meta, args.inputs)):
+            arrays[f"x{i}"] = x
+            for j, y in enumerate(sess.run(None, {name: x})):
+                arrays[f"ort{i}_{j}"] = np.asarray(y)
+        np.savez_compressed(d / REFERENCE_FILE, **arrays)
+        print(f"{d.name}: {args.inputs} inputs, ONNX Runtime {ort.__version__} outputs -> "
+              f"{d / REFERENCE_FILE}", flush=True)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Run each case's plans a few times (eager, then as a CUDA graph) and compare with the
+    sequential plan: a short, deterministic workload, e.g. for ``compute-sanitizer``."""
+    from ios_tvm.runtime.executor import Executor
+
+    dev, _ = setup_cuda()
+    bad = 0
+    for d in case_dirs(args.dir, _csv(args.models), [int(b) for b in _csv(args.batches)]):
+        case = load_case(d)
+        (x,) = reference_inputs(case["meta"], 1)
+        want = Executor(_plan(case, "sequential"), case["lib"], case["weights"], dev,
+                        cuda_graph=False)(x)
+        for kind in _csv(args.plans):
+            for graph in (False, True):
+                e = Executor(_plan(case, kind), case["lib"], case["weights"], dev,
+                             cuda_graph=graph)
+                for r in range(args.runs):
+                    got = e(x)
+                    same = all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+                    bad += not same
+                    print(f"{d.name} {kind} {'graph' if graph else 'eager'} run {r}: "
+                          f"{'same as sequential' if same else 'DIFFERS from sequential'}",
+                          flush=True)
+    return 1 if bad else 0
+
+
+def _conv_params(x: Sequence[int], w: Sequence[int], y: Sequence[int]) -> dict[str, Any] | None:
+    """Stride, symmetric padding and groups of an NCHW conv2d from its shapes (None when no
+    stride of 1..4 explains them)."""
+    groups = x[1] // w[1] if w[1] else 0
+    if groups < 1 or x[1] != w[1] * groups or y[1] != w[0]:
+        return None
+    out: dict[str, Any] = {"groups": groups}
+    for n, k, m in ((x[2], w[2], y[2]), (x[3], w[3], y[3])):
+        for s in (1, 2, 3, 4):
+            twice_pad = (m - 1) * s + k - n
+            if twice_pad >= 0 and twice_pad % 2 == 0 and (n + twice_pad - k) // s + 1 == m:
+                out.setdefault("stride", []).append(s)
+                out.setdefault("padding", []).append(twice_pad // 2)
+                break
+        else:
+            return None
+    return out
+
+
+def cmd_convs(args: argparse.Namespace) -> int:
+    """GPU time of every convolution kernel of each case's sequential plan (the executor's
+    ``profile_stage``: CUDA events on its stream) next to PyTorch's (cuDNN) ``conv2d`` with
+    the same shapes, stride, padding and groups (plus bias and ReLU when TVM fused them);
+    JSON out. TVM's CUDA conv2d schedules are generic rules (dlight has no conv2d rule), so
+    this says how far from cuDNN the kernels are."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    from ios_tvm.runtime.executor import Executor
+
+    dev, _ = setup_cuda()
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    doc: dict[str, Any] = {"format": "ios_tvm.bench_gpu.convs", "version": VERSION,
+                           "date": _dt.datetime.now().isoformat(timespec="seconds"),
+                           "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
+                           "tf32": False, "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                           "timing": "median of repeat samples, each the mean of number runs; "
+                                     "CUDA events", "cases": {}}
+
+    def torch_ms(fn: Callable[[], Any]) -> float:
+        for _ in range(args.warmup):
+            fn()
+        samples = []
+        for _ in range(args.repeat):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(args.number):
+                fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / args.number)
+        return statistics.median(samples)
+
+    for d in case_dirs(args.dir, _csv(args.models), [int(b) for b in _csv(args.batches)]):
+        case = load_case(d)
+        plan = _plan(case, "sequential")
+        e = Executor(plan, case["lib"], case["weights"], dev, cuda_graph=False)
+        rows = []
+        for ci, call in enumerate(plan.calls):
+            if "conv2d" not in call.kernel:
+                continue
+            shapes = [tuple(plan.tensors[a].shape) for a in call.args]
+            four = [s for s in shapes if len(s) == 4]
+            if len(four) < 3:
+                continue
+            x_s, w_s, y_s = four[0], four[1], four[-1]
+            params = _conv_params(x_s, w_s, y_s)
+            tvm_s = e.profile_stage([[ci]], warmup=args.warmup, number=args.number,
+                                    repeat=args.repeat)
+            row: dict[str, Any] = {"call": ci, "kernel": call.kernel, "node": call.node,
+                                   "x": x_s, "w": w_s, "y": y_s, "params": params,
+                                   "tvm_ms": statistics.median(tvm_s) * 1e3}
+            if params is not None:
+                xt = torch.randn(x_s, device="cuda")
+                wt = torch.randn(w_s, device="cuda")
+                bt = torch.randn(w_s[0], device="cuda") if "add" in call.kernel else None
+                relu = "relu" in call.kernel
+
+                def conv(xt: Any = xt, wt: Any = wt, bt: Any = bt, relu: bool = relu,
+                         p: Mapping[str, Any] = params) -> Any:
+                    y = F.conv2d(xt, wt, bt, stride=p["stride"], padding=p["padding"],
+                                 groups=p["groups"])
+                    return torch.relu_(y) if relu else y
+                with torch.inference_mode():
+                    row["torch_ms"] = torch_ms(conv)
+                row["tvm_over_torch"] = row["tvm_ms"] / row["torch_ms"]
+            rows.append(row)
+        ratios = [r["tvm_over_torch"] for r in rows if "tvm_over_torch" in r]
+        summary = {"convs": len(rows), "tvm_ms_total": sum(r["tvm_ms"] for r in rows),
+                   "torch_ms_total": sum(r.get("torch_ms", 0.0) for r in rows),
+                   "median_tvm_over_torch": statistics.median(ratios) if ratios else None}
+        doc["cases"][d.name] = {"summary": summary, "convs": rows}
+        print(f"{d.name}: {summary}", flush=True)
+        worst = sorted(rows, key=lambda r: -r.get("tvm_over_torch", 0))[:5]
+        for r in worst:
+            print(f"  {r['kernel'][:48]:48} x{r['x']} w{r['w']}: TVM {r['tvm_ms']:.4f} ms, "
+                  f"torch {r.get('torch_ms', float('nan')):.4f} ms", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def print_table(rows: Sequence[Mapping[str, Any]]) -> None:
     cols = [v for v in VARIANTS if any(v in r["latency"] for r in rows)]
     short = {"relax_vm": "VM", "relax_vm_graph": "VM+G", "seq_eager": "seq", "seq_graph": "seq+G",
@@ -709,6 +876,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                            help="let PyTorch use TF32 (TVM's kernels are plain fp32)")
             p.add_argument("--rtol", type=float, default=1e-3)
             p.add_argument("--atol", type=float, default=1e-3)
+    def case_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dir", type=Path, default=ROOT / "build" / "bench_gpu",
+                       help="the compiled cases: a directory or a `compile --archive` file")
+        p.add_argument("--models", default="", help="comma-separated subset (default: all)")
+        p.add_argument("--batches", default="", help="comma-separated subset (default: all)")
+
+    r = sub.add_parser("reference", help="write inputs and ONNX Runtime outputs into each "
+                                         "compiled case (here; no GPU)")
+    case_args(r)
+    r.add_argument("--inputs", type=int, default=2, help="how many inputs")
+    r.set_defaults(func=cmd_reference)
+    k = sub.add_parser("check", help="run the plans a few times, eager and as CUDA graphs, and "
+                                     "compare with the sequential plan (GPU)")
+    case_args(k)
+    k.add_argument("--plans", default="ios", help="plan kinds (sequential, ios)")
+    k.add_argument("--runs", type=int, default=3)
+    k.set_defaults(func=cmd_check)
+    v = sub.add_parser("convs", help="GPU time of TVM's conv kernels next to PyTorch/cuDNN")
+    case_args(v)
+    v.add_argument("--out", type=Path, default=ROOT / "build" / "bench_gpu_convs.json")
+    v.add_argument("--warmup", type=int, default=3)
+    v.add_argument("--number", type=int, default=10)
+    v.add_argument("--repeat", type=int, default=5)
+    v.set_defaults(func=cmd_convs)
     args = ap.parse_args(argv)
     return int(args.func(args))
 

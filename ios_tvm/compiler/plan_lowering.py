@@ -7,11 +7,19 @@ kernel library (:mod:`ios_tvm.compiler.library`) and the weights into an
 :class:`~ios_tvm.runtime.artifact.Artifact`. Merge stages (IOS-Merge) become one call of a
 merged kernel each (:mod:`ios_tvm.compiler.merge`): its weights are merged here, at build
 time, and its kernel is compiled into a module that imports the model's kernel library.
+
+CUDA kernels that allocate workspace (global scratch memory the host function takes from
+TVM's workspace pool around the launch, ``TVMBackendAllocWorkspace``) never run concurrently
+with other kernels: TVM's pool is per host thread, not per stream, and the executor launches
+every stream's kernels from one thread, so two such kernels on two streams would be handed
+the same scratch while both run. :func:`workspace_kernels` finds them in the built library
+and :func:`serialize_kernels` moves their groups into stages of their own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from ios_tvm.compiler.library import build_kernel_library, weights_of
@@ -21,14 +29,83 @@ from ios_tvm.compiler.target import target_device_type
 from ios_tvm.errors import ConfigError, InternalError, UnsupportedGraphError
 from ios_tvm.ir.graph import OpGraph
 from ios_tvm.ir.plan import Plan, PlanCall, PlanStage, PlanTensor
-from ios_tvm.ir.schedule import Schedule, validate_schedule
+from ios_tvm.ir.schedule import Schedule, Stage, validate_schedule
 from ios_tvm.runtime.artifact import Artifact
+
+_DEFINE = re.compile(r"^define\b[^@\n]*@\"?([\w.$]+)\"?\(", re.M)
+_CALLEE = re.compile(r"@\"?([\w.$]+)\"?\(")
+_WORKSPACE = re.compile(r"@_*TVMBackendAllocWorkspace\b")
+#: Prefix of the host entry point of kernel K in a library's LLVM IR (tvm-ffi calling
+#: convention): ``__tvm_ffi_K``.
+_ENTRY_PREFIX = "__tvm_ffi_"
+
+
+def workspace_kernels_of_ir(host_ir: str) -> frozenset[str]:
+    """Kernels whose host code takes workspace from TVM's pool, from a library's LLVM IR.
+
+    A kernel counts when its entry function ``__tvm_ffi_<kernel>``, or any function of the
+    module it calls (directly or not), refers to ``TVMBackendAllocWorkspace``.
+    """
+    bodies: dict[str, str] = {}
+    matches = list(_DEFINE.finditer(host_ir))
+    for m, nxt in zip(matches, [*matches[1:], None], strict=True):
+        bodies[m.group(1)] = host_ir[m.end():nxt.start() if nxt else len(host_ir)]
+    memo: dict[str, bool] = {}
+
+    def uses(name: str, seen: frozenset[str] = frozenset()) -> bool:
+        if name not in memo:
+            body = bodies.get(name, "")
+            memo[name] = bool(_WORKSPACE.search(body)) or any(
+                uses(c, seen | {name}) for c in set(_CALLEE.findall(body))
+                if c in bodies and c not in seen and c != name)
+        return memo[name]
+
+    return frozenset(name[len(_ENTRY_PREFIX):] for name in bodies
+                     if name.startswith(_ENTRY_PREFIX) and uses(name))
+
+
+def workspace_kernels(lib: Any) -> frozenset[str] | None:
+    """Kernels of a freshly built kernel library that allocate workspace.
+
+    See the module docstring. None when the library holds no host IR to read (e.g. one
+    loaded from a file).
+    """
+    try:
+        host_ir = str(lib.inspect_source("ll"))
+    except Exception:  # a loaded library keeps no source; the check needs the built one
+        return None
+    return workspace_kernels_of_ir(host_ir)
+
+
+def serialize_kernels(graph: OpGraph, schedule: Schedule, kernels: Collection[str]) -> Schedule:
+    """``schedule`` with the groups calling ``kernels`` in single-group stages.
+
+    Every group of a multi-group stage that calls one of ``kernels`` is taken out into a
+    single-group stage of its own, right after the rest of that stage (the groups of a stage
+    are independent, so any order of them is valid).
+    """
+    if not kernels:
+        return schedule
+    stages: list[Stage] = []
+    for stage in schedule.stages:
+        if len(stage.groups) < 2 or stage.strategy != "concurrent":
+            stages.append(stage)
+            continue
+        alone = [g for g in stage.groups if any(graph.nodes[i].kernel in kernels for i in g)]
+        rest = tuple(g for g in stage.groups if g not in alone)
+        if rest:
+            stages.append(Stage(rest, stage.strategy))
+        stages.extend(Stage((g,), stage.strategy) for g in alone)
+    if len(stages) == len(schedule.stages):
+        return schedule
+    return Schedule(tuple(stages), schedule.cost, schedule.meta)
 
 
 def make_plan(graph: OpGraph, schedule: Schedule, *, target: str = "llvm",
               device_type: str = "cpu", reuse_memory: bool = True, min_streams: int = 1,
               meta: Mapping[str, Any] | None = None,
-              merges: Mapping[tuple[int, ...], MergedKernel] | None = None) -> Plan:
+              merges: Mapping[tuple[int, ...], MergedKernel] | None = None,
+              workspace: Collection[str] | None = None) -> Plan:
     """Build the execution plan of ``graph`` run by ``schedule``.
 
     Every node becomes one kernel call (its inputs then its outputs, the order TVM's
@@ -39,8 +116,17 @@ def make_plan(graph: OpGraph, schedule: Schedule, *, target: str = "llvm",
 
     The ops of a merge stage become one call of their merged kernel (``merges[ops]``, see
     :func:`ios_tvm.compiler.merge.rewrite_merges`); the plan's stage keeps the strategy ``"merge"``.
+
+    On CUDA, the groups calling a kernel of ``workspace`` (kernels that allocate workspace,
+    :func:`workspace_kernels`) run in single-group stages of their own
+    (:func:`serialize_kernels`); the plan's meta lists them under ``"serialized_kernels"``.
     """
     validate_schedule(graph, schedule)
+    serialized: list[str] = []
+    if device_type == "cuda" and workspace:
+        serialized = sorted({graph.nodes[i].kernel for s in schedule.stages
+                             if len(s.groups) > 1 for g in s.groups for i in g} & set(workspace))
+        schedule = serialize_kernels(graph, schedule, set(workspace))
     summary = schedule.summary()
     strategies = tuple(s.strategy for s in schedule.stages)
     if "merge" in strategies:
@@ -92,6 +178,8 @@ def make_plan(graph: OpGraph, schedule: Schedule, *, target: str = "llvm",
     stages = tuple(PlanStage(s.groups, strategy)
                    for s, strategy in zip(schedule.stages, strategies, strict=True))
     plan_meta: dict[str, Any] = {"schedule": summary, "num_kernels": len(graph.nodes)}
+    if serialized:
+        plan_meta["serialized_kernels"] = serialized  # allocate workspace: not concurrent
     merged = {str(i): list(n.attrs["members"]) for i, n in enumerate(graph.nodes)
               if n.attrs.get("op") == "merge" and "members" in n.attrs}
     if merged:
@@ -142,12 +230,19 @@ def lower_schedule(extraction: Any, schedule: Schedule, *, params: Mapping[str, 
         if merges is None:
             merges = MergeCompiler(extraction, lib=lib, params=params)
         kernels = {ops: merges.kernel(ops) for ops in merge_ops}
-    plan = make_plan(extraction.graph, schedule, target=str(target),
-                     device_type=target_device_type(target), reuse_memory=reuse_memory,
-                     min_streams=min_streams, meta=meta, merges=kernels)
     if lib is None:
         lib = merges.base_library() if merge_ops else build_kernel_library(extraction.mod,
                                                                            target)
+    device_type = target_device_type(target)
+    # CUDA: kernels taking scratch from TVM's per-thread workspace pool must not share a stage
+    # (module docstring). A library passed in without its source cannot be read: unchecked.
+    workspace = workspace_kernels(lib) if device_type == "cuda" else frozenset()
+    plan_meta = dict(meta or {})
+    if workspace is None:
+        plan_meta["workspace_check"] = "not done (the kernel library holds no host IR)"
+    plan = make_plan(extraction.graph, schedule, target=str(target), device_type=device_type,
+                     reuse_memory=reuse_memory, min_streams=min_streams, meta=plan_meta,
+                     merges=kernels, workspace=workspace)
     weights = weights_of(extraction, params)
     if merge_ops:
         if merges.lib is None:
