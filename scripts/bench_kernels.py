@@ -202,14 +202,31 @@ def single_op_model(spec: dict[str, Any], seed: int = 0) -> Any:
 # --------------------------------------------------------------------------------------------
 # runners
 # --------------------------------------------------------------------------------------------
-def tvm_kernel(proto: Any, target: Any, cpu_layout: str) -> tuple[Any, dict[str, Any]]:
-    """ios-tvm's fused kernel of the op: ``(timer() -> seconds, info)``."""
+#: ``--baseline``: the default schedules as they were before issue 16 (rules version 3: no
+#: weight prepacking, 8 accumulator registers with AVX-512 too), timed beside the current ones.
+BASELINE = {"PREPACK_WEIGHTS": False, "ACCUMULATOR_REGISTERS_AVX512": 8}
+
+
+def tvm_kernel(proto: Any, target: Any, cpu_layout: str,
+               settings: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """ios-tvm's fused kernel of the op: ``(timer() -> seconds, info)``.
+
+    ``settings`` override constants of :mod:`ios_tvm.compiler.kernel_schedules` while lowering.
+    """
     import tvm
 
+    from ios_tvm.compiler import kernel_schedules
     from ios_tvm.compiler.frontend import load_model
     from ios_tvm.compiler.kernels import KERNEL_INFO_ATTR, lower_to_kernels
 
-    mod = lower_to_kernels(load_model(proto), target, cpu_layout=cpu_layout)
+    saved = {k: getattr(kernel_schedules, k) for k in settings or {}}
+    try:
+        for k, v in (settings or {}).items():
+            setattr(kernel_schedules, k, v)
+        mod = lower_to_kernels(load_model(proto), target, cpu_layout=cpu_layout)
+    finally:
+        for k, v in saved.items():
+            setattr(kernel_schedules, k, v)
     record = json.loads(str(mod.attrs[KERNEL_INFO_ATTR]))["kernels"]
     heavy = [k for k, v in record.items()
              if any(o.startswith(("conv", "matmul", "dense")) for o in v.get("ops", []))]
@@ -280,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--min-ms", type=float, default=30.0, help="per timed round")
     p.add_argument("--no-peak", action="store_true")
+    p.add_argument("--baseline", action="store_true",
+                   help=f"also time the pre-issue-16 default schedules ({BASELINE})")
     p.add_argument("-o", "--out")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -310,12 +329,17 @@ def main(argv: list[str] | None = None) -> int:
         entry: dict[str, Any] = {**row}
         try:
             tvm_t, info = tvm_kernel(proto, target, args.cpu_layout)
+            base_t = (tvm_kernel(proto, target, args.cpu_layout, BASELINE)[0]
+                      if args.baseline else None)
             ort_t = ort_op(proto, threads)
             n_tvm, n_ort = calibrate(tvm_t, args.min_ms / 1e3), calibrate(ort_t, args.min_ms / 1e3)
-            tv, ov = [], []
+            n_base = calibrate(base_t, args.min_ms / 1e3) if base_t else 0
+            tv, ov, bv = [], [], []
             for _ in range(args.rounds):
                 tv.append(tvm_t(n_tvm))
                 ov.append(ort_t(n_ort))
+                if base_t:
+                    bv.append(base_t(n_base))
         except Exception as e:  # reported in the JSON; one failing shape does not stop the run
             entry["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
             print(f"{i:>3} {spec['op']} {spec['in']} FAILED: {entry['error']}")
@@ -329,6 +353,13 @@ def main(argv: list[str] | None = None) -> int:
                       [x * 1e6 for x in tv], "ort_samples_us": [x * 1e6 for x in ov],
                       "ratio_tvm_over_ort": ratio, "tvm_gflops": flop / t_med / 1e9,
                       "ort_gflops": flop / o_med / 1e9})
+        if bv:
+            entry["baseline_us"] = float(np.median(bv)) * 1e6
+            entry["baseline_samples_us"] = [x * 1e6 for x in bv]
+            entry["ratio_baseline_over_ort"] = float(np.median(
+                [a / b for a, b in zip(bv, ov, strict=True)]))
+            entry["speedup_vs_baseline"] = float(np.median(
+                [b / a for a, b in zip(tv, bv, strict=True)]))
         if peak:
             entry["tvm_frac_peak"] = entry["tvm_gflops"] / peak["all_cores"]
             entry["ort_frac_peak"] = entry["ort_gflops"] / peak["all_cores"]
@@ -339,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{'x'.join(map(str, spec['in'][1:])):>16} {k:>5} {s:>2} {spec.get('group', 1):>4} "
               f"{flop / 1e6:>8.1f} {t_med * 1e6:>9.1f} {o_med * 1e6:>9.1f} {ratio:>6.2f} "
               f"{entry['tvm_gflops']:>8.1f} {entry['ort_gflops']:>8.1f} "
-              f"{entry.get('tvm_frac_peak', 0) * 100:>6.1f}%", flush=True)
+              f"{entry.get('tvm_frac_peak', 0) * 100:>6.1f}%"
+              + (f"  base/ort {entry['ratio_baseline_over_ort']:.2f}" if bv else ""), flush=True)
     ok = [r for r in results if "ratio_tvm_over_ort" in r]
     summary: dict[str, Any] = {}
     if ok:
@@ -352,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
             # Zoo time each side would spend on these shapes (count x per-call time).
             "zoo_ms_tvm": float(sum(r["count"] * r["tvm_us"] for r in ok) / 1e3),
             "zoo_ms_ort": float(sum(r["count"] * r["ort_us"] for r in ok) / 1e3),
+            "zoo_ms_baseline": (float(sum(r["count"] * r["baseline_us"] for r in ok) / 1e3)
+                                if all("baseline_us" in r for r in ok) else None),
+            "geomean_baseline_ratio": (float(np.exp(np.mean(np.log(
+                [r["ratio_baseline_over_ort"] for r in ok])))) if all(
+                    "baseline_us" in r for r in ok) else None),
             "by_kind": {},
         }
         for r in ok:
@@ -367,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"geomean tvm/ort {summary['geomean_ratio']:.2f}, FLOP-weighted "
               f"{summary['flop_weighted_ratio']:.2f}; zoo time on these shapes: tvm "
               f"{summary['zoo_ms_tvm']:.1f} ms, ort {summary['zoo_ms_ort']:.1f} ms")
+        if summary["zoo_ms_baseline"] is not None:
+            print(f"baseline (rules v3) geomean /ort {summary['geomean_baseline_ratio']:.2f}, "
+                  f"zoo time on these shapes {summary['zoo_ms_baseline']:.1f} ms")
         for kind, d in sorted(summary["by_kind"].items(), key=lambda kv: -kv[1]["tvm_ms"]):
             print(f"  {kind:12} n={d['n']:3}  tvm {d['tvm_ms']:8.1f} ms  ort {d['ort_ms']:8.1f} ms"
                   f"  x{d['tvm_ms'] / d['ort_ms']:.2f}")

@@ -63,6 +63,12 @@ from ios_tvm.compiler.target import resolve_target
 logger = logging.getLogger(__name__)
 #: PrimFunc attribute TVM (dlight, MetaSchedule) uses to mark a scheduled kernel.
 SCHEDULED_ATTR = "tirx.is_scheduled"
+#: PrimFunc attribute (``relax.transform.AttachAttrLayoutFreeBuffers``): indices of the params
+#: the Relax graph passes as constants (weights), whose layout the kernel may choose.
+LAYOUT_FREE_ATTR = "layout_free_buffers"
+#: Block annotation of a weight-packing copy (TVM's layout-rewrite convention); such blocks are
+#: split out of the kernel and folded at build time (:func:`fold_prepacked_weights`).
+PREPROC_ATTR = "meta_schedule.layout_rewrite_preproc"
 #: IRModule attribute (a JSON string) where :func:`apply_default_schedules` leaves its report.
 CPU_SCHEDULE_ATTR = "ios_tvm.cpu_schedule"
 #: A block parallelises its outer loops only if it runs at least this many innermost
@@ -75,12 +81,19 @@ PARALLEL_MIN_EXTENT = 64
 #: Accumulator vector registers a contraction tile may use (x86 has 16 ymm registers with
 #: AVX2; keep room for the loaded vector and the broadcast operand).
 ACCUMULATOR_REGISTERS = 8
+#: The same with AVX-512, which has 32 vector registers: a 24-register tile leaves 8 for the
+#: loaded weight vectors and broadcast inputs (measured on Zen 4, bench_kernels.py: 3x3 convs
+#: of 27x27 or 14x14 images ran about twice as fast as with 8).
+ACCUMULATOR_REGISTERS_AVX512 = 24
 #: A contraction tile with fewer rows than this widens its vector to up to
 #: MAX_VECTOR_REGISTERS registers along the vector axis.
 MIN_ROWS = 4
 MAX_VECTOR_REGISTERS = 4
+#: Pack constant weights into the contraction tile's layout at build time
+#: (:func:`_prepack_weights`).
+PREPACK_WEIGHTS = True
 #: Version of these rules; a tuning database seeded with older rules is seeded again.
-RULES_VERSION = 3
+RULES_VERSION = 4
 #: Dtypes whose loops are vectorised.
 _VECTOR_DTYPES = ("float16", "float32", "float64", "int32", "int64")
 
@@ -189,6 +202,16 @@ def vector_lanes(target: tvm.target.Target, dtype_bits: int = 32) -> int:
     except Exception:  # no LLVM feature query for this target: assume 128-bit SIMD
         bits = 128
     return max(bits // max(dtype_bits, 8), 1)
+
+
+def accumulator_registers(target: tvm.target.Target) -> int:
+    """Vector registers a contraction tile may accumulate in on ``target``.
+
+    :data:`ACCUMULATOR_REGISTERS_AVX512` when the target has AVX-512 (32 registers), else
+    :data:`ACCUMULATOR_REGISTERS` (16 registers: AVX2, and NEON/SSE, where it is safe).
+    """
+    return ACCUMULATOR_REGISTERS_AVX512 if vector_lanes(target, 32) >= 16 \
+        else ACCUMULATOR_REGISTERS
 
 
 def _is_llvm(target: tvm.target.Target) -> bool:
@@ -410,14 +433,15 @@ def _schedule_contraction(sch: s_tir.Schedule, info: Any, target: tvm.target.Tar
     v_extent = _int(iters[vec].dom)
     v_factor = _vector_factor(v_extent, lanes)[0]
     regs = math.ceil(v_factor / lanes)
-    r_factor = (_rows_factor(_int(iters[rows].dom), ACCUMULATOR_REGISTERS // max(regs, 1))
+    budget = accumulator_registers(target)
+    r_factor = (_rows_factor(_int(iters[rows].dom), budget // max(regs, 1))
                 if rows is not None else 1)
     # Few rows (the row axis has a prime extent such as 17 or 71): widen the vector tile to
     # several registers instead, so that each broadcast operand feeds several multiply-adds
     # and the accumulators still fill the register budget.
     if v_factor == lanes and r_factor < MIN_ROWS:
         widen = [k for k in range(2, MAX_VECTOR_REGISTERS + 1)
-                 if v_extent % (k * lanes) == 0 and k * r_factor <= ACCUMULATOR_REGISTERS]
+                 if v_extent % (k * lanes) == 0 and k * r_factor <= budget]
         if widen:
             v_factor = max(widen) * lanes
 
@@ -453,6 +477,7 @@ def _schedule_contraction(sch: s_tir.Schedule, info: Any, target: tvm.target.Tar
     work = _work(sch, block_rv) or 0
     if work >= PARALLEL_MIN_MACS and (_int(sch.get(fused).extent) or 0) > 1:
         sch.parallel(fused)
+    _prepack_weights(sch, block_rv, out, iters[vec].var, v_factor)
     if pack:
         _pack_inputs(sch, block_rv, out, iters[vec].var, fused, target)
     for loop in rows_inner:
@@ -468,8 +493,63 @@ def _schedule_contraction(sch: s_tir.Schedule, info: Any, target: tvm.target.Tar
         _try(sch.vectorize, wb_loops[-1])
         wb_loops = wb_loops[:-1]
     for loop in wb_loops:
-        if (_int(sch.get(loop).extent) or 0) <= ACCUMULATOR_REGISTERS:
+        if (_int(sch.get(loop).extent) or 0) <= budget:
             _try(sch.unroll, loop)
+
+
+def _layout_free_params(sch: s_tir.Schedule) -> list[Any]:
+    """The kernel's parameters that are weights (constants), per :data:`LAYOUT_FREE_ATTR`."""
+    func = sch.mod["main"]
+    if func.attrs is None or LAYOUT_FREE_ATTR not in func.attrs:
+        return []
+    return [func.params[int(i)] for i in func.attrs[LAYOUT_FREE_ATTR]]
+
+
+def _prepack_weights(sch: s_tir.Schedule, block_rv: Any, out: Any, vvar: Any,
+                     v_factor: int) -> list[str]:
+    """Pack each weight read along the vector axis into ``[L/V, ..., V]`` at build time.
+
+    A weight ``W[..., l]`` read as ``W[..., v]`` (``v`` the vectorised output axis, tiled by
+    ``V``) is read through a copy ``P[l // V, ..., l % V]``: one output tile's weights are then
+    one contiguous panel, walked in order by the reduction (NeoCPU's pre-packed ``OIHW[x]o``;
+    in HWIO the tile's next input channel is ``O`` floats away). The copy is a block marked
+    :data:`PREPROC_ATTR` (TVM's layout-rewrite convention); :func:`fold_prepacked_weights`
+    splits it out of the kernel and runs it once at build time on the constant weights, so the
+    packed tensor is what the plan's ``params.bin`` holds. Only parameters the Relax graph
+    passes as constants (:data:`LAYOUT_FREE_ATTR`) are packed. Returns the packed buffers.
+    """
+    weights = _layout_free_params(sch) if PREPACK_WEIGHTS else []
+    if not weights or v_factor <= 1:
+        return []
+    packed = []
+    block = sch.get(block_rv)
+    for index, read in enumerate(block.reads):
+        src = read.source
+        if src.same_as(out) or not any(src.same_as(w) or src.name == w.name for w in weights):
+            continue
+        idx = _index_exprs(read)
+        shape = [_int(d) for d in src.shape]
+        if not idx or not isinstance(idx[-1], tirx.Var) or not idx[-1].same_as(vvar):
+            continue
+        if any(_contains(e, vvar) for e in idx[:-1]) or None in shape:
+            continue
+        if shape[-1] % v_factor or shape[-1] == v_factor:
+            continue  # a partial tile, or one tile that is already a contiguous panel
+        try:
+            copy = sch.cache_read(block_rv, index, "global")
+            sch.transform_layout(copy, ("write", 0), _panel_map(len(shape), v_factor))
+            sch.annotate(copy, PREPROC_ATTR, True)
+        except Exception as e:  # the schedule is unchanged when cache_read refuses
+            logger.debug("weight %s not prepacked: %s", src.name, e)
+            continue
+        packed.append(str(src.name))
+    return packed
+
+
+def _panel_map(ndim: int, v: int) -> Any:
+    """``(a0, ..., l) -> (l // v, a0, ..., l % v)``: the packed-weight layout."""
+    return tirx.IndexMap.from_func(lambda *ax: (ax[-1] // v, *ax[:-1], ax[-1] % v),
+                                   ndim=ndim)
 
 
 def _pack_inputs(sch: s_tir.Schedule, block_rv: Any, out: Any, vvar: Any, loop: Any,
@@ -486,6 +566,8 @@ def _pack_inputs(sch: s_tir.Schedule, block_rv: Any, out: Any, vvar: Any, loop: 
             continue
         producers = [p for p in sch.get_producers(block_rv)
                      if any(w.source.same_as(read.source) for w in sch.get(p).writes)]
+        if any(PREPROC_ATTR in sch.get(p).annotations for p in producers):
+            continue  # weights packed at build time (_prepack_weights)
         if producers:
             target_block = producers[0]
             if not _try(sch.compute_at, target_block, loop, preserve_unit_loops=False):
@@ -775,6 +857,44 @@ def apply_default_schedules(mod: tvm.IRModule, target: Any, *, tuned: Iterable[s
         for gv, func in updates.items():
             mod[gv] = func
     return mod.with_attr(CPU_SCHEDULE_ATTR, json.dumps(report.to_json()))
+
+
+def fold_prepacked_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, str]]:
+    """Run the weight-packing copies of the kernels once, at build time, on the constants.
+
+    ``relax.transform.SplitLayoutRewritePreproc`` moves every block marked
+    :data:`PREPROC_ATTR` (:func:`_prepack_weights`) out of its kernel ``k`` into a kernel of
+    its own, called on the weight in the Relax graph, and renames ``k`` to ``k_prepacked``,
+    which now takes the packed weight. ``FoldConstant`` then runs those packing kernels on the
+    constant weights, so the graph passes packed constants (what ``params.bin`` stores) and no
+    packing runs per inference; the unused packing kernels are dropped.
+
+    Returns
+    -------
+    tuple
+        ``(module, {old kernel name: new name})``; the module unchanged when nothing is packed.
+    """
+    from tvm import relax
+
+    before = {gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+    split = relax.transform.SplitLayoutRewritePreproc()(mod)
+    after = {gv.name_hint for gv, f in split.functions.items() if isinstance(f, tirx.PrimFunc)}
+    renamed = {n: f"{n}_prepacked" for n in before if f"{n}_prepacked" in after}
+    if not renamed:
+        return mod, {}
+    folded = relax.transform.FoldConstant()(split)
+    folded = relax.transform.CanonicalizeBindings()(folded)
+    entries = [gv.name_hint for gv, f in folded.functions.items()
+               if isinstance(f, relax.Function) and f.attrs is not None
+               and "global_symbol" in f.attrs]
+    folded = relax.transform.DeadCodeElimination(entries)(folded)
+    updates = {}
+    for gv, f in folded.functions.items():
+        if gv.name_hint in renamed.values() and not is_scheduled(f):
+            updates[gv] = f.with_attr(SCHEDULED_ATTR, True)
+    for gv, f in updates.items():
+        folded[gv] = f
+    return folded, renamed
 
 
 @tvm.transform.module_pass(opt_level=0, name="CpuDefaultSchedule")
