@@ -30,7 +30,6 @@ import datetime as dt
 import json
 import logging
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -306,7 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     from ios_tvm.bench.timing import machine_info
     from ios_tvm.compiler.target import resolve_target
 
-    threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
+    # TVM's pool defaults to half the hardware threads (one on a 2-core machine): give it every
+    # core this process may use, as ios-tvm's executor does, before any kernel runs.
+    from ios_tvm.runtime.executor import default_cpu_threads
+
+    threads = default_cpu_threads()
     target = resolve_target(args.target)
     started = time.time()
     peak = None if args.no_peak else measure_peak(threads)

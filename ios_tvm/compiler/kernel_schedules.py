@@ -116,11 +116,19 @@ class ScheduleReport:
         ``"unscheduled"``.
     reasons
         For unscheduled kernels: why no rule applied.
+    layout_transforms
+        Layout transforms (transposes) the CPU layout conversion left in the graph, at its
+        edges and around ops it cannot convert (None: no conversion ran); set by
+        :func:`~ios_tvm.compiler.kernels.lower_to_kernels`.
+    prepacked
+        Kernels whose constant weights were packed at build time (:func:`fold_prepacked_weights`).
     """
 
     target: str = ""
     kernels: dict[str, str] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
+    layout_transforms: int | None = None
+    prepacked: list[str] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -148,18 +156,25 @@ class ScheduleReport:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return {"target": self.target, "kernels": dict(self.kernels),
-                "reasons": dict(self.reasons), "counts": self.counts}
+                "reasons": dict(self.reasons), "counts": self.counts,
+                "layout_transforms": self.layout_transforms, "prepacked": list(self.prepacked)}
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> ScheduleReport:
         """Inverse of :meth:`to_json`."""
         return cls(str(doc.get("target", "")), dict(doc.get("kernels", {})),
-                   dict(doc.get("reasons", {})))
+                   dict(doc.get("reasons", {})), doc.get("layout_transforms"),
+                   list(doc.get("prepacked", [])))
 
     def summary(self) -> str:
         """One line, e.g. ``"9 kernels: 4 contraction, 5 generic"``."""
         parts = ", ".join(f"{n} {how}" for how, n in sorted(self.counts.items()))
-        return f"{len(self.kernels)} kernels: {parts}" if parts else "no kernels"
+        text = f"{len(self.kernels)} kernels: {parts}" if parts else "no kernels"
+        if self.prepacked:
+            text += f"; {len(self.prepacked)} with weights packed at build time"
+        if self.layout_transforms is not None:
+            text += f"; {self.layout_transforms} layout transforms"
+        return text
 
 
 def schedule_report(mod: tvm.IRModule) -> ScheduleReport | None:

@@ -14,6 +14,7 @@ string in the module attribute :data:`KERNEL_INFO_ATTR` for
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any
 
@@ -43,6 +44,8 @@ from ios_tvm.compiler.relax_util import (
 from ios_tvm.compiler.target import TargetLike, resolve_target
 from ios_tvm.compiler.tuning_db import open_database
 from ios_tvm.errors import IosTvmError
+
+logger = logging.getLogger(__name__)
 
 #: IRModule attribute (a JSON string) where :func:`lower_to_kernels` records per-kernel info.
 KERNEL_INFO_ATTR = "ios_tvm.kernel_info"
@@ -163,6 +166,12 @@ def _scheduled_kernels(mod: tvm.IRModule) -> set[str]:
             if isinstance(f, tvm.tirx.PrimFunc) and is_scheduled(f)}
 
 
+def count_transposes(mod: tvm.IRModule) -> int:
+    """``permute_dims`` calls in the module's Relax functions (layout transforms)."""
+    return sum(1 for func in relax_functions(mod) for b in bindings(func)
+               if is_op(b.value, "relax.permute_dims"))
+
+
 def mark_constant_params(mod: tvm.IRModule) -> tvm.IRModule:
     """Mark each kernel's params that every call passes a constant (the weights).
 
@@ -256,8 +265,13 @@ def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm", *,
     else:
         db = open_database(database, tgt)
     mod = guard_indices(mod, tgt)
+    transforms = None
     if cpu_layout is not None and tgt.kind.name == "llvm":
+        before = count_transposes(mod)
         mod = convert_conv_layout(mod, cpu_layout)
+        # The layout transforms the conversion left (graph edges, ops it cannot convert):
+        # those on constant weights were folded at build time and are not counted.
+        transforms = max(count_transposes(mod) - before, 0)
     prov = _Provenance()
     flops: dict[str, float] = {}
     tuned: set[str] = set()
@@ -298,10 +312,8 @@ def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm", *,
         for table in (prov.kernels, flops, how.kernels if how is not None else {}):
             if old in table:
                 table[new] = table.pop(old)
-    if renamed and how is not None:
-        if any(old in how.reasons for old in renamed):
-            how.reasons = {renamed.get(k, k): v for k, v in how.reasons.items()}
-        mod = mod.with_attr(CPU_SCHEDULE_ATTR, json.dumps(how.to_json()))
+    if renamed and how is not None and any(old in how.reasons for old in renamed):
+        how.reasons = {renamed.get(k, k): v for k, v in how.reasons.items()}
     kernels: dict[str, dict[str, Any]] = {}
     for gv, f in mod.functions.items():
         if isinstance(f, tvm.tirx.PrimFunc):
@@ -313,6 +325,14 @@ def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm", *,
             if how is not None and gv.name_hint in how.kernels:
                 info["schedule"] = how.kernels[gv.name_hint]
             kernels[gv.name_hint] = info
+    if how is not None:
+        how.layout_transforms = transforms
+        how.prepacked = sorted(renamed.values())
+        mod = mod.with_attr(CPU_SCHEDULE_ATTR, json.dumps(how.to_json()))
+    if transforms or renamed:
+        logger.info("%d layout transforms left in the graph, %d kernels with weights packed "
+                    "at build time", transforms or 0, len(renamed))
     record = {"target": str(tgt), "kernels": kernels,
-              "cpu_layout": cpu_layout if tgt.kind.name == "llvm" else None}
+              "cpu_layout": cpu_layout if tgt.kind.name == "llvm" else None,
+              "layout_transforms": transforms, "prepacked": sorted(renamed.values())}
     return mod.with_attr(KERNEL_INFO_ATTR, json.dumps(record))
