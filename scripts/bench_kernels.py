@@ -30,6 +30,7 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -295,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-layout", default="NHWC", choices=["NHWC", "NCHW"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--min-ms", type=float, default=30.0, help="per timed round")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for TVM's kernels and ONNX Runtime (default: every core)")
     p.add_argument("--no-peak", action="store_true")
     p.add_argument("--baseline", action="store_true",
                    help=f"also time the pre-issue-16 default schedules ({BASELINE})")
@@ -307,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # TVM's pool defaults to half the hardware threads (one on a 2-core machine): give it every
     # core this process may use, as ios-tvm's executor does, before any kernel runs.
+    if args.threads:
+        os.environ["TVM_NUM_THREADS"] = str(args.threads)
     from ios_tvm.runtime.executor import default_cpu_threads
 
     threads = default_cpu_threads()
@@ -419,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
            "peak": peak, "distinct_shapes": len(rows), "zoo_gflop": total_zoo,
            "results": results, "summary": summary, "seconds": time.time() - started}
     date = dt.date.today().isoformat()
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"kernels-cpu-{date}.json")
+    tag = f"-{threads}t" if args.threads else ""
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"kernels-cpu-{date}{tag}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))
     print(f"wrote {out}")

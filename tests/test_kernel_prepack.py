@@ -105,6 +105,8 @@ CASES = {
     "1x1_odd": (33, 7, 7, 72, (1, 1), 1, (0, 0, 0, 0), 1, 1),
     "1x7_rect": (16, 9, 9, 24, (1, 7), 1, (0, 3, 0, 3), 1, 1),
     "7x7_stride2": (3, 23, 23, 32, (7, 7), 2, (3, 3, 3, 3), 1, 1),
+    "3x3_prime_width": (8, 31, 31, 32, (3, 3), 1, (0, 0, 0, 0), 1, 1),  # 29x29: ragged rows
+    "3x3_prime_width_stride2": (6, 61, 59, 48, (3, 3), 2, (0, 0, 1, 1), 1, 1),  # 30x29
     "grouped": (16, 8, 8, 32, (3, 3), 1, (1, 1, 1, 1), 1, 4),
     "depthwise": (24, 10, 10, 24, (3, 3), 2, (1, 1, 1, 1), 1, 24),
 }
@@ -203,3 +205,14 @@ def test_packed_weights_round_trip_through_export_and_load(tmp_path: Path) -> No
     np.testing.assert_allclose(r(x)[0], want, rtol=1e-4, atol=1e-4)
     r.export(tmp_path / "art")
     np.testing.assert_allclose(load(tmp_path / "art")(x)[0], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_prime_widths_get_ragged_row_tiles(target: dict[str, Any]) -> None:
+    """A 29-wide output has no row tile of 4..24 rows: 8-row tiles and a partial last one."""
+    model = conv_model(8, 31, 31, 32, (3, 3))
+    lowered = lower_to_kernels(load_model(model), target, cpu_layout="NHWC")
+    conv = [k for k, v in _kernels(lowered).items() if "conv2d" in v.get("ops", [])]
+    text = lowered[conv[0]].script()
+    assert "pragma_loop_partition_hint" in text
+    assert "T.unroll(T.int64(8))" in text  # the 8 rows of a tile, unrolled

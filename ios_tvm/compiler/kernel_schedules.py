@@ -92,6 +92,9 @@ MAX_VECTOR_REGISTERS = 4
 #: Pack constant weights into the contraction tile's layout at build time
 #: (:func:`_prepack_weights`).
 PREPACK_WEIGHTS = True
+#: Rows per tile when the row axis has no divisor of at least MIN_ROWS (a prime extent); the
+#: last tile is partial (0: use the widening of the vector tile instead).
+RAGGED_ROWS = 8
 #: Version of these rules; a tuning database seeded with older rules is seeded again.
 RULES_VERSION = 4
 #: Dtypes whose loops are vectorised.
@@ -451,6 +454,12 @@ def _schedule_contraction(sch: s_tir.Schedule, info: Any, target: tvm.target.Tar
     budget = accumulator_registers(target)
     r_factor = (_rows_factor(_int(iters[rows].dom), budget // max(regs, 1))
                 if rows is not None else 1)
+    ragged = False
+    if RAGGED_ROWS and rows is not None and r_factor < MIN_ROWS \
+            and _int(iters[rows].dom) >= 2 * RAGGED_ROWS:
+        # A prime row extent (71, 73): full tiles of RAGGED_ROWS rows and a partial last one,
+        # split off by TVM's LoopPartition (the loop hint below), instead of 1-row tiles.
+        r_factor, ragged = min(RAGGED_ROWS, budget // max(regs, 1)), True
     # Few rows (the row axis has a prime extent such as 17 or 71): widen the vector tile to
     # several registers instead, so that each broadcast operand feeds several multiply-adds
     # and the accumulators still fill the register budget.
@@ -479,7 +488,7 @@ def _schedule_contraction(sch: s_tir.Schedule, info: Any, target: tvm.target.Tar
     # Rows outermost-but-serial when packing: every row tile of one output tile reuses the
     # packed input panel (loaded once, contiguous), instead of streaming strided input rows.
     rows_outer = outer[spatial.index(rows)] if rows is not None and r_factor > 1 else None
-    rows_tiles = (_int(iters[rows].dom) // r_factor) if rows_outer is not None else 1
+    rows_tiles = (-(-_int(iters[rows].dom) // r_factor)) if rows_outer is not None else 1
     pack = rows_outer is not None and rows_tiles > 1
     par = [o for o in outer if o is not rows_outer] if pack else outer
     serial = [rows_outer] if pack else []
@@ -487,6 +496,8 @@ def _schedule_contraction(sch: s_tir.Schedule, info: Any, target: tvm.target.Tar
         par, serial = outer, []
         pack = False
     sch.reorder(*par, *serial, *[loops[i] for i in reduce_], *rows_inner, *vec_inner)
+    if ragged and pack:  # (without a serial row loop the partial tile keeps its predicate)
+        sch.annotate(rows_outer, "pragma_loop_partition_hint", 1)
     fused = sch.fuse(*par) if len(par) > 1 else par[0]
     sch.reverse_compute_at(write_back, serial[0] if serial else fused, preserve_unit_loops=False)
     work = _work(sch, block_rv) or 0
