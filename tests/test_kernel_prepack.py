@@ -216,3 +216,15 @@ def test_prime_widths_get_ragged_row_tiles(target: dict[str, Any]) -> None:
     text = lowered[conv[0]].script()
     assert "pragma_loop_partition_hint" in text
     assert "T.unroll(T.int64(8))" in text  # the 8 rows of a tile, unrolled
+
+
+def test_unpadded_conv_reads_its_input_in_place() -> None:
+    """TVM pads into a buffer even with no padding: that copy of the input is inlined."""
+    model = conv_model(64, 14, 14, 32, (1, 1))
+    lowered = lower_to_kernels(load_model(model), AVX2, cpu_layout="NHWC")
+    conv = [k for k, v in _kernels(lowered).items() if "conv2d" in v.get("ops", [])]
+    assert 'T.sblock("pad_temp")' not in lowered[conv[0]].script()
+    padded = lower_to_kernels(load_model(conv_model(64, 14, 14, 32, (3, 3), pads=(1, 1, 1, 1))),
+                              AVX2, cpu_layout="NHWC")
+    conv = [k for k, v in _kernels(padded).items() if "conv2d" in v.get("ops", [])]
+    assert 'T.sblock("pad_temp")' in padded[conv[0]].script()  # real padding stays

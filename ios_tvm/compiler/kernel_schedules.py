@@ -95,6 +95,8 @@ PREPACK_WEIGHTS = True
 #: Rows per tile when the row axis has no divisor of at least MIN_ROWS (a prime extent); the
 #: last tile is partial (0: use the widening of the vector tile instead).
 RAGGED_ROWS = 8
+#: Inline pure-copy producers of a contraction (:func:`_inline_copies`).
+INLINE_COPIES = True
 #: Version of these rules; a tuning database seeded with older rules is seeded again.
 RULES_VERSION = 4
 #: Dtypes whose loops are vectorised.
@@ -711,6 +713,22 @@ def _schedule_block_generic(sch: s_tir.Schedule, info: Any,
     return applied
 
 
+def _inline_copies(sch: s_tir.Schedule, block_rv: Any) -> None:
+    """Inline the contraction's producers that only copy (a conv's zero "padding" of 0).
+
+    TVM's conv2d always pads into a buffer first; with no padding that is a copy of the whole
+    input per call, which the contraction can read in place.
+    """
+    for producer in sch.get_producers(block_rv):
+        block = sch.get(producer)
+        if len(block.reads) != 1 or _has_if_then_else(block):
+            continue
+        if not isinstance(block.body, tirx.BufferStore) or \
+                not isinstance(block.body.value, tvm.ir.TensorLoad):
+            continue
+        _try(sch.compute_inline, producer)
+
+
 def _alive(sch: s_tir.Schedule, rv: Any) -> bool:
     """Whether a block or loop random variable still names something (not inlined away)."""
     try:
@@ -747,6 +765,8 @@ def _apply_rules(func: tirx.PrimFunc, target: tvm.target.Target) -> tuple[s_tir.
     contractions = [b for b in infos if _is_contraction(sch, b)]
     others_injective = all(b.is_injective() for b in infos if b not in contractions)
     if len(contractions) == 1 and others_injective:
+        if INLINE_COPIES:
+            _inline_copies(sch, contractions[0].block_rv)
         try:
             _schedule_contraction(sch, contractions[0], target)
         except _Skip as e:  # raised before the schedule changes: fall back to "generic"
