@@ -300,8 +300,20 @@ def build(model: Any, target: Any = "llvm", *,
                        searched.cached, searched.reused, seconds,
                        {"ios": ios_art.plan.activation_nbytes,
                         "sequential": seq_art.plan.activation_nbytes},
-                       report.counts if report is not None else {},
+                       _kernel_summary(report),
                        {k: list(v) for k, v in samples.items()}, choice, fid)
+
+
+def _kernel_summary(report: Any) -> dict[str, int]:
+    """Kernels per schedule outcome, plus the layout work (issue 16) for the build summary."""
+    if report is None:
+        return {}
+    out = dict(report.counts)
+    if report.prepacked:
+        out["with weights packed at build time"] = len(report.prepacked)
+    if report.layout_transforms is not None:
+        out["layout transforms left"] = report.layout_transforms
+    return out
 
 
 # -- the steps ---------------------------------------------------------------------------------

@@ -63,6 +63,12 @@ from ios_tvm.compiler.target import resolve_target
 logger = logging.getLogger(__name__)
 #: PrimFunc attribute TVM (dlight, MetaSchedule) uses to mark a scheduled kernel.
 SCHEDULED_ATTR = "tirx.is_scheduled"
+#: PrimFunc attribute (``relax.transform.AttachAttrLayoutFreeBuffers``): indices of the params
+#: the Relax graph passes as constants (weights), whose layout the kernel may choose.
+LAYOUT_FREE_ATTR = "layout_free_buffers"
+#: Block annotation of a weight-packing copy (TVM's layout-rewrite convention); such blocks are
+#: split out of the kernel and folded at build time (:func:`fold_prepacked_weights`).
+PREPROC_ATTR = "meta_schedule.layout_rewrite_preproc"
 #: IRModule attribute (a JSON string) where :func:`apply_default_schedules` leaves its report.
 CPU_SCHEDULE_ATTR = "ios_tvm.cpu_schedule"
 #: A block parallelises its outer loops only if it runs at least this many innermost
@@ -75,12 +81,24 @@ PARALLEL_MIN_EXTENT = 64
 #: Accumulator vector registers a contraction tile may use (x86 has 16 ymm registers with
 #: AVX2; keep room for the loaded vector and the broadcast operand).
 ACCUMULATOR_REGISTERS = 8
+#: The same with AVX-512, which has 32 vector registers: a 24-register tile leaves 8 for the
+#: loaded weight vectors and broadcast inputs (measured on Zen 4, bench_kernels.py: 3x3 convs
+#: of 27x27 or 14x14 images ran about twice as fast as with 8).
+ACCUMULATOR_REGISTERS_AVX512 = 24
 #: A contraction tile with fewer rows than this widens its vector to up to
 #: MAX_VECTOR_REGISTERS registers along the vector axis.
 MIN_ROWS = 4
 MAX_VECTOR_REGISTERS = 4
+#: Pack constant weights into the contraction tile's layout at build time
+#: (:func:`_prepack_weights`).
+PREPACK_WEIGHTS = True
+#: Rows per tile when the row axis has no divisor of at least MIN_ROWS (a prime extent); the
+#: last tile is partial (0: use the widening of the vector tile instead).
+RAGGED_ROWS = 8
+#: Inline pure-copy producers of a contraction (:func:`_inline_copies`).
+INLINE_COPIES = True
 #: Version of these rules; a tuning database seeded with older rules is seeded again.
-RULES_VERSION = 3
+RULES_VERSION = 4
 #: Dtypes whose loops are vectorised.
 _VECTOR_DTYPES = ("float16", "float32", "float64", "int32", "int64")
 
@@ -103,11 +121,19 @@ class ScheduleReport:
         ``"unscheduled"``.
     reasons
         For unscheduled kernels: why no rule applied.
+    layout_transforms
+        Layout transforms (transposes) the CPU layout conversion left in the graph, at its
+        edges and around ops it cannot convert (None: no conversion ran); set by
+        :func:`~ios_tvm.compiler.kernels.lower_to_kernels`.
+    prepacked
+        Kernels whose constant weights were packed at build time (:func:`fold_prepacked_weights`).
     """
 
     target: str = ""
     kernels: dict[str, str] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
+    layout_transforms: int | None = None
+    prepacked: list[str] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -135,18 +161,25 @@ class ScheduleReport:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return {"target": self.target, "kernels": dict(self.kernels),
-                "reasons": dict(self.reasons), "counts": self.counts}
+                "reasons": dict(self.reasons), "counts": self.counts,
+                "layout_transforms": self.layout_transforms, "prepacked": list(self.prepacked)}
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> ScheduleReport:
         """Inverse of :meth:`to_json`."""
         return cls(str(doc.get("target", "")), dict(doc.get("kernels", {})),
-                   dict(doc.get("reasons", {})))
+                   dict(doc.get("reasons", {})), doc.get("layout_transforms"),
+                   list(doc.get("prepacked", [])))
 
     def summary(self) -> str:
         """One line, e.g. ``"9 kernels: 4 contraction, 5 generic"``."""
         parts = ", ".join(f"{n} {how}" for how, n in sorted(self.counts.items()))
-        return f"{len(self.kernels)} kernels: {parts}" if parts else "no kernels"
+        text = f"{len(self.kernels)} kernels: {parts}" if parts else "no kernels"
+        if self.prepacked:
+            text += f"; {len(self.prepacked)} with weights packed at build time"
+        if self.layout_transforms is not None:
+            text += f"; {self.layout_transforms} layout transforms"
+        return text
 
 
 def schedule_report(mod: tvm.IRModule) -> ScheduleReport | None:
@@ -189,6 +222,16 @@ def vector_lanes(target: tvm.target.Target, dtype_bits: int = 32) -> int:
     except Exception:  # no LLVM feature query for this target: assume 128-bit SIMD
         bits = 128
     return max(bits // max(dtype_bits, 8), 1)
+
+
+def accumulator_registers(target: tvm.target.Target) -> int:
+    """Vector registers a contraction tile may accumulate in on ``target``.
+
+    :data:`ACCUMULATOR_REGISTERS_AVX512` when the target has AVX-512 (32 registers), else
+    :data:`ACCUMULATOR_REGISTERS` (16 registers: AVX2, and NEON/SSE, where it is safe).
+    """
+    return ACCUMULATOR_REGISTERS_AVX512 if vector_lanes(target, 32) >= 16 \
+        else ACCUMULATOR_REGISTERS
 
 
 def _is_llvm(target: tvm.target.Target) -> bool:
@@ -410,14 +453,21 @@ def _schedule_contraction(sch: s_tir.Schedule, info: Any, target: tvm.target.Tar
     v_extent = _int(iters[vec].dom)
     v_factor = _vector_factor(v_extent, lanes)[0]
     regs = math.ceil(v_factor / lanes)
-    r_factor = (_rows_factor(_int(iters[rows].dom), ACCUMULATOR_REGISTERS // max(regs, 1))
+    budget = accumulator_registers(target)
+    r_factor = (_rows_factor(_int(iters[rows].dom), budget // max(regs, 1))
                 if rows is not None else 1)
+    ragged = False
+    if RAGGED_ROWS and rows is not None and r_factor < MIN_ROWS \
+            and _int(iters[rows].dom) >= 2 * RAGGED_ROWS:
+        # A prime row extent (71, 73): full tiles of RAGGED_ROWS rows and a partial last one,
+        # split off by TVM's LoopPartition (the loop hint below), instead of 1-row tiles.
+        r_factor, ragged = min(RAGGED_ROWS, budget // max(regs, 1)), True
     # Few rows (the row axis has a prime extent such as 17 or 71): widen the vector tile to
     # several registers instead, so that each broadcast operand feeds several multiply-adds
     # and the accumulators still fill the register budget.
     if v_factor == lanes and r_factor < MIN_ROWS:
         widen = [k for k in range(2, MAX_VECTOR_REGISTERS + 1)
-                 if v_extent % (k * lanes) == 0 and k * r_factor <= ACCUMULATOR_REGISTERS]
+                 if v_extent % (k * lanes) == 0 and k * r_factor <= budget]
         if widen:
             v_factor = max(widen) * lanes
 
@@ -440,7 +490,7 @@ def _schedule_contraction(sch: s_tir.Schedule, info: Any, target: tvm.target.Tar
     # Rows outermost-but-serial when packing: every row tile of one output tile reuses the
     # packed input panel (loaded once, contiguous), instead of streaming strided input rows.
     rows_outer = outer[spatial.index(rows)] if rows is not None and r_factor > 1 else None
-    rows_tiles = (_int(iters[rows].dom) // r_factor) if rows_outer is not None else 1
+    rows_tiles = (-(-_int(iters[rows].dom) // r_factor)) if rows_outer is not None else 1
     pack = rows_outer is not None and rows_tiles > 1
     par = [o for o in outer if o is not rows_outer] if pack else outer
     serial = [rows_outer] if pack else []
@@ -448,11 +498,14 @@ def _schedule_contraction(sch: s_tir.Schedule, info: Any, target: tvm.target.Tar
         par, serial = outer, []
         pack = False
     sch.reorder(*par, *serial, *[loops[i] for i in reduce_], *rows_inner, *vec_inner)
+    if ragged and pack:  # (without a serial row loop the partial tile keeps its predicate)
+        sch.annotate(rows_outer, "pragma_loop_partition_hint", 1)
     fused = sch.fuse(*par) if len(par) > 1 else par[0]
     sch.reverse_compute_at(write_back, serial[0] if serial else fused, preserve_unit_loops=False)
     work = _work(sch, block_rv) or 0
     if work >= PARALLEL_MIN_MACS and (_int(sch.get(fused).extent) or 0) > 1:
         sch.parallel(fused)
+    _prepack_weights(sch, block_rv, out, iters[vec].var, v_factor)
     if pack:
         _pack_inputs(sch, block_rv, out, iters[vec].var, fused, target)
     for loop in rows_inner:
@@ -468,8 +521,63 @@ def _schedule_contraction(sch: s_tir.Schedule, info: Any, target: tvm.target.Tar
         _try(sch.vectorize, wb_loops[-1])
         wb_loops = wb_loops[:-1]
     for loop in wb_loops:
-        if (_int(sch.get(loop).extent) or 0) <= ACCUMULATOR_REGISTERS:
+        if (_int(sch.get(loop).extent) or 0) <= budget:
             _try(sch.unroll, loop)
+
+
+def _layout_free_params(sch: s_tir.Schedule) -> list[Any]:
+    """The kernel's parameters that are weights (constants), per :data:`LAYOUT_FREE_ATTR`."""
+    func = sch.mod["main"]
+    if func.attrs is None or LAYOUT_FREE_ATTR not in func.attrs:
+        return []
+    return [func.params[int(i)] for i in func.attrs[LAYOUT_FREE_ATTR]]
+
+
+def _prepack_weights(sch: s_tir.Schedule, block_rv: Any, out: Any, vvar: Any,
+                     v_factor: int) -> list[str]:
+    """Pack each weight read along the vector axis into ``[L/V, ..., V]`` at build time.
+
+    A weight ``W[..., l]`` read as ``W[..., v]`` (``v`` the vectorised output axis, tiled by
+    ``V``) is read through a copy ``P[l // V, ..., l % V]``: one output tile's weights are then
+    one contiguous panel, walked in order by the reduction (NeoCPU's pre-packed ``OIHW[x]o``;
+    in HWIO the tile's next input channel is ``O`` floats away). The copy is a block marked
+    :data:`PREPROC_ATTR` (TVM's layout-rewrite convention); :func:`fold_prepacked_weights`
+    splits it out of the kernel and runs it once at build time on the constant weights, so the
+    packed tensor is what the plan's ``params.bin`` holds. Only parameters the Relax graph
+    passes as constants (:data:`LAYOUT_FREE_ATTR`) are packed. Returns the packed buffers.
+    """
+    weights = _layout_free_params(sch) if PREPACK_WEIGHTS else []
+    if not weights or v_factor <= 1:
+        return []
+    packed = []
+    block = sch.get(block_rv)
+    for index, read in enumerate(block.reads):
+        src = read.source
+        if src.same_as(out) or not any(src.same_as(w) or src.name == w.name for w in weights):
+            continue
+        idx = _index_exprs(read)
+        shape = [_int(d) for d in src.shape]
+        if not idx or not isinstance(idx[-1], tirx.Var) or not idx[-1].same_as(vvar):
+            continue
+        if any(_contains(e, vvar) for e in idx[:-1]) or None in shape:
+            continue
+        if shape[-1] % v_factor or shape[-1] == v_factor:
+            continue  # a partial tile, or one tile that is already a contiguous panel
+        try:
+            copy = sch.cache_read(block_rv, index, "global")
+            sch.transform_layout(copy, ("write", 0), _panel_map(len(shape), v_factor))
+            sch.annotate(copy, PREPROC_ATTR, True)
+        except Exception as e:  # the schedule is unchanged when cache_read refuses
+            logger.debug("weight %s not prepacked: %s", src.name, e)
+            continue
+        packed.append(str(src.name))
+    return packed
+
+
+def _panel_map(ndim: int, v: int) -> Any:
+    """``(a0, ..., l) -> (l // v, a0, ..., l % v)``: the packed-weight layout."""
+    return tirx.IndexMap.from_func(lambda *ax: (ax[-1] // v, *ax[:-1], ax[-1] % v),
+                                   ndim=ndim)
 
 
 def _pack_inputs(sch: s_tir.Schedule, block_rv: Any, out: Any, vvar: Any, loop: Any,
@@ -486,6 +594,8 @@ def _pack_inputs(sch: s_tir.Schedule, block_rv: Any, out: Any, vvar: Any, loop: 
             continue
         producers = [p for p in sch.get_producers(block_rv)
                      if any(w.source.same_as(read.source) for w in sch.get(p).writes)]
+        if any(PREPROC_ATTR in sch.get(p).annotations for p in producers):
+            continue  # weights packed at build time (_prepack_weights)
         if producers:
             target_block = producers[0]
             if not _try(sch.compute_at, target_block, loop, preserve_unit_loops=False):
@@ -603,6 +713,22 @@ def _schedule_block_generic(sch: s_tir.Schedule, info: Any,
     return applied
 
 
+def _inline_copies(sch: s_tir.Schedule, block_rv: Any) -> None:
+    """Inline the contraction's producers that only copy (a conv's zero "padding" of 0).
+
+    TVM's conv2d always pads into a buffer first; with no padding that is a copy of the whole
+    input per call, which the contraction can read in place.
+    """
+    for producer in sch.get_producers(block_rv):
+        block = sch.get(producer)
+        if len(block.reads) != 1 or _has_if_then_else(block):
+            continue
+        if not isinstance(block.body, tirx.BufferStore) or \
+                not isinstance(block.body.value, tvm.ir.TensorLoad):
+            continue
+        _try(sch.compute_inline, producer)
+
+
 def _alive(sch: s_tir.Schedule, rv: Any) -> bool:
     """Whether a block or loop random variable still names something (not inlined away)."""
     try:
@@ -639,6 +765,8 @@ def _apply_rules(func: tirx.PrimFunc, target: tvm.target.Target) -> tuple[s_tir.
     contractions = [b for b in infos if _is_contraction(sch, b)]
     others_injective = all(b.is_injective() for b in infos if b not in contractions)
     if len(contractions) == 1 and others_injective:
+        if INLINE_COPIES:
+            _inline_copies(sch, contractions[0].block_rv)
         try:
             _schedule_contraction(sch, contractions[0], target)
         except _Skip as e:  # raised before the schedule changes: fall back to "generic"
@@ -775,6 +903,106 @@ def apply_default_schedules(mod: tvm.IRModule, target: Any, *, tuned: Iterable[s
         for gv, func in updates.items():
             mod[gv] = func
     return mod.with_attr(CPU_SCHEDULE_ATTR, json.dumps(report.to_json()))
+
+
+def fold_prepacked_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, str]]:
+    """Run the weight-packing copies of the kernels once, at build time, on the constants.
+
+    ``relax.transform.SplitLayoutRewritePreproc`` moves every block marked
+    :data:`PREPROC_ATTR` (:func:`_prepack_weights`) out of its kernel ``k`` into a kernel of
+    its own, called on the weight in the Relax graph, and renames ``k`` to ``k_prepacked``,
+    which now takes the packed weight. ``FoldConstant`` then runs those packing kernels on the
+    constant weights, so the graph passes packed constants (what ``params.bin`` stores) and no
+    packing runs per inference; the unused packing kernels are dropped.
+
+    Returns
+    -------
+    tuple
+        ``(module, {old kernel name: new name})``; the module unchanged when nothing is packed.
+    """
+    from tvm import relax
+
+    before = {gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+    split = relax.transform.SplitLayoutRewritePreproc()(mod)
+    after = {gv.name_hint for gv, f in split.functions.items() if isinstance(f, tirx.PrimFunc)}
+    renamed = {n: f"{n}_prepacked" for n in before if f"{n}_prepacked" in after}
+    if not renamed:
+        return mod, {}
+    # The packing of _prepack_weights is a known permutation: do it in numpy (compiling one
+    # packing kernel per conv for FoldConstant costs about 0.2 s each); FoldConstant runs only
+    # what is left (none of ours).
+    folded = _PackConstants(split).run(split)
+    folded = relax.transform.FoldConstant()(folded)
+    folded = relax.transform.CanonicalizeBindings()(folded)
+    entries = [gv.name_hint for gv, f in folded.functions.items()
+               if isinstance(f, relax.Function) and f.attrs is not None
+               and "global_symbol" in f.attrs]
+    folded = relax.transform.DeadCodeElimination(entries)(folded)
+    updates = {}
+    for gv, f in folded.functions.items():
+        if gv.name_hint in renamed.values() and not is_scheduled(f):
+            updates[gv] = f.with_attr(SCHEDULED_ATTR, True)
+    for gv, f in updates.items():
+        folded[gv] = f
+    return folded, renamed
+
+
+def _pack_panel(w: Any, out_shape: list[int]) -> Any:
+    """``w[..., l]`` in the layout of :func:`_panel_map`, if ``out_shape`` is that layout."""
+    import numpy as np
+
+    *rest, last = w.shape
+    v = out_shape[-1] if out_shape else 0
+    if v <= 0 or last % v or list(out_shape) != [last // v, *rest, v]:
+        return None
+    return np.ascontiguousarray(np.moveaxis(w.reshape(*rest, last // v, v), -2, 0))
+
+
+def _make_pack_constants() -> Any:
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class PackConstants(relax.PyExprMutator):
+        """Replaces ``call_tir(<kernel>_weight_prepack, (constant,))`` by the packed constant."""
+
+        def __init__(self, mod: tvm.IRModule) -> None:
+            super().__init__(mod)
+            self.mod_ = mod
+
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir"):
+                return call
+            gv, args = call.args[0], call.args[1]
+            fields = list(args.fields) if isinstance(args, relax.Tuple) else [args]
+            if not gv.name_hint.endswith("_weight_prepack") or len(fields) != 1 \
+                    or not isinstance(fields[0], tvm.ir.GenericConst):
+                return call
+            out_ty = call.ty_args[0] if call.ty_args else None
+            shape = [_int(d) for d in getattr(getattr(out_ty, "shape", None), "values", [])]
+            if not shape or None in shape:
+                return call
+            packed = _pack_panel(fields[0].value.numpy(), shape)
+            return call if packed is None else relax.const(packed)
+
+        def run(self, mod: tvm.IRModule) -> tvm.IRModule:
+            for gv, func in mod.functions_items():
+                if isinstance(func, relax.Function):
+                    self.builder_.update_func(gv, self.visit_expr(func))
+            return self.builder_.get()
+
+    return PackConstants
+
+
+class _PackConstants:
+    """Lazily built :class:`PackConstants` mutator (relax is imported on first use)."""
+
+    _cls: Any = None
+
+    def __new__(cls, mod: tvm.IRModule) -> Any:
+        if cls._cls is None:
+            cls._cls = _make_pack_constants()
+        return cls._cls(mod)
 
 
 @tvm.transform.module_pass(opt_level=0, name="CpuDefaultSchedule")

@@ -14,6 +14,7 @@ string in the module attribute :data:`KERNEL_INFO_ATTR` for
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any
 
@@ -22,7 +23,13 @@ from tvm import relax
 
 from ios_tvm.compiler.frontend import tvm_errors
 from ios_tvm.compiler.index_guard import guard_indices
-from ios_tvm.compiler.kernel_schedules import apply_default_schedules, is_scheduled, schedule_report
+from ios_tvm.compiler.kernel_schedules import (
+    CPU_SCHEDULE_ATTR,
+    apply_default_schedules,
+    fold_prepacked_weights,
+    is_scheduled,
+    schedule_report,
+)
 from ios_tvm.compiler.layout import convert_conv_layout
 from ios_tvm.compiler.relax_util import (
     CALL_DPS_PACKED,
@@ -37,6 +44,8 @@ from ios_tvm.compiler.relax_util import (
 from ios_tvm.compiler.target import TargetLike, resolve_target
 from ios_tvm.compiler.tuning_db import open_database
 from ios_tvm.errors import IosTvmError
+
+logger = logging.getLogger(__name__)
 
 #: IRModule attribute (a JSON string) where :func:`lower_to_kernels` records per-kernel info.
 KERNEL_INFO_ATTR = "ios_tvm.kernel_info"
@@ -157,6 +166,44 @@ def _scheduled_kernels(mod: tvm.IRModule) -> set[str]:
             if isinstance(f, tvm.tirx.PrimFunc) and is_scheduled(f)}
 
 
+def count_transposes(mod: tvm.IRModule) -> int:
+    """``permute_dims`` calls in the module's Relax functions (layout transforms)."""
+    return sum(1 for func in relax_functions(mod) for b in bindings(func)
+               if is_op(b.value, "relax.permute_dims"))
+
+
+def mark_constant_params(mod: tvm.IRModule) -> tvm.IRModule:
+    """Mark each kernel's params that every call passes a constant (the weights).
+
+    The indices go to the PrimFunc attribute ``layout_free_buffers`` (what TVM's
+    ``AttachAttrLayoutFreeBuffers`` sets; that pass also renames every kernel, which would
+    break the provenance record kept by name): the default schedules may choose those
+    buffers' layout, because the packing then runs once at build time.
+    """
+    from ios_tvm.compiler.kernel_schedules import LAYOUT_FREE_ATTR
+
+    const: dict[Any, set[int]] = {}
+    for func in relax_functions(mod):
+        for b in bindings(func):
+            if not is_op(b.value, CALL_TIR):
+                continue
+            gv, args = b.value.args[0], b.value.args[1]
+            fields = args.fields if isinstance(args, relax.Tuple) else [args]
+            idx = {i for i, a in enumerate(fields) if isinstance(a, tvm.ir.GenericConst)}
+            const[gv] = const[gv] & idx if gv in const else idx
+    updates = {}
+    for gv, idx in const.items():
+        func = mod[gv]
+        if idx and isinstance(func, tvm.tirx.PrimFunc):
+            updates[gv] = func.with_attr(LAYOUT_FREE_ATTR, sorted(idx))
+    if not updates:
+        return mod
+    mod = mod.clone()
+    for gv, func in updates.items():
+        mod[gv] = func
+    return mod
+
+
 def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm", *,
                      cpu_schedule: bool = True, database: Any = None,
                      cpu_layout: str | None = None) -> tvm.IRModule:
@@ -218,8 +265,13 @@ def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm", *,
     else:
         db = open_database(database, tgt)
     mod = guard_indices(mod, tgt)
+    transforms = None
     if cpu_layout is not None and tgt.kind.name == "llvm":
+        before = count_transposes(mod)
         mod = convert_conv_layout(mod, cpu_layout)
+        # The layout transforms the conversion left (graph edges, ops it cannot convert):
+        # those on constant weights were folded at build time and are not counted.
+        transforms = max(count_transposes(mod) - before, 0)
     prov = _Provenance()
     flops: dict[str, float] = {}
     tuned: set[str] = set()
@@ -248,9 +300,20 @@ def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm", *,
                          if isinstance(f, tvm.tirx.PrimFunc)}
         with tvm_errors("TVM's RewriteDataflowReshape pass failed", IosTvmError):
             mod = _run_pass(relax.transform.RewriteDataflowReshape(), mod)
+        renamed: dict[str, str] = {}
         with tvm_errors("scheduling the kernels failed", IosTvmError):
+            if cpu_schedule and tgt.kind.name == "llvm":
+                mod = mark_constant_params(mod)
             mod = apply_default_schedules(mod, tgt, tuned=tuned, enabled=cpu_schedule)
+        with tvm_errors("packing the weights at build time failed", IosTvmError):
+            mod, renamed = fold_prepacked_weights(mod)
     how = schedule_report(mod)
+    for old, new in renamed.items():  # the record follows the kernels' new names
+        for table in (prov.kernels, flops, how.kernels if how is not None else {}):
+            if old in table:
+                table[new] = table.pop(old)
+    if renamed and how is not None and any(old in how.reasons for old in renamed):
+        how.reasons = {renamed.get(k, k): v for k, v in how.reasons.items()}
     kernels: dict[str, dict[str, Any]] = {}
     for gv, f in mod.functions.items():
         if isinstance(f, tvm.tirx.PrimFunc):
@@ -262,6 +325,14 @@ def lower_to_kernels(mod: tvm.IRModule, target: TargetLike = "llvm", *,
             if how is not None and gv.name_hint in how.kernels:
                 info["schedule"] = how.kernels[gv.name_hint]
             kernels[gv.name_hint] = info
+    if how is not None:
+        how.layout_transforms = transforms
+        how.prepacked = sorted(renamed.values())
+        mod = mod.with_attr(CPU_SCHEDULE_ATTR, json.dumps(how.to_json()))
+    if transforms or renamed:
+        logger.info("%d layout transforms left in the graph, %d kernels with weights packed "
+                    "at build time", transforms or 0, len(renamed))
     record = {"target": str(tgt), "kernels": kernels,
-              "cpu_layout": cpu_layout if tgt.kind.name == "llvm" else None}
+              "cpu_layout": cpu_layout if tgt.kind.name == "llvm" else None,
+              "layout_transforms": transforms, "prepacked": sorted(renamed.values())}
     return mod.with_attr(KERNEL_INFO_ATTR, json.dumps(record))
