@@ -61,3 +61,29 @@ def test_profile_stages_runs_a_given_sequence(executor) -> None:  # noqa: ANN001
         executor.profile_stages([[]], repeat=1)
     with pytest.raises(ExecutorArgumentError):
         executor.profile_run(repeat=0)
+
+
+def test_bench_fidelity_script_writes_every_plan(tmp_path: Path) -> None:
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_fidelity", Path(__file__).resolve().parent.parent / "scripts" / "bench_fidelity.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "f.json"
+    assert mod.main(["--models", "sample", "--rounds", "2", "--min-ms", "1",
+                     "--profile-repeat", "3", "--warmup", "1", "--number", "1", "--repeat", "2",
+                     "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    (m,) = doc["models"]
+    assert m["model"] == "sample" and m["search_seconds"] > 0
+    assert m["warm_stages_measured"] == 0 and m["warm_search_seconds"] >= 0
+    assert {"sequential", "greedy"} <= set(m["plans"])
+    for p in m["plans"].values():
+        assert len(p["samples_ms"]) == 2
+        assert len(p["predicted_stage_ms"]) == len(p["in_plan_stage_ms"]) == p["stages"]
+        assert p["predicted_ms"] == pytest.approx(sum(p["predicted_stage_ms"]))
+        assert p["rel_error"] == pytest.approx((p["predicted_ms"] - p["measured_ms"])
+                                               / p["measured_ms"])
+        assert len(p["paired_method_errors"]) == 2
