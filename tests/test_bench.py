@@ -110,7 +110,7 @@ def test_time_rounds_interleaves_and_pauses() -> None:
 @pytest.mark.parametrize("kwargs, match", [
     ({"strategies": ("parallel",)}, "unknown IOS strategy 'parallel'"),
     ({"rounds": 0}, "rounds must be at least 1"),
-    ({"cost": "learned"}, "unknown cost 'learned'"),
+    ({"cost": "guessed"}, "unknown cost 'guessed'"),  # 'learned' is a cost model now
     ({"pytorch": ("jit",)}, "unknown PyTorch baseline 'jit'"),
 ])
 def test_bad_arguments_fail_before_any_work(kwargs: dict, match: str) -> None:
