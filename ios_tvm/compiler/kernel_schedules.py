@@ -69,6 +69,8 @@ LAYOUT_FREE_ATTR = "layout_free_buffers"
 #: Block annotation of a weight-packing copy (TVM's layout-rewrite convention); such blocks are
 #: split out of the kernel and folded at build time (:func:`fold_prepacked_weights`).
 PREPROC_ATTR = "meta_schedule.layout_rewrite_preproc"
+#: PrimFunc attribute of a kernel with :data:`PREPROC_ATTR` blocks (weights to pack).
+PREPACKED_ATTR = "ios_tvm.prepack_weights"
 #: IRModule attribute (a JSON string) where :func:`apply_default_schedules` leaves its report.
 CPU_SCHEDULE_ATTR = "ios_tvm.cpu_schedule"
 #: A block parallelises its outer loops only if it runs at least this many innermost
@@ -559,7 +561,9 @@ def _prepack_weights(sch: s_tir.Schedule, block_rv: Any, out: Any, vvar: Any,
         shape = [_int(d) for d in src.shape]
         if not idx or not isinstance(idx[-1], tirx.Var) or not idx[-1].same_as(vvar):
             continue
-        if any(_contains(e, vvar) for e in idx[:-1]) or None in shape:
+        if any(_contains(e, vvar) for e in idx[:-1]) or None in shape or len(shape) < 3:
+            # 2-D (matmul) weights stay as they are: IOS-Merge concatenates them
+            # (scheduler/merge.py identifies a kernel's weight by the op's weight shape).
             continue
         if shape[-1] % v_factor or shape[-1] == v_factor:
             continue  # a partial tile, or one tile that is already a contiguous panel
@@ -817,7 +821,11 @@ def default_schedule(func: tirx.PrimFunc, target: Any) -> tuple[tirx.PrimFunc | 
     sch, how = default_schedule_trace(func, target)
     if sch is None:
         return None, how
-    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True), how
+    new = sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+    if any(inst.kind.name == "Annotate" and PREPROC_ATTR in [str(a) for a in inst.attrs]
+           for inst in sch.trace.insts):
+        new = new.with_attr(PREPACKED_ATTR, True)  # fold_prepacked_weights has work here
+    return new, how
 
 
 def default_schedule_trace(func: tirx.PrimFunc,
@@ -923,6 +931,9 @@ def fold_prepacked_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, s
     from tvm import relax
 
     before = {gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+    if not any(isinstance(f, tirx.PrimFunc) and f.attrs is not None and PREPACKED_ATTR in f.attrs
+               for f in mod.functions.values()):
+        return mod, {}  # (TVM's split pass fails on some kernels it has no business with)
     split = relax.transform.SplitLayoutRewritePreproc()(mod)
     after = {gv.name_hint for gv, f in split.functions.items() if isinstance(f, tirx.PrimFunc)}
     renamed = {n: f"{n}_prepacked" for n in before if f"{n}_prepacked" in after}
