@@ -18,7 +18,8 @@
 #                             (shared/tools/device-kit.sh)
 #   and fails if the working tree plus that path exceed the device tool's 64 MiB.
 #
-# THERE (the GPU machine; its python3 has PyTorch, ONNX, pytest, cuda-bindings and NVRTC):
+# THERE (the GPU machine; its python3 has PyTorch, ONNX and pytest; the kernels are cubins, so
+# no NVRTC or cuda-bindings is needed there):
 #
 #     device run: carry ["build/first_light"], timeout_s 600,
 #                 command "bash scripts/gpu_first_light.sh run"
