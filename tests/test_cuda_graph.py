@@ -494,7 +494,7 @@ def test_build_rejects_cuda_graph_on_cpu() -> None:
 
 @needs_compiler
 def test_cuda_plans_and_vm_cuda_graph_compile_here(tmp_path: Path) -> None:
-    """No GPU needed: the CUDA kernels of a plan export (as CUDA source), and the Relax VM
+    """No GPU needed: the CUDA kernels of a plan export (as cubins), and the Relax VM
     with ``relax.backend.use_cuda_graph`` compiles for sm_90 and calls the VM's graph
     builtins (the Relax VM baseline of the benchmark)."""
     ex = graph_from_model(om.inception_block(), target={"kind": "cuda", "arch": "sm_90"})
@@ -516,7 +516,7 @@ def test_cuda_plans_and_vm_cuda_graph_compile_here(tmp_path: Path) -> None:
 
 @needs_compiler
 def test_bench_gpu_script_compiles_here_and_runs_on_cpu(tmp_path: Path) -> None:
-    """scripts/bench_gpu.py: the compile-here half for CUDA (kernels as CUDA source, both
+    """scripts/bench_gpu.py: the compile-here half for CUDA (kernels as cubins, both
     Relax VM executables, weight recipe), and the whole pipeline on the CPU (llvm cases,
     runtime side in runtime-only mode) so that the GPU half has run at least once."""
     script = [sys.executable, str(REPO / "scripts" / "bench_gpu.py")]
