@@ -340,13 +340,55 @@ def _recorded_schedule(meta: Any) -> Any:
         return None
 
 
-def _stage_seconds(meta: Any, num_stages: int) -> list[float] | None:
-    """The per-stage latencies a plan's meta records, if usable."""
-    values = meta.get("stage_seconds")
+def _stage_seconds(meta: Any, num_stages: int, key: str = "stage_seconds") -> list[float] | None:
+    """The per-stage latencies a plan's meta records under ``key``, if usable.
+
+    ``stage_seconds``: the search's costs (stages timed alone, or estimated);
+    ``stage_seconds_in_plan``: the stages timed inside whole runs of the plan.
+    """
+    values = meta.get(key)
     if (isinstance(values, list) and len(values) == num_stages
             and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)):
         return [float(v) for v in values]
     return None
+
+
+def _timeline_panels(meta: Any, run: Any, names: list[str], stage_s: list[float] | None,
+                     in_plan_s: list[float] | None) -> list[Any]:
+    """The timelines ``show`` draws: the shipped plan and, when recorded, the plan that lost.
+
+    Both on the measured scale (stages timed inside whole runs) when the build timed them;
+    else on the search's costs, and the titles say which.
+    """
+    from ios_tvm.bench.plot import TimelinePanel
+    from ios_tvm.ir.schedule import Schedule, Stage
+
+    chosen = meta.get("chosen") or "shipped"
+    if in_plan_s is not None:
+        panels = [TimelinePanel(run, in_plan_s, names,
+                                f"shipped ({chosen}), timed in whole runs: {run.summary()}")]
+    else:
+        panels = [TimelinePanel(run, stage_s or [0.0] * len(run.stages), names,
+                                f"shipped ({chosen}), search's stage costs: {run.summary()}")]
+    other = meta.get("other_plan")
+    try:
+        calls = [str(c) for c in other["calls"]]
+        stages = tuple(Stage(tuple(tuple(int(c) for c in g) for g in st), str(strategy))
+                       for st, strategy in zip(other["stages"], other["strategies"], strict=True))
+        sch = Schedule(stages, None)
+        measured = in_plan_s is not None and "stage_seconds_in_plan" in other
+        secs = [float(v) for v in other["stage_seconds_in_plan" if measured
+                                        else "stage_seconds"]]
+        if len(secs) != len(stages) or any(c >= len(calls) for st in stages
+                                           for g in st.groups for c in g):
+            raise ValueError("inconsistent other_plan")
+    except (KeyError, TypeError, ValueError):  # none recorded, or a hand-edited one: skip it
+        return panels
+    how = "timed in whole runs" if measured else "search's stage costs"
+    panels.append(TimelinePanel(sch, secs, calls,
+                                f"{other.get('name', 'other')} (not shipped), {how}: "
+                                f"{sch.summary()}"))
+    return panels
 
 
 def _merged_calls(meta: Any) -> dict[int, list[str]]:
@@ -368,6 +410,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     schedule = _recorded_schedule(meta)
     names = [c.node or c.kernel for c in plan.calls]
     stage_s = _stage_seconds(meta, len(plan.stages))
+    in_plan_s = _stage_seconds(meta, len(plan.stages), "stage_seconds_in_plan")
     # The plan's stages list kernel calls (a merge stage: one call of its merged kernel); the
     # schedule's list the model's ops. Draw and list what runs: the calls.
     run = Schedule(tuple(Stage(s.groups, s.strategy) for s in plan.stages),
@@ -378,16 +421,20 @@ def _cmd_show(args: argparse.Namespace) -> int:
     print(f"{args.artifact}: {len(plan.calls)} kernel calls, {summary}")
     print(f"target {plan.target}; specialised for {meta.get('specialised_for')}")
     print(f"chosen plan: {meta.get('chosen')}; latencies (s): {meta.get('latencies_s')}")
+    print("stage latencies: " + ("search's cost / timed inside whole runs"
+                                 if in_plan_s is not None else "search's cost"))
     print(f"activation memory: {plan.activation_nbytes / 2**20:.2f} MiB in "
           f"{len(plan.storages)} storages; streams: {plan.num_streams}")
     for i, stage in enumerate(run.stages):
         groups = " | ".join(", ".join(f"{names[c]} = merge({' + '.join(members[c])})"
                                       if c in members else names[c] for c in g)
                             for g in stage.groups)
-        ms = f"{stage_s[i] * 1e3:8.3f} ms" if stage_s is not None else "       - ms"
-        print(f"  stage {i:>3} {ms} [{stage.strategy}]: {groups}")
+        ms = f"{stage_s[i] * 1e3:8.3f}" if stage_s is not None else "       -"
+        if in_plan_s is not None:
+            ms += f" / {in_plan_s[i] * 1e3:8.3f}"
+        print(f"  stage {i:>3} {ms} ms [{stage.strategy}]: {groups}")
     if not args.no_pictures:
-        from ios_tvm.bench.plot import plot_graph, plot_timeline
+        from ios_tvm.bench.plot import plot_graph, plot_timelines
 
         # Rebuild the kernel graph from the plan's calls (who writes and reads which tensor).
         tensors = {t.name: TensorInfo(t.name, t.shape, t.dtype, "activation",
@@ -399,8 +446,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
                  for c in plan.calls]
         graph = OpGraph(nodes, tensors)
         fmt = args.format
-        timeline = plot_timeline(run, stage_s or [0.0] * len(run.stages),
-                                 Path(args.artifact) / f"timeline.{fmt}", names=names)
+        timeline = plot_timelines(_timeline_panels(meta, run, names, stage_s, in_plan_s),
+                                  Path(args.artifact) / f"timeline.{fmt}")
         picture = plot_graph(graph, run, Path(args.artifact) / f"graph.{fmt}")
         print(f"pictures: {timeline}, {picture}")
     return 0

@@ -164,6 +164,48 @@ def test_guard_keeps_sequential_when_the_margin_cannot_be_met() -> None:
     assert_close(r(*x), ort_outputs(model, x))
 
 
+def test_stages_are_timed_inside_runs_and_the_losing_plan_is_recorded(tmp_path: Path) -> None:
+    """Issue 18: ``show`` draws the shipped plan and the searched one on the measured scale.
+
+    Each timed plan's stages are re-timed inside whole runs (their sum is close to the run's
+    median, unlike the rigged search costs), and the shipped artifact records the plan that
+    lost, with its own in-run stage times.
+    """
+    from ios_tvm import cli
+
+    model = om.inception_block()
+    r = build(model, "llvm", cost=favour_concurrency, margin=0.99, settings=FAST,
+              compare_vm=False, rounds=3, min_ms=2.0)
+    assert r.chosen == "sequential"
+    meta = r.artifact.plan.meta
+    stages_in = meta["stage_seconds_in_plan"]
+    assert len(stages_in) == len(r.artifact.plan.stages) and all(v > 0 for v in stages_in)
+    # The rigged costs say 1 ms a stage; the stages timed in the plan sum to about its run.
+    assert sum(stages_in) <= 1.5 * meta["run_seconds_in_plan"]
+    assert sum(stages_in) != pytest.approx(sum(meta["stage_seconds"]), rel=0.05)
+    other = meta["other_plan"]
+    assert other["name"] == "ios"
+    assert any(len(groups) > 1 for groups in other["stages"])  # the concurrent plan that lost
+    assert len(other["stage_seconds_in_plan"]) == len(other["stages"])
+    assert sorted(c for st in other["stages"] for g in st for c in g) == list(
+        range(len(other["calls"])))
+    # What show draws, after a round trip through export/load.
+    r.export(str(tmp_path / "art"))
+    loaded = load(str(tmp_path / "art"))
+    run = Schedule(tuple(Stage(s.groups, s.strategy) for s in loaded.plan.stages))
+    names = [c.node or c.kernel for c in loaded.plan.calls]
+    panels = cli._timeline_panels(loaded.plan.meta, run, names,
+                                  cli._stage_seconds(loaded.plan.meta, len(run.stages)),
+                                  cli._stage_seconds(loaded.plan.meta, len(run.stages),
+                                                     "stage_seconds_in_plan"))
+    assert [p.title.split(",")[0] for p in panels] == ["shipped (sequential)", "ios (not shipped)"]
+    assert all("timed in whole runs" in p.title for p in panels)
+    assert list(panels[1].stage_seconds) == other["stage_seconds_in_plan"]
+    # A hand-edited outline that does not fit is skipped, not drawn wrong.
+    broken = dict(loaded.plan.meta, other_plan=dict(other, stages=other["stages"][:-1]))
+    assert len(cli._timeline_panels(broken, run, names, None, None)) == 1
+
+
 def test_guard_rejects_a_genuinely_slower_plan() -> None:
     """Tiny kernels spread over up to 8 worker threads per stage on a 2-core machine: the
     hand-offs cost far more than the kernels (measured 4-20x slower), so the rigged IOS plan

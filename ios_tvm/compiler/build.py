@@ -33,7 +33,7 @@ import numpy as np
 
 from ios_tvm.compiler.choose import Choice, choose_plan, time_paired
 from ios_tvm.compiler.extract import Extraction, graph_from_model
-from ios_tvm.compiler.fidelity import fidelity
+from ios_tvm.compiler.fidelity import fidelity, stages_in_plan
 from ios_tvm.compiler.frontend import describe_model, tvm_errors
 from ios_tvm.compiler.inputs import index_bounds_of, profiling_inputs
 from ios_tvm.compiler.kernel_schedules import schedule_report
@@ -295,6 +295,13 @@ def build(model: Any, target: Any = "llvm", *,
     fid = fidelity({k: a.plan.meta["stage_seconds"] for k, a in timed.items()},  # type: ignore[index]
                    {k: latencies[k] for k in timed if k in latencies})
     art.plan.meta["fidelity"] = fid  # type: ignore[index]
+    if measure and profiler is None:
+        t3 = time.perf_counter()
+        record_stages_in_plan(timed, latencies)
+        if not same:
+            other = "sequential" if choice.chosen == "ios" else "ios"
+            art.plan.meta["other_plan"] = plan_outline(other, timed[other])  # type: ignore[index]
+        seconds["stages_in_plan"] = time.perf_counter() - t3
     return BuildResult(art, searched.schedule if choice.chosen == "ios" else seq, choice.chosen,
                        choice.reason, latencies, searched.stats, searched.measured,
                        searched.cached, searched.reused, seconds,
@@ -498,6 +505,44 @@ def time_plans(artifacts: dict[str, Artifact], inputs: list[np.ndarray],
             latencies[name] = latencies[mode]
             samples[name] = samples[mode]
     return latencies, use_graph, samples
+
+
+def record_stages_in_plan(artifacts: dict[str, Artifact], latencies: dict[str, float], *,
+                          budget_s: float = 0.5) -> None:
+    """Time each plan's stages inside whole runs; record them as ``stage_seconds_in_plan``.
+
+    The search's stage costs come from stages timed alone; what ``ios-tvm show`` draws should be
+    what the plan does when it runs (the measured scale), so the stages are re-timed inside real
+    runs (:func:`~ios_tvm.compiler.fidelity.stages_in_plan`), about ``budget_s`` per plan.
+    """
+    for name, art in artifacts.items():
+        run_s = latencies.get(name) or 0.0
+        repeat = int(min(20, max(3, budget_s / run_s))) if run_s > 0 else 3
+        ex = art.executor(cuda_graph=False)
+        got = stages_in_plan(ex, warmup=1, repeat=repeat)
+        meta = art.plan.meta
+        meta["stage_seconds_in_plan"] = got["stage_seconds"]  # type: ignore[index]
+        meta["run_seconds_in_plan"] = got["run_seconds"]  # type: ignore[index]
+
+
+def plan_outline(name: str, art: Artifact) -> dict[str, Any]:
+    """What ``ios-tvm show`` needs to draw a plan that did not ship beside the one that did.
+
+    Its kernel calls by name, its stages as groups of call indices, their strategies, their
+    predicted seconds (the search's costs) and, when timed, their seconds inside whole runs.
+    """
+    plan = art.plan
+    meta = plan.meta
+    out: dict[str, Any] = {
+        "name": name,
+        "calls": [c.node or c.kernel for c in plan.calls],
+        "stages": [[list(g) for g in s.groups] for s in plan.stages],
+        "strategies": [s.strategy for s in plan.stages],
+        "stage_seconds": list(meta.get("stage_seconds") or []),
+    }
+    if "stage_seconds_in_plan" in meta:
+        out["stage_seconds_in_plan"] = list(meta["stage_seconds_in_plan"])
+    return out
 
 
 def relax_vm_runners(extraction: Extraction, inputs: list[np.ndarray], params: Any,
