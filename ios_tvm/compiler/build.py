@@ -71,7 +71,7 @@ from ios_tvm.scheduler.search import (
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BuildResult:
     """What :func:`build` produced and measured.
 
@@ -302,13 +302,15 @@ def build(model: Any, target: Any = "llvm", *,
             other = "sequential" if choice.chosen == "ios" else "ios"
             art.plan.meta["other_plan"] = plan_outline(other, timed[other])  # type: ignore[index]
         seconds["stages_in_plan"] = time.perf_counter() - t3
-    return BuildResult(art, searched.schedule if choice.chosen == "ios" else seq, choice.chosen,
-                       choice.reason, latencies, searched.stats, searched.measured,
-                       searched.cached, searched.reused, seconds,
-                       {"ios": ios_art.plan.activation_nbytes,
-                        "sequential": seq_art.plan.activation_nbytes},
-                       _kernel_summary(report),
-                       {k: list(v) for k, v in samples.items()}, choice, fid)
+    return BuildResult(
+        artifact=art, schedule=searched.schedule if choice.chosen == "ios" else seq,
+        chosen=choice.chosen, reason=choice.reason, latencies=latencies,
+        search_stats=searched.stats, stages_measured=searched.measured,
+        stages_cached=searched.cached, stages_reused=searched.reused, seconds=seconds,
+        peak_bytes={"ios": ios_art.plan.activation_nbytes,
+                    "sequential": seq_art.plan.activation_nbytes},
+        kernel_schedules=_kernel_summary(report),
+        samples={k: list(v) for k, v in samples.items()}, decision=choice, fidelity=fid)
 
 
 def _kernel_summary(report: Any) -> dict[str, int]:
