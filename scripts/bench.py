@@ -81,6 +81,31 @@ def _write(doc: dict[str, Any], out: Path) -> None:
     tmp.replace(out)
 
 
+#: Settings that must agree for a resumed run's results to sit in one table.
+_RESUME_KEYS = ("set_name", "target", "batch_sizes", "strategies", "cpu_layout", "cost",
+                "measure_limit", "max_part_size", "profile", "rounds", "min_ms", "torch")
+
+
+def _resumed(doc: dict[str, Any], out: Path) -> dict[str, Any]:
+    """``doc`` with the results of the earlier run in ``out`` (same target and settings)."""
+    try:
+        old = json.loads(out.read_text())
+        old_settings, results = old["settings"], old["results"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"bench.py: cannot resume {out}: not a benchmark run ({e})") from None
+    differ = [k for k in _RESUME_KEYS if old_settings.get(k) != doc["settings"].get(k)]
+    if old.get("target") != doc["target"]:
+        differ.insert(0, "target")
+    if differ:
+        raise SystemExit(f"bench.py: cannot resume {out}: it was run with other settings "
+                         f"({', '.join(differ)}); use another --out")
+    commands = old.get("commands") or [old.get("command")]
+    return doc | {"results": dict(results), "skipped": {},
+                  "commands": [*commands, doc["command"]],
+                  "machines": [*(old.get("machines") or [old.get("machine")]), doc["machine"]],
+                  "seconds": float(old.get("seconds", 0.0))}
+
+
 def summary_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per model and batch: medians (ms) and ratios, for the table and the chart."""
     rows = []
@@ -162,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("-q", "--quiet", action="store_true")
     ap.add_argument("-o", "--out", type=Path)
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run in OUT: keep its results (they must have the same "
+                         "target and settings) and run only the models it lacks")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -178,12 +206,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "ios-tvm zoo", "set": args.set_name, "command": [sys.executable, *sys.argv],
         "target": str(target), "machine": machine, "settings": vars(args) | {"out": str(out)},
         "results": {}, "skipped": {}}
+    if args.resume and out.exists():
+        doc = _resumed(doc, out)
+        print(f"resuming {out}: {len(doc['results'])} results kept", flush=True)
     print(f"{args.set_name} set on {machine.get('gpu') or machine.get('cpu')}: "
           f"{', '.join(models)}; batch {batches}; target {target}", flush=True)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - doc.get("seconds", 0.0)
     for name in models:
         for batch in batches:
             key = name if batch == 1 else f"{name}@b{batch}"
+            if key in doc["results"]:
+                continue  # kept from the run being resumed
             cost = args.cost
             if cost == "auto":
                 cost = ("analytic" if not cuda and KERNELS.get(name, 0) > args.measure_limit

@@ -163,3 +163,19 @@ def test_bench_script_quick_run(tmp_path: Path) -> None:
     assert (row["torch"] is not None) == torch_available() and row["torch_compile"] is None
     assert out.with_suffix(".png").exists()
     assert "IOS/seq" in proc.stdout
+
+    # --resume keeps what OUT holds and runs only the models it lacks (here: none) ...
+    args = proc.args[2:]
+    again = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), *args,
+                            "--resume", "--no-plot"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "1 results kept" in again.stdout and "== sample" not in again.stdout
+    resumed = json.loads(out.read_text())
+    assert resumed["results"] == doc["results"] and len(resumed["commands"]) == 2
+    # ... and refuses a run made with other settings, leaving it as it was.
+    other = [a if a != "1" or i != args.index("--rounds") + 1 else "2"
+             for i, a in enumerate(args)]
+    refused = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), *other,
+                              "--resume"], capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "other settings (rounds)" in refused.stderr
+    assert json.loads(out.read_text()) == resumed
