@@ -160,6 +160,7 @@ def test_bench_script_quick_run(tmp_path: Path) -> None:
     row = doc["summary"][0]
     assert row["model"] == "sample" and row["cost"] == "analytic"
     assert row["max_err"] < 1e-3 and row["peak_ios_vs_seq"] > 0
+    assert row["shipped_vs_ort_paired"] > 0  # ORT ran in the same rounds
     assert (row["torch"] is not None) == torch_available() and row["torch_compile"] is None
     assert out.with_suffix(".png").exists()
     assert "IOS/seq" in proc.stdout
