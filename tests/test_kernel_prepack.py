@@ -109,6 +109,14 @@ CASES = {
     "3x3_prime_width_stride2": (6, 61, 59, 48, (3, 3), 2, (0, 0, 1, 1), 1, 1),  # 30x29
     "grouped": (16, 8, 8, 32, (3, 3), 1, (1, 1, 1, 1), 1, 4),
     "depthwise": (24, 10, 10, 24, (3, 3), 2, (1, 1, 1, 1), 1, 24),
+    # Depthwise convs get row tiles along the width and the padding per tile (rules v5).
+    "depthwise_odd_channels": (77, 13, 11, 77, (3, 3), 1, (1, 1, 1, 1), 1, 77),
+    "depthwise_stride2_odd": (21, 15, 17, 21, (3, 3), 2, (1, 1, 1, 1), 1, 21),
+    "depthwise_asym_pad": (32, 9, 12, 32, (3, 3), 1, (0, 1, 2, 0), 1, 32),
+    "depthwise_dilation2": (48, 14, 14, 48, (3, 3), 1, (2, 2, 2, 2), 2, 48),
+    "depthwise_5x5_prime_width": (16, 23, 23, 16, (5, 5), 1, (2, 2, 2, 2), 1, 16),
+    "depthwise_multiplier2": (12, 8, 8, 24, (3, 3), 1, (1, 1, 1, 1), 1, 12),
+    "depthwise_unpadded": (40, 7, 7, 40, (3, 3), 1, (0, 0, 0, 0), 1, 40),
 }
 
 
@@ -228,3 +236,35 @@ def test_unpadded_conv_reads_its_input_in_place() -> None:
                               AVX2, cpu_layout="NHWC")
     conv = [k for k, v in _kernels(padded).items() if "conv2d" in v.get("ops", [])]
     assert 'T.sblock("pad_temp")' in padded[conv[0]].script()  # real padding stays
+
+
+def _depthwise_kernel_text(target: dict[str, Any]) -> str:
+    model = conv_model(48, 28, 28, 48, (3, 3), pads=(1, 1, 1, 1), group=48)
+    lowered = lower_to_kernels(load_model(model), target, cpu_layout="NHWC")
+    conv = [k for k, v in _kernels(lowered).items() if "conv2d" in v.get("ops", [])]
+    assert schedule_report(lowered).kernels[conv[0]] == "contraction"
+    return lowered[conv[0]].script()
+
+
+def test_depthwise_conv_gets_row_tiles_and_padding_per_tile() -> None:
+    """Depthwise: the input is read along the channel (vector) axis too, so the rows of a tile
+    run along the width (one weight vector per tap feeds 7 outputs); the padding is computed
+    per tile under the parallel loop, vectorised over the channels."""
+    text = _depthwise_kernel_text(AVX2)
+    assert "T.unroll(T.int64(7))" in text  # 28 = 4 tiles of 7 rows, 8 lanes x 7 <= 8 regs
+    lines = text.splitlines()
+    pad = next(i for i, ln in enumerate(lines) if 'T.sblock("pad_temp")' in ln)
+    assert "T.vectorized(" in lines[pad - 1]
+    first_parallel = next(i for i, ln in enumerate(lines) if "T.parallel(" in ln)
+    assert first_parallel < pad  # inside the tile loop, not a pass of its own
+    assert sum("T.parallel(" in ln for ln in lines) == 1
+
+
+def test_depthwise_rows_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DEPTHWISE_ROWS=False restores rules v4 (bench_kernels.py --baseline times it)."""
+    monkeypatch.setattr(kernel_schedules, "DEPTHWISE_ROWS", False)
+    text = _depthwise_kernel_text(AVX2)
+    assert "T.unroll(T.int64(7))" not in text
+    lines = text.splitlines()
+    pad = next(i for i, ln in enumerate(lines) if 'T.sblock("pad_temp")' in ln)
+    assert pad < next(i for i, ln in enumerate(lines) if "T.parallel(" in ln)  # its own pass
