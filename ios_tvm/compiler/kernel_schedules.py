@@ -101,6 +101,10 @@ RAGGED_ROWS = 8
 #: convs: rows along the image width reuse the weight vector), with the padded input computed
 #: per tile, vectorised (False: rules version 4, one vector accumulator per tile).
 DEPTHWISE_ROWS = True
+#: At most this many rows in a tile whose rows read inputs a multiple of ALIAS_BYTES apart
+#: (they map to one L1 set, which has 8 ways on current x86 cores; 0: no limit).
+ALIASED_ROWS = 7
+ALIAS_BYTES = 4096
 #: Inline pure-copy producers of a contraction (:func:`_inline_copies`).
 INLINE_COPIES = True
 #: Version of these rules; a tuning database seeded with older rules is seeded again.
@@ -391,6 +395,36 @@ def _vector_factor(extent: int, lanes: int) -> tuple[int, bool]:
     return lanes, False
 
 
+def _flat_stride(read: Any, var: Any) -> int | None:
+    """Elements between consecutive values of ``var`` in the row-major buffer ``read``."""
+    shape = [_int(d) for d in read.source.shape]
+    if None in shape:
+        return None
+    stride, step = 0, 1
+    for e, n in zip(reversed(_index_exprs(read)), reversed(shape), strict=True):
+        if _contains(e, var):
+            c = _coeff(e, var)
+            if c is None:
+                return None
+            stride += c * step
+        step *= n
+    return stride
+
+
+def _rows_alias(block: Any, out: Any, rvar: Any, vvar: Any) -> bool:
+    """Whether a broadcast read (not along the vector axis) steps a multiple of 4 KiB per row."""
+    for read in block.reads:
+        idx = _index_exprs(read)
+        if read.source.same_as(out) or any(_contains(e, vvar) for e in idx) \
+                or not any(_contains(e, rvar) for e in idx):
+            continue
+        stride = _flat_stride(read, rvar)
+        bits = int(read.source.dtype.bits) if hasattr(read.source.dtype, "bits") else 32
+        if stride and (stride * bits // 8) % ALIAS_BYTES == 0:
+            return True
+    return False
+
+
 def _rows_factor(extent: int, budget: int) -> int:
     """The largest divisor of ``extent`` not above ``budget``."""
     return max(d for d in _divisors(extent) if d <= max(budget, 1))
@@ -503,6 +537,20 @@ def _schedule_contraction(sch: s_tir.Schedule, info: Any, target: tvm.target.Tar
         # A prime row extent (71, 73): full tiles of RAGGED_ROWS rows and a partial last one,
         # split off by TVM's LoopPartition (the loop hint below), instead of 1-row tiles.
         r_factor, ragged = min(RAGGED_ROWS, budget // max(regs, 1)), True
+    # Rows whose broadcast inputs lie a multiple of 4 KiB apart (a 1x1 conv over 1024
+    # channels in NHWC) share one L1 set each: more of them than the cache has ways evict one
+    # another on every step of the reduction. Keep at most ALIASED_ROWS rows and widen the
+    # vector tile to fill the register budget instead.
+    if ALIASED_ROWS and rows is not None and v_factor == lanes and not ragged \
+            and r_factor > ALIASED_ROWS and _rows_alias(block, out, iters[rows].var, vvar):
+        best = (0, 0, 0)
+        for k in range(1, MAX_VECTOR_REGISTERS + 1):
+            if v_extent % (k * lanes) == 0 and budget // k >= 1:
+                r = _rows_factor(_int(iters[rows].dom), min(budget // k, ALIASED_ROWS))
+                best = max(best, (k * r, -k, r))
+        if best[0]:
+            v_factor, r_factor = -best[1] * lanes, best[2]
+            regs = -best[1]
     # Few rows (the row axis has a prime extent such as 17 or 71): widen the vector tile to
     # several registers instead, so that each broadcast operand feeds several multiply-adds
     # and the accumulators still fill the register budget.
