@@ -203,8 +203,10 @@ def single_op_model(spec: dict[str, Any], seed: int = 0) -> Any:
 # runners
 # --------------------------------------------------------------------------------------------
 #: ``--baseline``: the default schedules as they were before issue 16 (rules version 3: no
-#: weight prepacking, 8 accumulator registers with AVX-512 too), timed beside the current ones.
-BASELINE = {"PREPACK_WEIGHTS": False, "ACCUMULATOR_REGISTERS_AVX512": 8}
+#: weight prepacking, 8 accumulator registers with AVX-512 too, depthwise convs with one vector
+#: accumulator per tile, no row limit for inputs 4 KiB apart), timed beside the current ones.
+BASELINE = {"PREPACK_WEIGHTS": False, "ACCUMULATOR_REGISTERS_AVX512": 8,
+            "DEPTHWISE_ROWS": False, "ALIASED_ROWS": 0}
 
 
 def tvm_kernel(proto: Any, target: Any, cpu_layout: str,

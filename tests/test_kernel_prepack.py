@@ -56,11 +56,19 @@ TARGETS = [pytest.param(AVX2, id="avx2"),
 
 def conv_model(c: int, h: int, w: int, o: int, k: tuple[int, int], *, stride: int = 1,
                pads: tuple[int, int, int, int] = (0, 0, 0, 0), dilation: int = 1,
-               group: int = 1, relu: bool = True, seed: int = 0) -> onnx.ModelProto:
-    """One Conv (+ bias, + ReLU) as an ONNX model, NCHW, random weights."""
+               group: int = 1, relu: bool = True, seed: int = 0,
+               normalise: bool = False) -> onnx.ModelProto:
+    """One Conv (+ bias, + ReLU) as an ONNX model, NCHW, random weights.
+
+    ``normalise``: weights scaled by 1/sqrt(fan-in), so that outputs stay near 1 however long
+    the reduction (float32 rounding then stays well inside the tests' tolerance).
+    """
     rng = np.random.default_rng(seed)
     wshape = [o, c // group, *k]
-    inits = [numpy_helper.from_array(rng.standard_normal(wshape).astype("float32"), "w"),
+    weight = rng.standard_normal(wshape)
+    if normalise:
+        weight /= np.sqrt(np.prod(wshape[1:]))
+    inits = [numpy_helper.from_array(weight.astype("float32"), "w"),
              numpy_helper.from_array(rng.standard_normal(o).astype("float32"), "b")]
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=[stride, stride],
                               pads=list(pads), dilations=[dilation, dilation], group=group,
@@ -109,14 +117,29 @@ CASES = {
     "3x3_prime_width_stride2": (6, 61, 59, 48, (3, 3), 2, (0, 0, 1, 1), 1, 1),  # 30x29
     "grouped": (16, 8, 8, 32, (3, 3), 1, (1, 1, 1, 1), 1, 4),
     "depthwise": (24, 10, 10, 24, (3, 3), 2, (1, 1, 1, 1), 1, 24),
+    # Depthwise convs get row tiles along the width and the padding per tile (rules v5).
+    "depthwise_odd_channels": (77, 13, 11, 77, (3, 3), 1, (1, 1, 1, 1), 1, 77),
+    "depthwise_stride2_odd": (21, 15, 17, 21, (3, 3), 2, (1, 1, 1, 1), 1, 21),
+    "depthwise_asym_pad": (32, 9, 12, 32, (3, 3), 1, (0, 1, 2, 0), 1, 32),
+    "depthwise_dilation2": (48, 14, 14, 48, (3, 3), 1, (2, 2, 2, 2), 2, 48),
+    "depthwise_5x5_prime_width": (16, 23, 23, 16, (5, 5), 1, (2, 2, 2, 2), 1, 16),
+    "depthwise_multiplier2": (12, 8, 8, 24, (3, 3), 1, (1, 1, 1, 1), 1, 12),
+    "depthwise_unpadded": (40, 7, 7, 40, (3, 3), 1, (0, 0, 0, 0), 1, 40),
+    # Input rows 4 KiB apart (1024 / 512 x stride 2 channels): at most 7 rows, wider vectors.
+    "1x1_aliased_rows": (1024, 14, 14, 64, (1, 1), 1, (0, 0, 0, 0), 1, 1),
+    "1x1_aliased_rows_stride2": (512, 13, 13, 48, (1, 1), 2, (0, 0, 0, 0), 1, 1),
+    "3x3_aliased_rows_padded": (1024, 5, 16, 32, (3, 3), 1, (1, 1, 1, 1), 1, 1),
 }
+#: Cases with reductions over thousands of terms: weights scaled by 1/sqrt(fan-in).
+NORMALISED = {"1x1_aliased_rows", "1x1_aliased_rows_stride2", "3x3_aliased_rows_padded"}
 
 
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_scheduled_conv_equals_unscheduled(case: str, target: dict[str, Any]) -> None:
     c, h, w, o, k, s, pads, d, g = CASES[case]
-    model = conv_model(c, h, w, o, k, stride=s, pads=pads, dilation=d, group=g)
+    model = conv_model(c, h, w, o, k, stride=s, pads=pads, dilation=d, group=g,
+                       normalise=case in NORMALISED)
     mod = load_model(model)
     x = _x(model)
     want = _vm_outputs(lower_to_kernels(mod, target, cpu_schedule=False), [x])
@@ -228,3 +251,53 @@ def test_unpadded_conv_reads_its_input_in_place() -> None:
                               AVX2, cpu_layout="NHWC")
     conv = [k for k, v in _kernels(padded).items() if "conv2d" in v.get("ops", [])]
     assert 'T.sblock("pad_temp")' in padded[conv[0]].script()  # real padding stays
+
+
+def _depthwise_kernel_text(target: dict[str, Any]) -> str:
+    model = conv_model(48, 28, 28, 48, (3, 3), pads=(1, 1, 1, 1), group=48)
+    lowered = lower_to_kernels(load_model(model), target, cpu_layout="NHWC")
+    conv = [k for k, v in _kernels(lowered).items() if "conv2d" in v.get("ops", [])]
+    assert schedule_report(lowered).kernels[conv[0]] == "contraction"
+    return lowered[conv[0]].script()
+
+
+def test_depthwise_conv_gets_row_tiles_and_padding_per_tile() -> None:
+    """Depthwise: the input is read along the channel (vector) axis too, so the rows of a tile
+    run along the width (one weight vector per tap feeds 7 outputs); the padding is computed
+    per tile under the parallel loop, vectorised over the channels."""
+    text = _depthwise_kernel_text(AVX2)
+    assert "T.unroll(T.int64(7))" in text  # 28 = 4 tiles of 7 rows, 8 lanes x 7 <= 8 regs
+    lines = text.splitlines()
+    pad = next(i for i, ln in enumerate(lines) if 'T.sblock("pad_temp")' in ln)
+    assert "T.vectorized(" in lines[pad - 1]
+    first_parallel = next(i for i, ln in enumerate(lines) if "T.parallel(" in ln)
+    assert first_parallel < pad  # inside the tile loop, not a pass of its own
+    assert sum("T.parallel(" in ln for ln in lines) == 1
+
+
+def test_depthwise_rows_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DEPTHWISE_ROWS=False restores rules v4 (bench_kernels.py --baseline times it)."""
+    monkeypatch.setattr(kernel_schedules, "DEPTHWISE_ROWS", False)
+    text = _depthwise_kernel_text(AVX2)
+    assert "T.unroll(T.int64(7))" not in text
+    lines = text.splitlines()
+    pad = next(i for i, ln in enumerate(lines) if 'T.sblock("pad_temp")' in ln)
+    assert pad < next(i for i, ln in enumerate(lines) if "T.parallel(" in ln)  # its own pass
+
+
+def test_rows_4k_apart_get_fewer_rows_and_wider_vectors() -> None:
+    """A 1x1 conv over 1024 channels (NHWC): each row's input is 4 KiB after the last, so all
+    rows share one L1 set; AVX-512's 14 rows x 1 register became 7 rows x 2 registers (AVX2's
+    8-register budget gives 7 rows already). Lowering only: runs on any host."""
+    target, lanes = AVX512, 16
+    model = conv_model(1024, 14, 14, 256, (1, 1))
+    lowered = lower_to_kernels(load_model(model), target, cpu_layout="NHWC")
+    conv = [k for k, v in _kernels(lowered).items() if "conv2d" in v.get("ops", [])]
+    text = lowered[conv[0]].script()
+    assert "T.unroll(T.int64(7))" in text and "T.unroll(T.int64(14))" not in text
+    assert f"T.vectorized(T.int64({2 * lanes}))" in text
+    control = conv_model(1000, 14, 14, 256, (1, 1))  # 4000 bytes apart: no aliasing
+    lowered = lower_to_kernels(load_model(control), target, cpu_layout="NHWC")
+    conv = [k for k, v in _kernels(lowered).items() if "conv2d" in v.get("ops", [])]
+    text = lowered[conv[0]].script()
+    assert f"T.vectorized(T.int64({lanes}))" in text

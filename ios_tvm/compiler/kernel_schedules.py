@@ -97,10 +97,18 @@ PREPACK_WEIGHTS = True
 #: Rows per tile when the row axis has no divisor of at least MIN_ROWS (a prime extent); the
 #: last tile is partial (0: use the widening of the vector tile instead).
 RAGGED_ROWS = 8
+#: Row tiles for contractions that read several operands along the vector axis (depthwise
+#: convs: rows along the image width reuse the weight vector), with the padded input computed
+#: per tile, vectorised (False: rules version 4, one vector accumulator per tile).
+DEPTHWISE_ROWS = True
+#: At most this many rows in a tile whose rows read inputs a multiple of ALIAS_BYTES apart
+#: (they map to one L1 set, which has 8 ways on current x86 cores; 0: no limit).
+ALIASED_ROWS = 7
+ALIAS_BYTES = 4096
 #: Inline pure-copy producers of a contraction (:func:`_inline_copies`).
 INLINE_COPIES = True
 #: Version of these rules; a tuning database seeded with older rules is seeded again.
-RULES_VERSION = 4
+RULES_VERSION = 5
 #: Dtypes whose loops are vectorised.
 _VECTOR_DTYPES = ("float16", "float32", "float64", "int32", "int64")
 
@@ -278,7 +286,8 @@ def _coeff(expr: Any, var: Any) -> int | None:
     return _int(coeffs[0])
 
 
-def _has_if_then_else(block: Any) -> bool:
+def _branches(block: Any) -> list[Any]:
+    """The ``if_then_else`` calls and ``Select`` nodes of ``block``'s body."""
     found = []
 
     def visit(node: Any) -> None:
@@ -289,7 +298,31 @@ def _has_if_then_else(block: Any) -> bool:
     import tvm_ffi
 
     tvm_ffi.structural_walk(block.body, ((tvm.ir.Call, tirx.Select), visit), order="post")
-    return bool(found)
+    return found
+
+
+def _has_if_then_else(block: Any) -> bool:
+    return bool(_branches(block))
+
+
+def _branch_free_along(sch: s_tir.Schedule, block_rv: Any, loop_rv: Any) -> bool:
+    """Whether no branch condition of the block changes along ``loop_rv``.
+
+    A padding block's condition (``1 <= h < H + 1 and ...``) does not depend on the channel
+    loop, so TVM vectorises that loop with a scalar condition choosing between two vectors.
+    """
+    from tvm.s_tir.dlight.analysis.common_analysis import get_sblockrealize
+
+    block = sch.get(block_rv)
+    loop_var = sch.get(loop_rv).loop_var
+    realize = get_sblockrealize(sch, block_rv)
+    moving = [iv.var for iv, value in zip(block.iter_vars, realize.iter_values, strict=True)
+              if _contains(value, loop_var)]
+    for node in _branches(block):
+        cond = node.condition if isinstance(node, tirx.Select) else node.args[0]
+        if any(_contains(cond, v) for v in moving):
+            return False
+    return True
 
 
 def _index_exprs(region: Any) -> list[Any]:
@@ -360,6 +393,36 @@ def _vector_factor(extent: int, lanes: int) -> tuple[int, bool]:
     if use(best) >= 0.5:
         return best, True
     return lanes, False
+
+
+def _flat_stride(read: Any, var: Any) -> int | None:
+    """Elements between consecutive values of ``var`` in the row-major buffer ``read``."""
+    shape = [_int(d) for d in read.source.shape]
+    if None in shape:
+        return None
+    stride, step = 0, 1
+    for e, n in zip(reversed(_index_exprs(read)), reversed(shape), strict=True):
+        if _contains(e, var):
+            c = _coeff(e, var)
+            if c is None:
+                return None
+            stride += c * step
+        step *= n
+    return stride
+
+
+def _rows_alias(block: Any, out: Any, rvar: Any, vvar: Any) -> bool:
+    """Whether a broadcast read (not along the vector axis) steps a multiple of 4 KiB per row."""
+    for read in block.reads:
+        idx = _index_exprs(read)
+        if read.source.same_as(out) or any(_contains(e, vvar) for e in idx) \
+                or not any(_contains(e, rvar) for e in idx):
+            continue
+        stride = _flat_stride(read, rvar)
+        bits = int(read.source.dtype.bits) if hasattr(read.source.dtype, "bits") else 32
+        if stride and (stride * bits // 8) % ALIAS_BYTES == 0:
+            return True
+    return False
 
 
 def _rows_factor(extent: int, budget: int) -> int:
@@ -433,20 +496,30 @@ def _schedule_contraction(sch: s_tir.Schedule, info: Any, target: tvm.target.Tar
                 if _contiguous_along(block, var, skip_buffers=[out], max_stride=2):
                     vec = i
                 break
-    # The row axis: a spatial axis the vectorised read does not depend on (weight reuse).
+    # The row axis: a spatial axis some vectorised read does not depend on, so that its
+    # vector is loaded once and reused by every row of the tile. In a conv or matmul only the
+    # weight is read along the vector axis (the input is broadcast); in a depthwise conv the
+    # input is read along it too (the channels), and the rows run along the image width,
+    # which only the weight is independent of: one weight vector per tap feeds T outputs.
     rows = None
+    shared = False  # several reads along the vector axis (depthwise): inputs not reused
     if vec is not None:
         vvar = iters[vec].var
-        dependent: set[Any] = set()
+        dependent: list[set[Any]] = []
         for read in block.reads:
             if read.source.same_as(out):
                 continue
             idx = _index_exprs(read)
             if any(_contains(e, vvar) for e in idx):
+                used: set[Any] = set()
                 for e in idx:
-                    dependent |= _vars_in(e)
+                    used |= _vars_in(e)
+                dependent.append(used)
+        shared = DEPTHWISE_ROWS and len(dependent) > 1
+        reuse = any if DEPTHWISE_ROWS else all
         cands = [i for i in spatial if i != vec and _int(iters[i].dom) > 1
-                 and not any(d.same_as(iters[i].var) for d in dependent)]
+                 and reuse(not any(d.same_as(iters[i].var) for d in used)
+                           for used in dependent)]
         if cands:
             rows = max(cands, key=lambda i: (_int(iters[i].dom), i))
 
@@ -464,6 +537,20 @@ def _schedule_contraction(sch: s_tir.Schedule, info: Any, target: tvm.target.Tar
         # A prime row extent (71, 73): full tiles of RAGGED_ROWS rows and a partial last one,
         # split off by TVM's LoopPartition (the loop hint below), instead of 1-row tiles.
         r_factor, ragged = min(RAGGED_ROWS, budget // max(regs, 1)), True
+    # Rows whose broadcast inputs lie a multiple of 4 KiB apart (a 1x1 conv over 1024
+    # channels in NHWC) share one L1 set each: more of them than the cache has ways evict one
+    # another on every step of the reduction. Keep at most ALIASED_ROWS rows and widen the
+    # vector tile to fill the register budget instead.
+    if ALIASED_ROWS and rows is not None and v_factor == lanes and not ragged \
+            and r_factor > ALIASED_ROWS and _rows_alias(block, out, iters[rows].var, vvar):
+        best = (0, 0, 0)
+        for k in range(1, MAX_VECTOR_REGISTERS + 1):
+            if v_extent % (k * lanes) == 0 and budget // k >= 1:
+                r = _rows_factor(_int(iters[rows].dom), min(budget // k, ALIASED_ROWS))
+                best = max(best, (k * r, -k, r))
+        if best[0]:
+            v_factor, r_factor = -best[1] * lanes, best[2]
+            regs = -best[1]
     # Few rows (the row axis has a prime extent such as 17 or 71): widen the vector tile to
     # several registers instead, so that each broadcast operand feeds several multiply-adds
     # and the accumulators still fill the register budget.
@@ -493,7 +580,9 @@ def _schedule_contraction(sch: s_tir.Schedule, info: Any, target: tvm.target.Tar
     # packed input panel (loaded once, contiguous), instead of streaming strided input rows.
     rows_outer = outer[spatial.index(rows)] if rows is not None and r_factor > 1 else None
     rows_tiles = (-(-_int(iters[rows].dom) // r_factor)) if rows_outer is not None else 1
-    pack = rows_outer is not None and rows_tiles > 1
+    # A depthwise conv's padded input is read along the vector axis: computing it per tile
+    # (a few padded rows of one channel block) replaces a pass over the whole tensor.
+    pack = rows_outer is not None and (rows_tiles > 1 or shared)
     par = [o for o in outer if o is not rows_outer] if pack else outer
     serial = [rows_outer] if pack else []
     if not par:
@@ -615,7 +704,8 @@ def _pack_inputs(sch: s_tir.Schedule, block_rv: Any, out: Any, vvar: Any, loop: 
         inner = sch.get_loops(target_block)
         if inner:
             ext = _int(sch.get(inner[-1]).extent) or 0
-            if not _has_if_then_else(sch.get(target_block)) and ext >= 4:
+            if ext >= 4 and (_branch_free_along(sch, target_block, inner[-1])
+                             if DEPTHWISE_ROWS else not _has_if_then_else(sch.get(target_block))):
                 _try(sch.vectorize, inner[-1])
 
 
