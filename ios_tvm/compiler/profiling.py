@@ -43,7 +43,7 @@ from ios_tvm.cost.measured import MeasuredCost
 from ios_tvm.errors import ConfigError, MergeError
 from ios_tvm.scheduler.config import SearchConfig
 from ios_tvm.scheduler.search import sequential_schedule
-from ios_tvm.scheduler.stage_cost import StageCostCache
+from ios_tvm.scheduler.stage_cost import StageCostCache, group_bound
 
 logger = logging.getLogger(__name__)
 
@@ -264,4 +264,11 @@ def make_stage_cost(extraction: Any, cost: Any, *, cache: Any = True,
         raise ConfigError(f"unknown cost {cost!r}; use 'measured', 'learned' or 'analytic'")
     else:
         fn = cost
-    return StageCostCache(fn), measured
+    memo = StageCostCache(fn)
+    if cost == "measured":
+        # The search then measures only the stages it can still choose (exact under the
+        # bound's assumption; see group_bound). On GPUs a lone small kernel may leave
+        # most SMs idle, so only the per-group term bounds a stage there.
+        cpu = target_device_type(extraction.target) == "cpu"
+        memo.lower_bound = group_bound(memo, device_cores(extraction) if cpu else None)
+    return memo, measured
