@@ -162,13 +162,16 @@ def run_one(graph: OpGraph, cost: AnalyticCost, cfg: SearchConfig, timeout: floa
 class _TimedProfiler:
     """Wraps a stage profiler; counts stages, runs and seconds spent measuring."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, deadline: float = float("inf")) -> None:
         self.inner = inner
         self.seconds = 0.0
         self.stages = 0
         self.calls = 0
+        self.deadline = deadline
 
     def profile(self, groups: Sequence[Sequence[int]]) -> list[float]:
+        if time.perf_counter() > self.deadline:
+            raise SearchTimeout
         t = time.perf_counter()
         try:
             return self.inner.profile(groups)
@@ -231,8 +234,12 @@ def _zoo_extraction(model: str, lib_dir: Path | None) -> tuple[Any, Any, float, 
 
 
 def measured_run(extraction: Any, lib: Any, cache_path: Path, cfg: SearchConfig,
-                 settings: Any, prune: bool) -> dict[str, Any]:
-    """One measured search on ``cache_path``: counters and where its seconds went."""
+                 settings: Any, prune: bool, seconds: float = 0.0) -> dict[str, Any]:
+    """One measured search on ``cache_path``: counters and where its seconds went.
+
+    With ``seconds`` > 0 measuring stops (``timed_out``) after that long; what was measured
+    stays in the cache, so a later run on the same file goes on from there.
+    """
     from ios_tvm.compiler.profiling import make_stage_cost
     from ios_tvm.cost.cache import MeasurementCache
 
@@ -244,15 +251,26 @@ def measured_run(extraction: Any, lib: Any, cache_path: Path, cfg: SearchConfig,
                                            lib=lib, config=cfg)
     assert measured is not None
     setup_s = time.perf_counter() - t0
-    timed = _TimedProfiler(measured.profiler)
+    timed = _TimedProfiler(measured.profiler,
+                           t0 + seconds if seconds > 0 else float("inf"))
     measured.profiler = timed
     t1 = time.perf_counter()
-    result = search(extraction.graph, stage_cost, cfg, prune=prune)
+    try:
+        result = search(extraction.graph, stage_cost, cfg, prune=prune)
+    except SearchTimeout:
+        inner = timed.inner
+        setup = getattr(inner, "setup_seconds", 0.0)
+        cache.close()
+        return {"prune": prune, "timed_out": True, "total_s": time.perf_counter() - t0,
+                "setup_s": setup_s + setup, "measure_s": timed.seconds - setup,
+                "cache_io_s": cache_time["seconds"], "stages_measured": measured.measured,
+                "cache_hits": measured.cache_hits, "reused": measured.reused,
+                "stage_runs": getattr(inner, "runs", None)}
     search_s = time.perf_counter() - t1
     total_s = time.perf_counter() - t0
     inner = timed.inner
     row = {
-        "prune": prune, "total_s": total_s, "search_s": search_s,
+        "prune": prune, "timed_out": False, "total_s": total_s, "search_s": search_s,
         "setup_s": setup_s + getattr(inner, "setup_seconds", 0.0),
         "measure_s": timed.seconds - getattr(inner, "setup_seconds", 0.0),
         "cache_io_s": cache_time["seconds"],
@@ -285,22 +303,33 @@ def measured_main(args: argparse.Namespace, models: list[str]) -> list[dict[str,
         cfg = SearchConfig(max_groups=args.max_groups, max_group_size=args.max_group_size)
         for prune in args.prune:
             with contextlib.ExitStack() as stack:
-                if args.cache is not None:  # kept, for a look at what was measured
+                if args.resume is not None:  # go on measuring into an earlier run's cache
+                    tmp = str(args.resume.parent)
+                elif args.cache is not None:  # kept, for a look at what was measured
                     args.cache.mkdir(parents=True, exist_ok=True)
                     tmp = tempfile.mkdtemp(prefix=f"{model}-prune{int(prune)}-", dir=args.cache)
                 else:
                     tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ios_search_"))
-                path = Path(tmp) / "m.sqlite"
+                path = args.resume if args.resume is not None else Path(tmp) / "m.sqlite"
                 row = {"model": model, "kernels": len(extraction.graph.nodes),
                        "width": extraction.graph.width, "lower_s": lower_s,
                        "compile_s": compile_s, "config": cfg.to_json()}
                 row["load_before"] = list(os.getloadavg())
-                row["cold"] = measured_run(extraction, lib, path, cfg, settings, prune)
-                row["warm"] = measured_run(extraction, lib, path, cfg, settings, prune)
+                row["resumed"] = args.resume is not None
+                row["cold"] = measured_run(extraction, lib, path, cfg, settings, prune,
+                                           args.seconds)
+                if not row["cold"]["timed_out"]:
+                    row["warm"] = measured_run(extraction, lib, path, cfg, settings, prune)
                 row["load_after"] = list(os.getloadavg())
                 row["cache_file"] = str(path) if args.cache is not None else None
             rows.append(row)
-            c, w = row["cold"], row["warm"]
+            c, w = row["cold"], row.get("warm")
+            if w is None:
+                print(f"{model} prune={prune}: stopped after {c['total_s']:.1f}s (setup "
+                      f"{c['setup_s']:.1f}, measure {c['measure_s']:.1f}); "
+                      f"{c['stages_measured']} measured, {c['cache_hits']} from the cache; "
+                      f"load {row['load_before']}", flush=True)
+                continue
             print(f"{model} prune={prune}: cold {c['total_s']:.1f}s (setup {c['setup_s']:.1f}, "
                   f"measure {c['measure_s']:.1f}, cache {c['cache_io_s']:.2f}, DP+rest "
                   f"{c['dp_and_rest_s']:.1f}; {c['stages_measured']} measured of "
@@ -406,6 +435,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lib-dir", type=Path, default=None,
                    help="with --cost measured: keep compiled kernel libraries here and reuse "
                         "them (the model's compile is not part of the search)")
+    p.add_argument("--seconds", type=float, default=0.0,
+                   help="with --cost measured: stop measuring after this long (0: never); "
+                        "go on later with --resume on the kept cache file")
+    p.add_argument("--resume", type=Path, default=None,
+                   help="with --cost measured: measure into this cache file of an earlier, "
+                        "stopped run (one model, one --prune)")
     args = p.parse_args(argv)
     if args.cost == "measured":
         from ios_tvm.models import BUILTIN_MODELS
