@@ -26,6 +26,7 @@ Both granularities in one file (the results committed under ``benchmarks/results
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import datetime as _dt
 import io
@@ -156,6 +157,189 @@ def run_one(graph: OpGraph, cost: AnalyticCost, cfg: SearchConfig, timeout: floa
     return row
 
 
+# -- measured search (--cost measured): where a cold and a warm search spend their time ---------
+
+class _TimedProfiler:
+    """Wraps a stage profiler; counts stages, runs and seconds spent measuring."""
+
+    def __init__(self, inner: Any, deadline: float = float("inf")) -> None:
+        self.inner = inner
+        self.seconds = 0.0
+        self.stages = 0
+        self.calls = 0
+        self.deadline = deadline
+
+    def profile(self, groups: Sequence[Sequence[int]]) -> list[float]:
+        if time.perf_counter() > self.deadline:
+            raise SearchTimeout
+        t = time.perf_counter()
+        try:
+            return self.inner.profile(groups)
+        finally:
+            self.seconds += time.perf_counter() - t
+            self.stages += 1
+            self.calls += 1
+
+    def profile_many(self, stages: Sequence[Sequence[Sequence[int]]]) -> list[list[float]]:
+        t = time.perf_counter()
+        try:
+            many = getattr(self.inner, "profile_many", None)
+            if many is None:
+                return [self.inner.profile(s) for s in stages]
+            return many(stages)
+        finally:
+            self.seconds += time.perf_counter() - t
+            self.stages += len(stages)
+            self.calls += 1
+
+
+def _timed_cache(cache: Any) -> dict[str, float]:
+    """Patch ``cache``'s get/put to add their seconds to the returned dict."""
+    spent = {"seconds": 0.0}
+    for name in ("get", "put"):
+        inner = getattr(cache, name)
+
+        def timed(*a: Any, _inner: Any = inner) -> Any:
+            t = time.perf_counter()
+            try:
+                return _inner(*a)
+            finally:
+                spent["seconds"] += time.perf_counter() - t
+
+        setattr(cache, name, timed)
+    return spent
+
+
+def _zoo_extraction(model: str, lib_dir: Path | None) -> tuple[Any, Any, float, float]:
+    """The model lowered as ``build`` lowers it on CPU, its kernel library, and the seconds
+    spent lowering and compiling (a library saved in ``lib_dir`` is loaded instead)."""
+    import tvm
+
+    from ios_tvm.compiler.extract import graph_from_model
+    from ios_tvm.compiler.library import build_kernel_library
+
+    t0 = time.perf_counter()
+    extraction = graph_from_model(model, "llvm", cpu_layout="NHWC")
+    lower_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    path = lib_dir / f"{model}.so" if lib_dir is not None else None
+    if path is not None and path.exists():
+        lib = tvm.runtime.load_module(str(path))
+    else:
+        lib = build_kernel_library(extraction.mod, extraction.target)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lib.export_library(str(path))
+    return extraction, lib, lower_s, time.perf_counter() - t1
+
+
+def measured_run(extraction: Any, lib: Any, cache_path: Path, cfg: SearchConfig,
+                 settings: Any, prune: bool, seconds: float = 0.0) -> dict[str, Any]:
+    """One measured search on ``cache_path``: counters and where its seconds went.
+
+    With ``seconds`` > 0 measuring stops (``timed_out``) after that long; what was measured
+    stays in the cache, so a later run on the same file goes on from there.
+    """
+    from ios_tvm.compiler.profiling import make_stage_cost
+    from ios_tvm.cost.cache import MeasurementCache
+
+    cache = MeasurementCache(cache_path)
+    cache_time = _timed_cache(cache)
+    t0 = time.perf_counter()
+    stage_cost, measured = make_stage_cost(extraction, "measured", cache=cache,
+                                           settings=settings, max_groups=cfg.max_groups,
+                                           lib=lib, config=cfg)
+    assert measured is not None
+    setup_s = time.perf_counter() - t0
+    timed = _TimedProfiler(measured.profiler,
+                           t0 + seconds if seconds > 0 else float("inf"))
+    measured.profiler = timed
+    t1 = time.perf_counter()
+    try:
+        result = search(extraction.graph, stage_cost, cfg, prune=prune)
+    except SearchTimeout:
+        inner = timed.inner
+        setup = getattr(inner, "setup_seconds", 0.0)
+        cache.close()
+        return {"prune": prune, "timed_out": True, "total_s": time.perf_counter() - t0,
+                "setup_s": setup_s + setup, "measure_s": timed.seconds - setup,
+                "cache_io_s": cache_time["seconds"], "stages_measured": measured.measured,
+                "cache_hits": measured.cache_hits, "reused": measured.reused,
+                "stage_runs": getattr(inner, "runs", None)}
+    search_s = time.perf_counter() - t1
+    total_s = time.perf_counter() - t0
+    inner = timed.inner
+    row = {
+        "prune": prune, "timed_out": False, "total_s": total_s, "search_s": search_s,
+        "setup_s": setup_s + getattr(inner, "setup_seconds", 0.0),
+        "measure_s": timed.seconds - getattr(inner, "setup_seconds", 0.0),
+        "cache_io_s": cache_time["seconds"],
+        "stages_costed": result.stats.stages_costed, "stages_measured": measured.measured,
+        "cache_hits": measured.cache_hits, "reused": measured.reused,
+        "profile_calls": timed.calls, "stage_runs": getattr(inner, "runs", None),
+        "states": result.stats.states, "parts": result.stats.parts,
+        "search_stats": result.stats.to_json(),
+        "estimated_ms": 1e3 * (result.schedule.cost or 0.0),
+        "schedule": result.schedule.summary(),
+        "concurrent_stages": sum(1 for s in result.schedule.stages if len(s.groups) > 1),
+    }
+    row["dp_and_rest_s"] = (row["search_s"] - row["measure_s"] - row["cache_io_s"]
+                            - getattr(inner, "setup_seconds", 0.0))
+    cache.close()
+    return row
+
+
+def measured_main(args: argparse.Namespace, models: list[str]) -> list[dict[str, Any]]:
+    """Cold and warm measured searches of each model (``--cost measured``)."""
+    import os
+    import tempfile
+
+    from ios_tvm.cost.base import ProfileSettings
+
+    settings = ProfileSettings()
+    rows = []
+    for model in models:
+        extraction, lib, lower_s, compile_s = _zoo_extraction(model, args.lib_dir)
+        cfg = SearchConfig(max_groups=args.max_groups, max_group_size=args.max_group_size)
+        for prune in args.prune:
+            with contextlib.ExitStack() as stack:
+                if args.resume is not None:  # go on measuring into an earlier run's cache
+                    tmp = str(args.resume.parent)
+                elif args.cache is not None:  # kept, for a look at what was measured
+                    args.cache.mkdir(parents=True, exist_ok=True)
+                    tmp = tempfile.mkdtemp(prefix=f"{model}-prune{int(prune)}-", dir=args.cache)
+                else:
+                    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ios_search_"))
+                path = args.resume if args.resume is not None else Path(tmp) / "m.sqlite"
+                row = {"model": model, "kernels": len(extraction.graph.nodes),
+                       "width": extraction.graph.width, "lower_s": lower_s,
+                       "compile_s": compile_s, "config": cfg.to_json()}
+                row["load_before"] = list(os.getloadavg())
+                row["resumed"] = args.resume is not None
+                row["cold"] = measured_run(extraction, lib, path, cfg, settings, prune,
+                                           args.seconds)
+                if not row["cold"]["timed_out"]:
+                    row["warm"] = measured_run(extraction, lib, path, cfg, settings, prune)
+                row["load_after"] = list(os.getloadavg())
+                row["cache_file"] = str(path) if args.cache is not None else None
+            rows.append(row)
+            c, w = row["cold"], row.get("warm")
+            if w is None:
+                print(f"{model} prune={prune}: stopped after {c['total_s']:.1f}s (setup "
+                      f"{c['setup_s']:.1f}, measure {c['measure_s']:.1f}); "
+                      f"{c['stages_measured']} measured, {c['cache_hits']} from the cache; "
+                      f"load {row['load_before']}", flush=True)
+                continue
+            print(f"{model} prune={prune}: cold {c['total_s']:.1f}s (setup {c['setup_s']:.1f}, "
+                  f"measure {c['measure_s']:.1f}, cache {c['cache_io_s']:.2f}, DP+rest "
+                  f"{c['dp_and_rest_s']:.1f}; {c['stages_measured']} measured of "
+                  f"{c['stages_costed']} costed, {c['stage_runs']} runs), warm "
+                  f"{w['total_s']:.2f}s; est {c['estimated_ms']:.1f} ms, "
+                  f"{c['concurrent_stages']} concurrent stages; load {row['load_before']}",
+                  flush=True)
+    return rows
+
+
 def _fmt_ms(x: float | None) -> str:
     return "-" if x is None else f"{x * 1e3:.3f}"
 
@@ -238,7 +422,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--progress", action="store_true", help="tqdm bar over each search's parts")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON output (default benchmarks/results/search-<date>-<host>.json)")
+    p.add_argument("--cost", default="analytic", choices=("analytic", "measured"),
+                   help="analytic: the DP alone on the IOS graphs; measured: a cold and a warm "
+                        "measured search of zoo models compiled for this CPU, timed by part "
+                        "(setup, measuring, cache I/O, DP and the rest)")
+    p.add_argument("--prune", default="1",
+                   help="with --cost measured: comma-separated 0/1, search without/with "
+                        "bound pruning (measure only the stages the DP can still choose)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="with --cost measured: keep each run's (fresh) cache file in a new "
+                        "folder here (default: a temporary folder, deleted)")
+    p.add_argument("--lib-dir", type=Path, default=None,
+                   help="with --cost measured: keep compiled kernel libraries here and reuse "
+                        "them (the model's compile is not part of the search)")
+    p.add_argument("--seconds", type=float, default=0.0,
+                   help="with --cost measured: stop measuring after this long (0: never); "
+                        "go on later with --resume on the kept cache file")
+    p.add_argument("--resume", type=Path, default=None,
+                   help="with --cost measured: measure into this cache file of an earlier, "
+                        "stopped run (one model, one --prune)")
     args = p.parse_args(argv)
+    if args.cost == "measured":
+        from ios_tvm.models import BUILTIN_MODELS
+
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        bad = [m for m in models if m not in BUILTIN_MODELS]
+        if bad:
+            p.error(f"unknown zoo model(s) {bad}; choose from {sorted(BUILTIN_MODELS)}")
+        args.prune = [bool(int(x)) for x in args.prune.split(",") if x.strip()]
+        t0 = time.perf_counter()
+        rows = measured_main(args, models)
+        out = args.out or _default_out()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "format": "ios_tvm.bench_search_measured", "version": 1,
+            "date": _dt.datetime.now().isoformat(timespec="seconds"),
+            "command": [Path(sys.executable).name, *sys.argv],
+            "machine": machine_info(),
+            "settings": {k: (str(v) if isinstance(v, Path) else v)
+                         for k, v in vars(args).items()},
+            "targets_seconds": {"inception_v3": {"cold": 30.0, "warm": 2.0},
+                                "nasnet": {"cold": 600.0}, "randwire": {"cold": 600.0}},
+            "seconds": time.perf_counter() - t0,
+            "results": rows,
+        }
+        out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {out}")
+        return 0
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in BENCH_GRAPHS]

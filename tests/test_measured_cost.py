@@ -22,6 +22,7 @@ import pytest
 
 from ios_tvm.cost.cache import CACHE_VERSION, MeasurementCache
 from ios_tvm.errors import CacheError
+from ios_tvm.scheduler.config import SearchConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -483,7 +484,9 @@ def test_second_build_measures_nothing(native: None, tmp_path: Path) -> None:
 
     path = tmp_path / "m.sqlite"
     model = sample_block(channels=8, size=8)
-    first = build(model, "llvm", cache=path, settings=_fast(), compare_vm=False)
+    # Every stage the DP visits (a pruned search measures fewer: test below).
+    first = build(model, "llvm", cache=path, settings=_fast(), compare_vm=False,
+                  config=SearchConfig(prune=False))
     measured, cached, reused = _expected_counts(model, set())
     # A fresh cache serves nothing; twins of a stage measured now are not "from cache".
     assert (first.stages_measured, first.stages_cached) == (measured, cached) == (measured, 0)
@@ -499,6 +502,27 @@ def test_second_build_measures_nothing(native: None, tmp_path: Path) -> None:
     assert len(MeasurementCache(path)) == n
 
 
+def test_a_pruned_build_measures_a_subset_and_counts_it(native: None,
+                                                         tmp_path: Path) -> None:
+    """By default the search measures only the stages it can still choose: no more than the
+    full search, each once, twins reused, and a second build measures nothing."""
+    from ios_tvm.compiler.build import build
+    from ios_tvm.models import sample_block
+
+    path = tmp_path / "m.sqlite"
+    model = sample_block(channels=8, size=8)
+    first = build(model, "llvm", cache=path, settings=_fast(), compare_vm=False)
+    measured, _, reused = _expected_counts(model, set())
+    assert 0 < first.stages_measured <= measured and first.stages_cached == 0
+    assert first.stages_measured + first.stages_reused == first.search_stats.stages_costed
+    assert first.search_stats.rounds >= 1
+    assert len(MeasurementCache(path)) == first.stages_measured
+    second = build(model, "llvm", cache=MeasurementCache(path), settings=_fast(),
+                   compare_vm=False)
+    assert second.stages_measured == 0
+    assert second.stages_cached == second.search_stats.stages_costed > 0
+
+
 def test_models_sharing_kernels_share_measurements(native: None, tmp_path: Path) -> None:
     """inception_net(blocks=1) is inception_block plus one 1x1 conv: its stages without the
     new conv come from the first model's measurements."""
@@ -507,10 +531,12 @@ def test_models_sharing_kernels_share_measurements(native: None, tmp_path: Path)
     from ios_tvm.compiler.build import build
 
     shared = tmp_path / "shared.sqlite"
-    a = build(om.inception_block(), "llvm", cache=shared, settings=_fast(), compare_vm=False)
+    full = SearchConfig(prune=False)  # every stage the DP visits, as _expected_counts counts
+    a = build(om.inception_block(), "llvm", cache=shared, settings=_fast(), compare_vm=False,
+              config=full)
     measured, cached, reused = _expected_counts(om.inception_net(blocks=1), _stored_keys(shared))
     b = build(om.inception_net(blocks=1), "llvm", cache=shared, settings=_fast(),
-              compare_vm=False)
+              compare_vm=False, config=full)
     assert a.stages_measured > 0 and a.stages_cached == 0
     assert (b.stages_measured, b.stages_cached) == (measured, cached)
     assert measured + cached + reused == b.search_stats.stages_costed

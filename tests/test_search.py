@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from ios_tvm import OpGraph, SearchConfig, Stage, sequential_schedule, validate_schedule
 from ios_tvm._native import native_available
 from ios_tvm.cost import AnalyticCost
+from ios_tvm.errors import ConfigError
 from ios_tvm.ir.schedule import Schedule
 from ios_tvm.scheduler.search import greedy_schedule, search
-from ios_tvm.scheduler.stage_cost import StageCostCache
+from ios_tvm.scheduler.stage_cost import StageCostCache, group_bound
 
 # Both DP implementations (Python and the C++ one in passes/) must be exactly optimal.
 IMPLEMENTATIONS = pytest.mark.parametrize("native", [
@@ -503,3 +504,99 @@ def test_unknown_analytic_device_names_the_presets():
 
     with pytest.raises(ConfigError, match="unknown analytic device 'nonsense'.*cpu, h100, v100"):
         AnalyticCost(OpGraph.from_edges(1, []), "nonsense")
+
+
+# -- pruning: measure only the stages the DP can still choose --------------------------------
+class BoundedCost:
+    """A fake measured cost that keeps the assumptions of ``group_bound`` and of the pruned
+    search: a group alone takes its kernels' summed fixed random times, times a random factor
+    in [0.6, 1] for chains (a chain runs faster than its kernels one by one), plus a fixed
+    random price ``pen``; a stage of several groups takes
+    ``max(max_g v(g), sum_g v(g) / cores) + sum_g pen(g)``, which never drops when a group
+    is dropped. Merges are random. Counts the stages it is asked for."""
+
+    def __init__(self, seed: int, cores: int | None) -> None:
+        self.seed = seed
+        self.cores = cores
+        self.asked: set[tuple[int, str]] = set()
+
+    def _rng(self, *key: object) -> random.Random:
+        return random.Random(stable_seed(self.seed, *key))
+
+    def group(self, g: tuple[int, ...]) -> tuple[float, float]:
+        v = sum(self._rng("op", op).uniform(0.1, 2.0) for op in g)
+        if len(g) > 1:
+            v *= self._rng("chain", g).uniform(0.6, 1.0)
+        return v, self._rng("pen", g).uniform(0.0, 0.5)
+
+    def __call__(self, stage: Stage) -> float:
+        self.asked.add((stage.mask, stage.strategy))
+        if stage.strategy == "merge":
+            return self._rng(stage.mask).uniform(0.1, 2.0) * len(stage.ops) ** 0.5
+        vs, pens = zip(*(self.group(g) for g in stage.groups), strict=True)
+        busy = max(max(vs), sum(vs) / self.cores if self.cores else 0.0)
+        return busy + sum(pens)
+
+
+@IMPLEMENTATIONS
+@settings(max_examples=150)
+@given(graph=st.one_of(dags(max_nodes=10), chained_dags(max_units=5)),
+       seed=st.integers(0, 10_000), part=st.sampled_from([3, 6, 20]),
+       r=st.integers(1, 3), s=st.integers(1, 4),
+       strategy=st.sampled_from(["concurrent", "both"]),
+       collapse=st.sampled_from([None, True, False]), cores=st.sampled_from([None, 2, 4]))
+def test_pruning_never_changes_the_schedule(native, graph, seed, part, r, s, strategy,
+                                            collapse, cores):
+    """With a bound that holds, the pruned search returns exactly the unpruned schedule and
+    cost (on one part, parts and units), and costs no stage the unpruned search does not."""
+    cfg = SearchConfig(strategy=strategy, max_groups=s, max_group_size=r, max_part_size=part,
+                       collapse_chains=collapse)
+    full_cost = BoundedCost(seed, cores)
+    full = search(graph, StageCostCache(full_cost), cfg, can_merge=merge_table(seed),
+                  native=native)
+    pruned_cost = BoundedCost(seed, cores)
+    memo = StageCostCache(pruned_cost)
+    memo.lower_bound = group_bound(memo, cores)
+    pruned = search(graph, memo, cfg, can_merge=merge_table(seed), native=native)
+    assert pruned.schedule.cost == pytest.approx(full.schedule.cost, rel=1e-12)
+    assert pruned.schedule.stages == full.schedule.stages
+    assert pruned_cost.asked <= full_cost.asked
+    assert pruned.stats.stages_costed == len(pruned_cost.asked)
+    assert pruned.stats.bound_violations == 0
+    assert pruned.stats.rounds >= 1
+    # prune=False ignores the bound: the same search as without one.
+    off = search(graph, StageCostCache(BoundedCost(seed, cores), memo.lower_bound), cfg,
+                 can_merge=merge_table(seed), native=native, prune=False)
+    assert off.stats.stages_costed == full.stats.stages_costed
+
+
+@IMPLEMENTATIONS
+def test_pruning_measures_fewer_stages_on_a_wide_graph(native):
+    """Eight independent branches of two ops each: the bound rules out most wide stages."""
+    graph = _blocks(2, 8)
+    cfg = SearchConfig(max_groups=8, max_group_size=3)
+    full_cost, pruned_cost = BoundedCost(7, 2), BoundedCost(7, 2)
+    full = search(graph, full_cost, cfg, native=native)
+    memo = StageCostCache(pruned_cost)
+    memo.lower_bound = group_bound(memo, 2)
+    pruned = search(graph, memo, cfg, native=native)
+    assert pruned.schedule.stages == full.schedule.stages
+    assert len(pruned_cost.asked) < 0.75 * len(full_cost.asked)
+    assert pruned.stats.stages_bounded > 0
+
+
+def test_pruning_needs_a_bound():
+    with pytest.raises(ConfigError, match="lower bound"):
+        search(_blocks(1, 3), RandomCost(0), SearchConfig(), prune=True)
+
+
+def test_bound_violations_are_counted():
+    """A cost below its bound breaks exactness; the search says how often it happened."""
+
+    def cost(stage: Stage) -> float:
+        return float(len(stage.ops)) if len(stage.groups) == 1 else 0.1 * len(stage.ops)
+
+    memo = StageCostCache(cost)
+    memo.lower_bound = group_bound(memo)
+    result = search(_blocks(1, 3), memo, SearchConfig(), native=False)
+    assert result.stats.bound_violations > 0

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,7 +45,7 @@ from ios_tvm.cost.measured import MeasuredCost
 from ios_tvm.errors import ConfigError, MergeError
 from ios_tvm.scheduler.config import SearchConfig
 from ios_tvm.scheduler.search import sequential_schedule
-from ios_tvm.scheduler.stage_cost import StageCostCache
+from ios_tvm.scheduler.stage_cost import StageCostCache, group_bound
 
 logger = logging.getLogger(__name__)
 
@@ -52,20 +54,35 @@ class LocalProfiler:
     """Profiles stages on a local device through an :class:`~ios_tvm.runtime.executor.Executor`.
 
     With ``adaptive`` (the default) a stage is timed in steps and measuring stops as soon as
-    the repeats agree: ``settings.warmup`` runs, then ``min_repeats`` repeats of one run each;
-    a stage that runs for at least ``long_run_s`` keeps one run per repeat (a steady clock
-    times it well), a shorter one is timed with ``settings.number`` runs per repeat instead.
-    Repeats are added ``min_repeats`` at a time until their spread, (max - min) / median,
-    is within ``tolerance``, or until the run budget of the fixed settings
-    (``number * repeat`` runs) is spent. On a quiet machine a millisecond stage then costs
-    5 runs instead of 38. The value is the same quantity either way (median seconds per run),
-    so cached measurements stay valid.
+    the median is known well enough: ``settings.warmup`` runs, then ``min_repeats`` repeats
+    of one run each; a stage that runs for at least ``long_run_s`` keeps one run per repeat (a
+    steady clock times it well), a shorter one is timed with ``settings.number`` runs per
+    repeat instead. Repeats are added ``min_repeats`` at a time until the distribution-free
+    confidence interval of the median (order statistics, at least ``confidence`` coverage;
+    the whole range below 5 repeats) is within ``tolerance`` of the median, or until the
+    budget is spent: ``max_repeats`` single runs for a long stage, ``settings.repeat``
+    repeats for a short one (never more runs than the fixed ``number * repeat``). A single
+    outlier (another process took the core) then costs a few more runs, not the whole
+    budget. On a quiet machine a millisecond stage costs 5 runs instead of 38. The value is
+    the same quantity either way (median seconds per run), so cached measurements stay
+    valid.
+
+    The executor may be given as a function that makes it (``make_executor``): it is then
+    made on the first stage profiled, so a search served by the cache builds nothing.
     """
 
     def __init__(self, executor: Any, settings: ProfileSettings | None = None, *,
-                 adaptive: bool = True, tolerance: float = 0.05, min_repeats: int = 3,
-                 long_run_s: float = 1e-3) -> None:
-        self.executor = executor
+                 adaptive: bool = True, tolerance: float = 0.1, min_repeats: int = 3,
+                 long_run_s: float = 1e-3, max_repeats: int = 12, confidence: float = 0.9,
+                 make_executor: Callable[[], Any] | None = None) -> None:
+        if executor is None and make_executor is None:
+            raise ConfigError("LocalProfiler needs an executor or make_executor")
+        self._executor = executor
+        self._make_executor = make_executor
+        #: Seconds spent making the executor (lazily, on the first stage profiled).
+        self.setup_seconds = 0.0
+        self.max_repeats = max(1, max_repeats)
+        self.confidence = confidence
         self.settings = settings or ProfileSettings()
         self.adaptive = adaptive
         self.tolerance = tolerance
@@ -74,6 +91,16 @@ class LocalProfiler:
         #: Runs of stages timed and stages profiled so far (for benchmarks of the search).
         self.runs = 0
         self.stages = 0
+
+    @property
+    def executor(self) -> Any:
+        """The executor stages run on (made now if it was given as ``make_executor``)."""
+        if self._executor is None:
+            assert self._make_executor is not None
+            t = time.perf_counter()
+            self._executor = self._make_executor()
+            self.setup_seconds += time.perf_counter() - t
+        return self._executor
 
     def profile(self, groups: Sequence[Sequence[int]]) -> list[float]:
         """Seconds per run, one value per repeat."""
@@ -87,7 +114,7 @@ class LocalProfiler:
         samples = list(self.executor.profile_stage(groups, warmup=s.warmup, number=1,
                                                    repeat=k))
         self.runs += s.warmup + k
-        number, budget = 1, s.number * s.repeat
+        number, budget = 1, min(s.number * s.repeat, max(self.max_repeats, k))
         if sorted(samples)[len(samples) // 2] < self.long_run_s and s.number > 1:
             # Short stage: repeats of several runs each (the single runs were its warm-up).
             number, budget = s.number, s.repeat
@@ -102,8 +129,27 @@ class LocalProfiler:
         return samples
 
     def _tight(self, samples: Sequence[float]) -> bool:
-        med = sorted(samples)[len(samples) // 2]
-        return med > 0 and (max(samples) - min(samples)) / med <= self.tolerance
+        xs = sorted(samples)
+        med = xs[len(xs) // 2]
+        lo, hi = median_interval(xs, self.confidence)
+        return med > 0 and (hi - lo) / med <= self.tolerance
+
+
+def median_interval(xs: Sequence[float], confidence: float = 0.9) -> tuple[float, float]:
+    """A distribution-free confidence interval of the median of the sorted ``xs``.
+
+    ``(xs[k], xs[n-1-k])`` with the largest ``k`` whose coverage, ``1 - 2 P(Bin(n, 1/2) <=
+    k)``, is at least ``confidence``; the whole range when even ``k = 0`` falls short
+    (fewer than 5 values at 90%).
+    """
+    n = len(xs)
+    best, tail = 0, 0.0
+    for k in range(n // 2):
+        tail += math.comb(n, k) / 2.0 ** n
+        if 1.0 - 2.0 * tail < confidence:
+            break
+        best = k
+    return xs[best], xs[n - 1 - best]
 
 
 def kernel_keys(extraction: Any) -> list[str]:
@@ -134,12 +180,20 @@ def local_profiler(extraction: Any, *, settings: ProfileSettings | None = None,
     """A profiler on this machine's device and the kernel library it runs.
 
     The profiling artifact's executor runs the whole model once on ``inputs`` (default:
-    :func:`~ios_tvm.compiler.inputs.profiling_inputs`) before any stage is timed.
+    :func:`~ios_tvm.compiler.inputs.profiling_inputs`) before any stage is timed. With
+    ``lib`` given, the artifact and executor are made when the first stage is measured.
     """
-    artifact = profiling_artifact(extraction, max_groups=max_groups, lib=lib)
-    executor = artifact.executor()
-    executor.run(*(inputs if inputs is not None else profiling_inputs(extraction)))
-    return LocalProfiler(executor, settings), artifact.lib
+    def make() -> tuple[Any, Any]:
+        artifact = profiling_artifact(extraction, max_groups=max_groups, lib=lib)
+        executor = artifact.executor()
+        executor.run(*(inputs if inputs is not None else profiling_inputs(extraction)))
+        return executor, artifact.lib
+
+    if lib is None:  # the library is compiled here, and the caller needs it now
+        executor, lib = make()
+        return LocalProfiler(executor, settings), lib
+    # Made on the first stage measured: a search served by the cache makes nothing.
+    return LocalProfiler(None, settings, make_executor=lambda: make()[0]), lib
 
 
 def merge_profiler(merges: Any, settings: ProfileSettings
@@ -264,4 +318,11 @@ def make_stage_cost(extraction: Any, cost: Any, *, cache: Any = True,
         raise ConfigError(f"unknown cost {cost!r}; use 'measured', 'learned' or 'analytic'")
     else:
         fn = cost
-    return StageCostCache(fn), measured
+    memo = StageCostCache(fn)
+    if cost == "measured":
+        # The search then measures only the stages it can still choose (exact under the
+        # bound's assumption; see group_bound). On GPUs a lone small kernel may leave
+        # most SMs idle, so only the per-group term bounds a stage there.
+        cpu = target_device_type(extraction.target) == "cpu"
+        memo.lower_bound = group_bound(memo, device_cores(extraction) if cpu else None)
+    return memo, measured

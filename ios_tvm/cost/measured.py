@@ -120,6 +120,14 @@ class MeasuredCost:
             samples = self.profiler.profile([list(g) for g in stage.groups])
         return self._record(key, samples)
 
+    def peek(self, stage: Stage) -> float | None:
+        """The latency of ``stage`` if known without measuring (seen, a twin, or cached)."""
+        key = self.stage_key(stage)
+        known = self.values.get(key)
+        if known is None and self.cache is not None:
+            known = self.cache.get(self.context, key)
+        return known
+
     def _profile_merge(self, stage: Stage) -> list[float] | None:
         """Time the merged kernel of a merge stage; None if it cannot be merged."""
         if self.merge_profiler is None:

@@ -37,6 +37,11 @@ class SearchConfig:
         when the graph has more than ``max_part_size`` kernels, i.e. when it must be cut
         into parts anyway; collapsing then lets each part cover more of the graph. Small
         graphs are searched exactly, kernel by kernel.
+    prune
+        When the cost model has a lower bound (the measured one does), measure only the
+        stages the DP can still choose (``prune`` of
+        :func:`~ios_tvm.scheduler.search.search`; the same schedule as measuring every stage,
+        when the bound holds). False measures every stage the DP visits.
     """
 
     strategy: str = "concurrent"
@@ -45,6 +50,7 @@ class SearchConfig:
     max_part_size: int = 20
     greedy_max_streams: int = 10
     collapse_chains: bool | None = None
+    prune: bool = True
 
     def __post_init__(self) -> None:
         if self.strategy not in SEARCH_STRATEGIES:
@@ -60,6 +66,8 @@ class SearchConfig:
             if getattr(self, name) > MAX_STREAMS:
                 raise ConfigError(f"{name} must be at most {MAX_STREAMS} (the executor's stream "
                                   f"limit), got {getattr(self, name)}")
+        if not isinstance(self.prune, bool):
+            raise ConfigError(f"prune must be True or False, got {self.prune!r}")
         if self.collapse_chains not in (None, True, False):
             raise ConfigError(f"collapse_chains must be None, True or False, got "
                               f"{self.collapse_chains!r}")

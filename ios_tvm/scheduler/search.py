@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from ios_tvm.errors import ConfigError
 from ios_tvm.ir.graph import OpGraph
 from ios_tvm.ir.schedule import Schedule, Stage
 from ios_tvm.scheduler.bits import bits_of
@@ -56,6 +57,12 @@ class SearchStats:
     stages_costed: int = 0
     cost_calls: int = 0
     seconds: float = 0.0
+    #: With pruning: DP passes over the parts (one more per batch of stages measured), the
+    #: distinct stages priced by their lower bound only (never measured), and the measured
+    #: concurrent stages that came in below their bound (the bound's assumption failed).
+    rounds: int = 0
+    stages_bounded: int = 0
+    bound_violations: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -228,6 +235,83 @@ class _PartSearch:
         return out[::-1]
 
 
+def _solve_part(graph: OpGraph, lo: int, hi: int, cfg: SearchConfig, cost: StageCostCache,
+                can_merge: MergePredicate | None, use_native: bool
+                ) -> tuple[list[Stage], float, int, int]:
+    """The DP over the part ``[lo, hi)``: stages, total, states and transitions."""
+    if use_native and hi - lo <= MAX_NATIVE_OPS:
+        return solve_part_native(graph, lo, hi, cfg, cost, can_merge)
+    part = _PartSearch(graph, lo, hi, cfg, cost, can_merge)
+    stages = part.stages()
+    return stages, part.memo[(1 << (hi - lo)) - 1], len(part.memo) - 1, part.transitions
+
+
+def _solve_part_pruned(graph: OpGraph, lo: int, hi: int, cfg: SearchConfig,
+                       cost: StageCostCache, bound: CostFn, can_merge: MergePredicate | None,
+                       use_native: bool, stats: SearchStats
+                       ) -> tuple[list[Stage], float, int, int]:
+    """The DP over a part, measuring only the concurrent stages it can still choose.
+
+    Each pass runs the DP with every concurrent stage of several groups not yet costed priced
+    at a lower bound: the larger of ``bound`` and the cost (or, if not costed, this bound) of
+    every stage with one group fewer (adding a group never makes a stage faster). One-group
+    stages, merges and stages the cost model already knows (``peek``: a cache hit) are
+    costed as asked. When the schedule found uses only costed stages, it is optimal for the
+    real costs too: every other schedule costs at least its bound-priced total, which is at
+    least this one's. Otherwise its uncosted stages are costed (one batch, through the cost
+    model's ``prefetch`` when it has one) and the DP runs again. Exact whenever the bound
+    never exceeds the real cost; each pass costs at least one new stage, so it ends.
+    """
+    known = cost.table
+    prefetch = getattr(cost.cost, "prefetch", None)
+    peek = getattr(cost.cost, "peek", None)
+    while True:
+        stats.rounds += 1
+        bounded: set[tuple[int, str]] = set()
+        lower: dict[int, float] = {}  # this pass's bound by op mask
+
+        def lower_bound(stage: Stage, lower: dict[int, float] = lower) -> float:
+            value = known.get((stage.mask, "concurrent"))
+            if value is not None:
+                return value
+            lb = lower.get(stage.mask)
+            if lb is None:
+                lb = bound(stage)
+                if len(stage.groups) > 2:
+                    for i in range(len(stage.groups)):
+                        fewer = Stage(stage.groups[:i] + stage.groups[i + 1:])
+                        lb = max(lb, lower_bound(fewer))
+                lower[stage.mask] = lb
+            return lb
+
+        def optimistic(stage: Stage, bounded: set[tuple[int, str]] = bounded) -> float:
+            key = (stage.mask, stage.strategy)
+            value = known.get(key)
+            if value is not None:
+                return value
+            if (stage.strategy != "concurrent" or len(stage.groups) == 1
+                    or (peek is not None and peek(stage) is not None)):
+                return cost(stage)
+            bounded.add(key)
+            return lower_bound(stage)
+
+        stages, total, states, transitions = _solve_part(
+            graph, lo, hi, cfg, StageCostCache(optimistic), can_merge, use_native)
+        todo = [st for st in stages if (st.mask, st.strategy) not in known]
+        if not todo:
+            stats.stages_bounded += len(bounded - known.keys())
+            # The last pass looked up as many stages as an unpruned DP: count them the same.
+            cost.counters.calls += transitions
+            return stages, total, states, transitions
+        if prefetch is not None:
+            prefetch(todo)
+        for st in todo:
+            lb = lower_bound(st) if len(st.groups) > 1 else 0.0  # before st is costed
+            if cost(st) < lb * (1 - 1e-9):
+                stats.bound_violations += 1
+                logger.debug("stage %s measured below its lower bound", st)
+
+
 def _no_worse_than_baselines(graph: OpGraph, cfg: SearchConfig, cost: StageCostCache,
                              stages: list[Stage], total: float, meta: dict[str, Any]
                              ) -> tuple[list[Stage], float]:
@@ -270,7 +354,8 @@ def _units_for(graph: OpGraph, cfg: SearchConfig) -> Units | None:
 
 def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
            can_merge: MergePredicate | None = None, progress: bool = False,
-           native: bool | None = None) -> SearchResult:
+           native: bool | None = None, prune: bool | None = None,
+           lower_bound: CostFn | None = None) -> SearchResult:
     """Find a schedule of ``graph`` minimising the summed stage cost.
 
     Parameters
@@ -289,6 +374,15 @@ def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
     native
         Use the C++ DP for parts of at most 64 ops (same results, faster). Default: when the
         native library loads and ``$IOS_TVM_NATIVE_SEARCH`` is not ``0``.
+    prune
+        Measure only the concurrent stages the DP can still choose: each part's DP runs with
+        the stages not yet costed priced at ``lower_bound``, and is rerun after costing the
+        ones its schedule uses, until that schedule uses costed stages only (exact when the
+        bound is one; see :func:`~ios_tvm.scheduler.stage_cost.group_bound`). ``None``
+        (default): when a bound is given, or when ``config.prune`` and ``cost`` is a
+        :class:`~ios_tvm.scheduler.stage_cost.StageCostCache` that has one.
+    lower_bound
+        Never above the cost of a concurrent stage; default: ``cost.lower_bound``.
 
     Returns
     -------
@@ -299,6 +393,14 @@ def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
     cfg = config or SearchConfig()
     t0 = time.perf_counter()
     memo_cost = cost if isinstance(cost, StageCostCache) else StageCostCache(cost)
+    bound = lower_bound or memo_cost.lower_bound
+    if prune and bound is None:
+        raise ConfigError("prune=True needs a lower bound: pass lower_bound= or a "
+                          "StageCostCache built with one")
+    if prune is None:
+        prune = cfg.prune if lower_bound is None else True
+    if not prune or cfg.strategy in ("sequential", "greedy"):
+        bound = None
     calls0, distinct0 = memo_cost.counters.calls, memo_cost.counters.distinct
     stats = SearchStats()
     meta: dict[str, Any] = {**cfg.to_json(), "num_ops": len(graph.nodes)}
@@ -318,12 +420,20 @@ def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
                 ops = units.single_kernel(us)
                 return ops is not None and can_merge(graph, ops)
 
+        unit_bound = None
+        if bound is not None:
+            def unit_bound(stage: Stage) -> float:
+                return bound(units.expand(stage))
+
         inner = search(units.graph, unit_cost, replace(cfg, collapse_chains=False),
-                       can_merge=unit_merge, progress=progress, native=native)
+                       can_merge=unit_merge, progress=progress, native=native,
+                       prune=bound is not None, lower_bound=unit_bound)
         stages = [units.expand(s) for s in inner.schedule.stages]
         total = float(inner.schedule.cost or 0.0)
         stats.parts, stats.states = inner.stats.parts, inner.stats.states
         stats.transitions = inner.stats.transitions
+        stats.rounds, stats.stages_bounded = inner.stats.rounds, inner.stats.stages_bounded
+        stats.bound_violations = inner.stats.bound_violations
         meta["units"] = len(units.members)  # "parts" below are ranges of unit ids
         if "parts" in inner.schedule.meta:
             meta["parts"] = inner.schedule.meta["parts"]
@@ -344,14 +454,13 @@ def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
                 iterator = tqdm(parts, desc="IOS search", unit="part")
             use_native = native_search_enabled() if native is None else native
             for lo, hi in iterator:
-                if use_native and hi - lo <= MAX_NATIVE_OPS:
-                    part_stages, part_total, part_states, part_transitions = solve_part_native(
-                        graph, lo, hi, cfg, memo_cost, can_merge)
+                if bound is None:
+                    part_stages, part_total, part_states, part_transitions = _solve_part(
+                        graph, lo, hi, cfg, memo_cost, can_merge, use_native)
                 else:
-                    part = _PartSearch(graph, lo, hi, cfg, memo_cost, can_merge)
-                    part_stages = part.stages()
-                    part_total = part.memo[(1 << (hi - lo)) - 1]
-                    part_states, part_transitions = len(part.memo) - 1, part.transitions
+                    part_stages, part_total, part_states, part_transitions = (
+                        _solve_part_pruned(graph, lo, hi, cfg, memo_cost, bound, can_merge,
+                                           use_native, stats))
                 stages.extend(part_stages)
                 total += part_total
                 stats.states += part_states
