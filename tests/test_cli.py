@@ -211,7 +211,10 @@ def test_compile_counts_from_cache_only_what_was_cached(capsys: pytest.CaptureFi
                                r"(?:, (\d+) reused from twins)?", line).groups(default="0"))
     (costed, measured, cached, twins), again = ([int(c) for c in cs] for cs in counts)
     assert cached == 0 and measured > 0 and twins > 0 and measured + twins == costed
-    assert again == [costed, 0, costed, 0]
+    # The second run measures nothing: every stage it costs comes from the cache. (It may cost
+    # more stages than the first: the pruned search prices a stage the cache already knows at
+    # its cached cost rather than at a bound, e.g. a twin of one measured in the first run.)
+    assert again[1] == 0 and again[3] == 0 and again[0] == again[2] >= costed
 
 
 # -- artifacts ---------------------------------------------------------------------------------
