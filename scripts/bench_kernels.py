@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{summary['flop_weighted_ratio']:.2f}; zoo time on these shapes: tvm "
               f"{summary['zoo_ms_tvm']:.1f} ms, ort {summary['zoo_ms_ort']:.1f} ms")
         if summary["zoo_ms_baseline"] is not None:
-            print(f"baseline (rules v3) geomean /ort {summary['geomean_baseline_ratio']:.2f}, "
+            print(f"baseline ({baseline}) geomean /ort {summary['geomean_baseline_ratio']:.2f}, "
                   f"zoo time on these shapes {summary['zoo_ms_baseline']:.1f} ms")
         for kind, d in sorted(summary["by_kind"].items(), key=lambda kv: -kv[1]["tvm_ms"]):
             print(f"  {kind:12} n={d['n']:3}  tvm {d['tvm_ms']:8.1f} ms  ort {d['ort_ms']:8.1f} ms"
