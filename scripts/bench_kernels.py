@@ -303,9 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-peak", action="store_true")
     p.add_argument("--baseline", action="store_true",
                    help=f"also time the pre-issue-16 default schedules ({BASELINE})")
+    p.add_argument("--baseline-settings", type=json.loads, default=None, metavar="JSON",
+                   help="with --baseline: the kernel_schedules constants of the baseline "
+                        "instead, e.g. '{\"DEPTHWISE_ROWS\": false, \"ALIASED_ROWS\": 0}' "
+                        "(the rules before version 5)")
     p.add_argument("-o", "--out")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    baseline = BASELINE if args.baseline_settings is None else dict(args.baseline_settings)
 
     from ios_tvm.bench.timing import machine_info
     from ios_tvm.compiler.target import resolve_target
@@ -339,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         entry: dict[str, Any] = {**row}
         try:
             tvm_t, info = tvm_kernel(proto, target, args.cpu_layout)
-            base_t = (tvm_kernel(proto, target, args.cpu_layout, BASELINE)[0]
+            base_t = (tvm_kernel(proto, target, args.cpu_layout, baseline)[0]
                       if args.baseline else None)
             ort_t = ort_op(proto, threads)
             n_tvm, n_ort = calibrate(tvm_t, args.min_ms / 1e3), calibrate(ort_t, args.min_ms / 1e3)
@@ -376,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(entry)
         k = f"{spec['weight'][-2]}x{spec['weight'][-1]}" if spec["op"] == "conv2d" else "-"
         s = spec.get("strides", [1])[0]
+        ld = os.getloadavg()[0]
+        entry["load1"] = ld
         print(f"{i:>3} {spec['op'] + ' ' + str(spec['weight'][0]):24} "
               f"{'x'.join(map(str, spec['in'][1:])):>16} {k:>5} {s:>2} {spec.get('group', 1):>4} "
               f"{flop / 1e6:>8.1f} {t_med * 1e6:>9.1f} {o_med * 1e6:>9.1f} {ratio:>6.2f} "
@@ -415,13 +422,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{summary['flop_weighted_ratio']:.2f}; zoo time on these shapes: tvm "
               f"{summary['zoo_ms_tvm']:.1f} ms, ort {summary['zoo_ms_ort']:.1f} ms")
         if summary["zoo_ms_baseline"] is not None:
-            print(f"baseline (rules v3) geomean /ort {summary['geomean_baseline_ratio']:.2f}, "
+            print(f"baseline ({baseline}) geomean /ort {summary['geomean_baseline_ratio']:.2f}, "
                   f"zoo time on these shapes {summary['zoo_ms_baseline']:.1f} ms")
         for kind, d in sorted(summary["by_kind"].items(), key=lambda kv: -kv[1]["tvm_ms"]):
             print(f"  {kind:12} n={d['n']:3}  tvm {d['tvm_ms']:8.1f} ms  ort {d['ort_ms']:8.1f} ms"
                   f"  x{d['tvm_ms'] / d['ort_ms']:.2f}")
     doc = {"benchmark": "ios-tvm kernels vs ONNX Runtime (single ops)",
            "command": [sys.executable, *sys.argv], "settings": vars(args),
+           "baseline_constants": baseline if args.baseline else None,
            "target": str(target), "machine": machine_info(), "threads": threads,
            "peak": peak, "distinct_shapes": len(rows), "zoo_gflop": total_zoo,
            "results": results, "summary": summary, "seconds": time.time() - started}
