@@ -12,6 +12,16 @@ ONNX model (the op with its bias and ReLU, as the zoo fuses them) is
   conv, which favours ios-tvm slightly on small kernels.
 
 The two are timed interleaved in paired rounds; the ratio is the median of per-round ratios.
+Before each timed turn the process sleeps ``--pause-ms`` and runs the op once untimed: thread
+pools keep spinning after a run (ORT's and TVM's), and with 2 threads a pool spinning in the
+same process took a core from the next op; TVM splits a parallel loop statically, so its
+kernels then waited for the taken core (measured: 1.5-6.7x slower than with the pause).
+
+``--onednn PREFIX`` adds oneDNN (the conv alone, ``scripts/onednn_conv.cc`` compiled against
+``PREFIX/include`` and ``PREFIX/lib``) as a third column, the baseline of the library-kernel
+route. The pip ``onednn`` wheel is a SYCL build: run with its libraries (and those of
+``intel-sycl-rt``, ``tbb``, ``intel-opencl-rt``, ...) on ``LD_LIBRARY_PATH`` and
+``OCL_ICD_FILENAMES`` naming ``libintelocl.so``, or its CPU engine finds no device.
 Each row reports GFLOP/s (2 FLOPs per multiply-add, bias and ReLU not counted) and the fraction
 of this machine's peak, measured with a small C FMA loop (``--peak``: gcc, AVX2 and AVX-512
 variants, one thread and all threads).
@@ -279,6 +289,34 @@ def ort_op(proto: Any, threads: int) -> Any:
     return timer
 
 
+def onednn_op(spec: dict[str, Any], prefix: str, workdir: str) -> Any:
+    """oneDNN running the conv of ``spec``: ``timer(number) -> seconds per run``, or None when
+    oneDNN cannot create it (e.g. not a conv)."""
+    import ctypes
+
+    lib_path = Path(workdir) / "libonednn_conv.so"
+    if not lib_path.exists():
+        subprocess.run(["g++", "-O2", "-shared", "-fPIC", "-std=c++17", f"-I{prefix}/include",
+                        str(ROOT / "scripts" / "onednn_conv.cc"), "-o", str(lib_path),
+                        f"-L{prefix}/lib", "-ldnnl"], check=True)
+    lib = ctypes.CDLL(str(lib_path))
+    lib.odc_create.restype = ctypes.c_void_p
+    lib.odc_run.restype = ctypes.c_double
+    lib.odc_run.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    if spec["op"] != "conv2d":
+        return None
+    n, c, h, w = spec["in"]
+    o, _, kh, kw = spec["weight"]
+    st = spec.get("strides", [1, 1])
+    pads = spec.get("pads", [0, 0, 0, 0])
+    dil = spec.get("dilations", [1, 1])
+    handle = lib.odc_create(n, c, h, w, o, kh, kw, st[0], st[1], pads[0], pads[1], pads[2],
+                            pads[3], dil[0], dil[1], spec.get("group", 1), 1)
+    if not handle:
+        return None
+    return lambda number: lib.odc_run(handle, number)
+
+
 def calibrate(timer: Any, min_s: float) -> int:
     """Runs per timed round so that one round takes about ``min_s``."""
     one = max(timer(1), 1e-6)
@@ -307,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --baseline: the kernel_schedules constants of the baseline "
                         "instead, e.g. '{\"DEPTHWISE_ROWS\": false, \"ALIASED_ROWS\": 0}' "
                         "(the rules before version 5)")
+    p.add_argument("--pause-ms", type=float, default=200.0,
+                   help="sleep before each timed turn, so the last op's pool stops spinning")
+    p.add_argument("--onednn", metavar="PREFIX",
+                   help="also time oneDNN (headers in PREFIX/include, libdnnl in PREFIX/lib)")
     p.add_argument("-o", "--out")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -338,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
            f"{'tvm %pk':>7}")
     print(hdr)
     results = []
+    workdir = tempfile.mkdtemp(prefix="ios_tvm_onednn_") if args.onednn else ""
     for i, row in enumerate(picked):
         spec = row["spec"]
         proto = single_op_model(spec)
@@ -349,12 +392,22 @@ def main(argv: list[str] | None = None) -> int:
             ort_t = ort_op(proto, threads)
             n_tvm, n_ort = calibrate(tvm_t, args.min_ms / 1e3), calibrate(ort_t, args.min_ms / 1e3)
             n_base = calibrate(base_t, args.min_ms / 1e3) if base_t else 0
-            tv, ov, bv = [], [], []
+            dnn_t = onednn_op(spec, args.onednn, workdir) if args.onednn else None
+            n_dnn = calibrate(dnn_t, args.min_ms / 1e3) if dnn_t else 0
+            tv, ov, bv, dv = [], [], [], []
+
+            def turn(timer: Any, number: int) -> float:
+                time.sleep(args.pause_ms / 1e3)
+                timer(1)  # wakes this op's pool, which slept through the pause
+                return timer(number)
+
             for _ in range(args.rounds):
-                tv.append(tvm_t(n_tvm))
-                ov.append(ort_t(n_ort))
+                tv.append(turn(tvm_t, n_tvm))
+                ov.append(turn(ort_t, n_ort))
                 if base_t:
-                    bv.append(base_t(n_base))
+                    bv.append(turn(base_t, n_base))
+                if dnn_t:
+                    dv.append(turn(dnn_t, n_dnn))
         except Exception as e:  # reported in the JSON; one failing shape does not stop the run
             entry["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
             print(f"{i:>3} {spec['op']} {spec['in']} FAILED: {entry['error']}")
@@ -375,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
                 [a / b for a, b in zip(bv, ov, strict=True)]))
             entry["speedup_vs_baseline"] = float(np.median(
                 [b / a for a, b in zip(tv, bv, strict=True)]))
+        if dv:
+            entry["onednn_us"] = float(np.median(dv)) * 1e6
+            entry["onednn_samples_us"] = [x * 1e6 for x in dv]
+            entry["ratio_onednn_over_ort"] = float(np.median(
+                [a / b for a, b in zip(dv, ov, strict=True)]))
         if peak:
             entry["tvm_frac_peak"] = entry["tvm_gflops"] / peak["all_cores"]
             entry["ort_frac_peak"] = entry["ort_gflops"] / peak["all_cores"]
@@ -388,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{flop / 1e6:>8.1f} {t_med * 1e6:>9.1f} {o_med * 1e6:>9.1f} {ratio:>6.2f} "
               f"{entry['tvm_gflops']:>8.1f} {entry['ort_gflops']:>8.1f} "
               f"{entry.get('tvm_frac_peak', 0) * 100:>6.1f}%"
-              + (f"  base/ort {entry['ratio_baseline_over_ort']:.2f}" if bv else ""), flush=True)
+              + (f"  base/ort {entry['ratio_baseline_over_ort']:.2f}" if bv else "")
+              + (f"  onednn/ort {entry['ratio_onednn_over_ort']:.2f}" if dv else ""), flush=True)
     ok = [r for r in results if "ratio_tvm_over_ort" in r]
     summary: dict[str, Any] = {}
     if ok:
@@ -403,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
             "zoo_ms_ort": float(sum(r["count"] * r["ort_us"] for r in ok) / 1e3),
             "zoo_ms_baseline": (float(sum(r["count"] * r["baseline_us"] for r in ok) / 1e3)
                                 if all("baseline_us" in r for r in ok) else None),
+            "geomean_onednn_ratio": (float(np.exp(np.mean(np.log(
+                [r["ratio_onednn_over_ort"] for r in ok if "ratio_onednn_over_ort" in r]))))
+                if any("ratio_onednn_over_ort" in r for r in ok) else None),
             "geomean_baseline_ratio": (float(np.exp(np.mean(np.log(
                 [r["ratio_baseline_over_ort"] for r in ok])))) if all(
                     "baseline_us" in r for r in ok) else None),
@@ -421,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"geomean tvm/ort {summary['geomean_ratio']:.2f}, FLOP-weighted "
               f"{summary['flop_weighted_ratio']:.2f}; zoo time on these shapes: tvm "
               f"{summary['zoo_ms_tvm']:.1f} ms, ort {summary['zoo_ms_ort']:.1f} ms")
+        if summary["geomean_onednn_ratio"] is not None:
+            print(f"oneDNN geomean /ort {summary['geomean_onednn_ratio']:.2f}")
         if summary["zoo_ms_baseline"] is not None:
             print(f"baseline ({baseline}) geomean /ort {summary['geomean_baseline_ratio']:.2f}, "
                   f"zoo time on these shapes {summary['zoo_ms_baseline']:.1f} ms")
