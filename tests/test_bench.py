@@ -180,3 +180,20 @@ def test_bench_script_quick_run(tmp_path: Path) -> None:
                               "--resume"], capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0 and "other settings (rounds)" in refused.stderr
     assert json.loads(out.read_text()) == resumed
+
+
+def test_bench_kernels_script_runs_one_shape(tmp_path: Path) -> None:
+    """scripts/bench_kernels.py end to end on the hottest shape of the sample block."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "k.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_kernels.py"), "--models", "sample",
+         "--top", "1", "--rounds", "2", "--min-ms", "1", "--pause-ms", "1", "--no-peak",
+         "-o", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    row = doc["results"][0]
+    assert "error" not in row, row.get("error")
+    assert len(row["tvm_samples_us"]) == len(row["ort_samples_us"]) == 2
+    assert row["ratio_tvm_over_ort"] > 0 and doc["settings"]["pause_ms"] == 1
+    assert doc["summary"]["geomean_onednn_ratio"] is None  # no --onednn
