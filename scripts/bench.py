@@ -18,7 +18,9 @@ Sets
     all six zoo models. On a GPU: batch sizes 1, 8 and 32, measured costs. On a CPU:
     batch 1; models with more than ``--measure-limit`` kernels (RandWire, NASNet) are
     searched with the analytic cost, because measuring their candidate stages takes hours
-    on a small CPU (the JSON records which cost each model used).
+    on a small CPU even pruned (RandWire: 362 stages in 190 s, ~0.5 s a stage, and stopped
+    far from done; benchmarks/results/search-cpu-2026-12-03-randwire-partial.json). The
+    JSON records which cost each model used.
 
 Examples
 --------

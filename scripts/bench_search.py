@@ -340,6 +340,24 @@ def measured_main(args: argparse.Namespace, models: list[str]) -> list[dict[str,
     return rows
 
 
+def pruned_count(graph: OpGraph, cost: AnalyticCost, cfg: SearchConfig, cores: int,
+                 full: dict[str, Any], native: bool | None) -> dict[str, Any]:
+    """How many stages a pruned search costs, with the analytic cost standing in for the
+    measured one (``group_bound`` with ``cores``; 0: no per-core term)."""
+    from ios_tvm.scheduler.stage_cost import StageCostCache, group_bound
+
+    memo = StageCostCache(cost)
+    memo.lower_bound = group_bound(memo, cores or None)
+    t = time.perf_counter()
+    result = search(graph, memo, cfg, can_merge=merge_predicate, native=native, prune=True)
+    return {"cores": cores, "seconds": time.perf_counter() - t,
+            "stages_costed": result.stats.stages_costed, "rounds": result.stats.rounds,
+            "bound_violations": result.stats.bound_violations,
+            "same_cost": abs((result.schedule.cost or 0.0) - full["cost"])
+            <= 1e-9 * full["cost"],
+            "fraction_of_full": result.stats.stages_costed / full["stages_costed"]}
+
+
 def _fmt_ms(x: float | None) -> str:
     return "-" if x is None else f"{x * 1e3:.3f}"
 
@@ -441,6 +459,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--resume", type=Path, default=None,
                    help="with --cost measured: measure into this cache file of an earlier, "
                         "stopped run (one model, one --prune)")
+    p.add_argument("--prune-cores", type=int, default=None,
+                   help="with --cost analytic: also count the stages a pruned search costs, "
+                        "the analytic cost standing in for the measured one (group bound "
+                        "with this many cores; 0: no per-core term)")
     args = p.parse_args(argv)
     if args.cost == "measured":
         from ios_tvm.models import BUILTIN_MODELS
@@ -513,6 +535,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     row = {**base, "strategy": strategy, "r": r, "s": s}
                     row.update(run_one(graph, cost, cfg, args.timeout, args.profile,
                                        args.progress, native))
+                    if args.prune_cores is not None and not row["timed_out"]:
+                        row["pruned"] = pruned_count(graph, cost, cfg, args.prune_cores,
+                                                     row, native)
                     rows.append(row)
                     status = ("TIMEOUT" if row["timed_out"]
                               else f"{row['seconds']:.2f}s, {row['states']:,} states")

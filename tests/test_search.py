@@ -600,3 +600,24 @@ def test_bound_violations_are_counted():
     memo.lower_bound = group_bound(memo)
     result = search(_blocks(1, 3), memo, SearchConfig(), native=False)
     assert result.stats.bound_violations > 0
+
+
+@IMPLEMENTATIONS
+@pytest.mark.parametrize("collapse", [False, True])
+def test_a_pruned_search_on_known_costs_runs_one_pass_per_part(native, collapse):
+    """Costs the model already has (``peek``: a warm measurement cache) are used as they are,
+    also through the unit graph, so a warm pruned search needs no second DP pass."""
+
+    class Known(BoundedCost):
+        def peek(self, stage: Stage) -> float:
+            return BoundedCost.__call__(self, stage)
+
+    graph = OpGraph.from_edges(6, [(0, 1), (1, 2), (0, 3), (3, 4), (2, 5), (4, 5)])
+    cfg = SearchConfig(collapse_chains=collapse)
+    full = search(graph, BoundedCost(3, 2), cfg, native=native)
+    memo = StageCostCache(Known(3, 2))
+    memo.lower_bound = group_bound(memo, 2)
+    warm = search(graph, memo, cfg, native=native)
+    assert warm.stats.rounds == warm.stats.parts == 1
+    assert warm.stats.stages_bounded == 0
+    assert warm.schedule.stages == full.schedule.stages

@@ -263,8 +263,6 @@ def _solve_part_pruned(graph: OpGraph, lo: int, hi: int, cfg: SearchConfig,
     never exceeds the real cost; each pass costs at least one new stage, so it ends.
     """
     known = cost.table
-    prefetch = getattr(cost.cost, "prefetch", None)
-    peek = getattr(cost.cost, "peek", None)
     while True:
         stats.rounds += 1
         bounded: set[tuple[int, str]] = set()
@@ -290,7 +288,7 @@ def _solve_part_pruned(graph: OpGraph, lo: int, hi: int, cfg: SearchConfig,
             if value is not None:
                 return value
             if (stage.strategy != "concurrent" or len(stage.groups) == 1
-                    or (peek is not None and peek(stage) is not None)):
+                    or cost.peek(stage) is not None):
                 return cost(stage)
             bounded.add(key)
             return lower_bound(stage)
@@ -303,8 +301,7 @@ def _solve_part_pruned(graph: OpGraph, lo: int, hi: int, cfg: SearchConfig,
             # The last pass looked up as many stages as an unpruned DP: count them the same.
             cost.counters.calls += transitions
             return stages, total, states, transitions
-        if prefetch is not None:
-            prefetch(todo)
+        cost.prefetch(todo)
         for st in todo:
             lb = lower_bound(st) if len(st.groups) > 1 else 0.0  # before st is costed
             if cost(st) < lb * (1 - 1e-9):
@@ -339,6 +336,23 @@ def _no_worse_than_baselines(graph: OpGraph, cfg: SearchConfig, cost: StageCostC
                     total, dp_total)
         meta["dp_cost"] = dp_total
     return stages, total
+
+
+class _UnitCost:
+    """The kernel graph's cost of unit-graph stages (and its ``peek`` and ``prefetch``)."""
+
+    def __init__(self, cost: StageCostCache, units: Units) -> None:
+        self.cost = cost
+        self.units = units
+
+    def __call__(self, stage: Stage) -> float:
+        return self.cost(self.units.expand(stage))
+
+    def peek(self, stage: Stage) -> float | None:
+        return self.cost.peek(self.units.expand(stage))
+
+    def prefetch(self, stages: list[Stage]) -> None:
+        self.cost.prefetch([self.units.expand(s) for s in stages])
 
 
 def _units_for(graph: OpGraph, cfg: SearchConfig) -> Units | None:
@@ -411,8 +425,7 @@ def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
         stages = list(base.stages)
     elif (units := _units_for(graph, cfg)) is not None:
         # Search the unit graph (chains collapsed) and expand its stages back to kernels.
-        def unit_cost(stage: Stage) -> float:
-            return memo_cost(units.expand(stage))
+        unit_cost = _UnitCost(memo_cost, units)
 
         unit_merge = None
         if can_merge is not None:

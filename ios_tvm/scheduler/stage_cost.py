@@ -48,6 +48,23 @@ class StageCostCache:
         """Latency of ``stage`` in seconds."""
         return self.lookup(stage.mask, stage.strategy, lambda: stage)
 
+    def peek(self, stage: Stage) -> float | None:
+        """The cost of ``stage`` if known without computing it, else None.
+
+        Known: memoised here, or the model's own ``peek`` has it (a measurement cache hit).
+        """
+        value = self.table.get((stage.mask, stage.strategy))
+        if value is None:
+            peek = getattr(self.cost, "peek", None)
+            value = peek(stage) if peek is not None else None
+        return value
+
+    def prefetch(self, stages: list[Stage]) -> None:
+        """Let the model cost ``stages`` in one batch if it can (its ``prefetch``)."""
+        prefetch = getattr(self.cost, "prefetch", None)
+        if prefetch is not None:
+            prefetch(stages)
+
     def lookup(self, mask: int, strategy: str, make_stage: Callable[[], Stage]) -> float:
         """Cost of the stage with op set ``mask``; ``make_stage`` builds it on a miss."""
         self.counters.calls += 1
