@@ -55,6 +55,7 @@ from ios_tvm.compiler.fidelity import fidelity  # noqa: E402
 from ios_tvm.compiler.inputs import profiling_inputs  # noqa: E402
 from ios_tvm.compiler.plan_lowering import lower_schedule  # noqa: E402
 from ios_tvm.compiler.profiling import make_stage_cost  # noqa: E402
+from ios_tvm.compiler.target import resolve_target  # noqa: E402
 from ios_tvm.cost.base import ProfileSettings  # noqa: E402
 from ios_tvm.models import resolve_model  # noqa: E402
 from ios_tvm.scheduler.config import SearchConfig  # noqa: E402
@@ -65,10 +66,10 @@ FULL = ("sample", "squeezenet", "inception_v3", "resnet50", "randwire", "nasnet"
 
 
 def fidelity_of(name: str, *, cache: Any, settings: ProfileSettings, rounds: int,
-                min_ms: float, profile_repeat: int) -> dict[str, Any]:
+                min_ms: float, profile_repeat: int, target: Any = "llvm") -> dict[str, Any]:
     """The fidelity record of one zoo model (see the module docstring)."""
     t0 = time.perf_counter()
-    extraction, lib = load_and_extract(resolve_model(name), "llvm")
+    extraction, lib = load_and_extract(resolve_model(name), target)
     inputs = profiling_inputs(extraction)
     cfg = SearchConfig()
     stage_cost, measured = make_stage_cost(extraction, "measured", cache=cache,
@@ -168,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=6)
     ap.add_argument("--cache", default=None,
                     help="measurement cache file (default: a fresh one, all stages measured)")
+    ap.add_argument("--target", default="host",
+                    help="host (default: this CPU's features, as bench.py and ios-tvm compile), "
+                         "llvm (portable x86-64) or TVM JSON")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     models = args.models.split(",") if args.models else list(QUICK if args.set == "quick"
@@ -175,13 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     date = _dt.date.today().isoformat()
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"fidelity-cpu-{date}.json")
     settings = ProfileSettings(args.warmup, args.number, args.repeat)
+    # The kernels users get: the host's features (the portable "llvm" target has no AVX).
+    target = resolve_target(args.target)
     cache = args.cache or str(Path(tempfile.mkdtemp()) / "fidelity.sqlite")
     doc: dict[str, Any] = {"command": " ".join(sys.argv), "machine": machine_info(),
+                           "target": str(target),
                            "settings": vars(args), "models": []}
     for name in models:
         doc["models"].append(fidelity_of(name, cache=cache, settings=settings,
                                          rounds=args.rounds, min_ms=args.min_ms,
-                                         profile_repeat=args.profile_repeat))
+                                         profile_repeat=args.profile_repeat,
+                                         target=target))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=1))
     print(f"wrote {out}")
