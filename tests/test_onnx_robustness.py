@@ -507,9 +507,13 @@ def test_two_tower_model_builds_measured_and_equals_onnxruntime() -> None:
         "from ios_tvm.cost.base import ProfileSettings\n"
         "result = build(model, cache=False, settings=ProfileSettings(1, 2, 2))\n"
         "np.testing.assert_allclose(result(**feeds)[0], want, rtol=1e-5, atol=1e-5)\n"
-        "print('EQUAL', result.stages_measured)\n"))
+        "print('EQUAL', result.stages_measured)\n"
+        # The stages re-timed inside whole runs (for show) ran on the real inputs too.
+        "meta = result.artifact.plan.meta\n"
+        "n = len(result.artifact.plan.stages)\n"
+        "print('IN PLAN', len(meta['stage_seconds_in_plan']) == n)\n"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "EQUAL" in proc.stdout
+    assert "EQUAL" in proc.stdout and "IN PLAN True" in proc.stdout
 
 
 @needs_native

@@ -297,7 +297,7 @@ def build(model: Any, target: Any = "llvm", *,
     art.plan.meta["fidelity"] = fid  # type: ignore[index]
     if measure and profiler is None:
         t3 = time.perf_counter()
-        record_stages_in_plan(timed, latencies)
+        record_stages_in_plan(timed, latencies, inputs)
         if not same:
             other = "sequential" if choice.chosen == "ios" else "ios"
             art.plan.meta["other_plan"] = plan_outline(other, timed[other])  # type: ignore[index]
@@ -509,19 +509,26 @@ def time_plans(artifacts: dict[str, Artifact], inputs: list[np.ndarray],
     return latencies, use_graph, samples
 
 
-def record_stages_in_plan(artifacts: dict[str, Artifact], latencies: dict[str, float], *,
-                          budget_s: float = 0.5) -> None:
+def record_stages_in_plan(artifacts: dict[str, Artifact], latencies: dict[str, float],
+                          inputs: list[np.ndarray], *, budget_s: float = 0.5) -> None:
     """Time each plan's stages inside whole runs; record them as ``stage_seconds_in_plan``.
 
     The search's stage costs come from stages timed alone; what ``ios-tvm show`` draws should be
     what the plan does when it runs (the measured scale), so the stages are re-timed inside real
-    runs (:func:`~ios_tvm.compiler.fidelity.stages_in_plan`), about ``budget_s`` per plan.
+    runs (:func:`~ios_tvm.compiler.fidelity.stages_in_plan`), about ``budget_s`` per plan, on
+    ``inputs`` (kernels may check them, e.g. gather indices). Diagnostic only: a plan whose
+    stages cannot be timed so is left without the record, with a warning.
     """
     for name, art in artifacts.items():
         run_s = latencies.get(name) or 0.0
         repeat = int(min(20, max(3, budget_s / run_s))) if run_s > 0 else 3
-        ex = art.executor(cuda_graph=False)
-        got = stages_in_plan(ex, warmup=1, repeat=repeat)
+        try:
+            ex = art.executor(cuda_graph=False)
+            ex.run(*inputs)  # sets the inputs the profiled runs then read
+            got = stages_in_plan(ex, warmup=1, repeat=repeat)
+        except (RuntimeError, IosTvmError) as e:
+            logger.warning("could not time the %s plan's stages inside whole runs: %s", name, e)
+            continue
         meta = art.plan.meta
         meta["stage_seconds_in_plan"] = got["stage_seconds"]  # type: ignore[index]
         meta["run_seconds_in_plan"] = got["run_seconds"]  # type: ignore[index]
