@@ -31,6 +31,7 @@ import cProfile
 import datetime as _dt
 import hashlib
 import io
+import itertools
 import json
 import platform
 import pstats
@@ -306,20 +307,25 @@ def measured_main(args: argparse.Namespace, models: list[str]) -> list[dict[str,
     rows = []
     for model in models:
         extraction, lib, lower_s, compile_s = _zoo_extraction(model, args.lib_dir)
-        cfg = SearchConfig(max_groups=args.max_groups, max_group_size=args.max_group_size)
-        for prune in args.prune:
+        from ios_tvm.compiler.profiling import use_cold_weights
+
+        for prune, bound in itertools.product(args.prune, args.bound):
+            cfg = SearchConfig(max_groups=args.max_groups, max_group_size=args.max_group_size,
+                               bound=bound)
             with contextlib.ExitStack() as stack:
                 if args.resume is not None:  # go on measuring into an earlier run's cache
                     tmp = str(args.resume.parent)
                 elif args.cache is not None:  # kept, for a look at what was measured
                     args.cache.mkdir(parents=True, exist_ok=True)
-                    tmp = tempfile.mkdtemp(prefix=f"{model}-prune{int(prune)}-", dir=args.cache)
+                    tmp = tempfile.mkdtemp(prefix=f"{model}-prune{int(prune)}-{bound}-",
+                                           dir=args.cache)
                 else:
                     tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ios_search_"))
                 path = args.resume if args.resume is not None else Path(tmp) / "m.sqlite"
                 row = {"model": model, "kernels": len(extraction.graph.nodes),
                        "width": extraction.graph.width, "lower_s": lower_s,
-                       "compile_s": compile_s, "config": cfg.to_json()}
+                       "compile_s": compile_s, "config": cfg.to_json(),
+                       "cold_weights": use_cold_weights(extraction)}
                 row["load_before"] = list(os.getloadavg())
                 row["resumed"] = args.resume is not None
                 row["cold"] = measured_run(extraction, lib, path, cfg, settings, prune,
@@ -331,13 +337,15 @@ def measured_main(args: argparse.Namespace, models: list[str]) -> list[dict[str,
             rows.append(row)
             c, w = row["cold"], row.get("warm")
             if w is None:
-                print(f"{model} prune={prune}: stopped after {c['total_s']:.1f}s (setup "
-                      f"{c['setup_s']:.1f}, measure {c['measure_s']:.1f}); "
+                print(f"{model} prune={prune} bound={bound}: stopped after "
+                      f"{c['total_s']:.1f}s (setup {c['setup_s']:.1f}, measure "
+                      f"{c['measure_s']:.1f}); "
                       f"{c['stages_measured']} measured, {c['cache_hits']} from the cache; "
                       f"load {row['load_before']}", flush=True)
                 continue
-            print(f"{model} prune={prune}: cold {c['total_s']:.1f}s (setup {c['setup_s']:.1f}, "
-                  f"measure {c['measure_s']:.1f}, cache {c['cache_io_s']:.2f}, DP+rest "
+            print(f"{model} prune={prune} bound={bound}: cold {c['total_s']:.1f}s (setup "
+                  f"{c['setup_s']:.1f}, measure {c['measure_s']:.1f}, cache "
+                  f"{c['cache_io_s']:.2f}, DP+rest "
                   f"{c['dp_and_rest_s']:.1f}; {c['stages_measured']} measured of "
                   f"{c['stages_costed']} costed, {c['stage_runs']} runs), warm "
                   f"{w['total_s']:.2f}s; est {c['estimated_ms']:.1f} ms, "
@@ -453,6 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--prune", default="1",
                    help="with --cost measured: comma-separated 0/1, search without/with "
                         "bound pruning (measure only the stages the DP can still choose)")
+    p.add_argument("--bound", default="exact",
+                   help="with --cost measured: comma-separated lower bounds of the pruned "
+                        "search, exact and/or calibrated (SearchConfig.bound)")
     p.add_argument("--cache", type=Path, default=None,
                    help="with --cost measured: keep each run's (fresh) cache file in a new "
                         "folder here (default: a temporary folder, deleted)")
@@ -478,6 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bad:
             p.error(f"unknown zoo model(s) {bad}; choose from {sorted(BUILTIN_MODELS)}")
         args.prune = [bool(int(x)) for x in args.prune.split(",") if x.strip()]
+        args.bound = [x.strip() for x in args.bound.split(",") if x.strip()]
         t0 = time.perf_counter()
         rows = measured_main(args, models)
         out = args.out or _default_out()

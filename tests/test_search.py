@@ -621,3 +621,74 @@ def test_a_pruned_search_on_known_costs_runs_one_pass_per_part(native, collapse)
     assert warm.stats.rounds == warm.stats.parts == 1
     assert warm.stats.stages_bounded == 0
     assert warm.schedule.stages == full.schedule.stages
+
+
+# -- the calibrated bound: prune on what concurrency has paid so far --------------------------
+class CpuLikeCost(BoundedCost):
+    """Concurrency never pays (a CPU whose kernels already use every core): a stage of several
+    groups costs its groups' sum times a fixed random factor in [1.0, 1.3]."""
+
+    def __call__(self, stage: Stage) -> float:
+        self.asked.add((stage.mask, stage.strategy))
+        if len(stage.groups) == 1:
+            return sum(self.group(stage.groups[0]))
+        total = sum(sum(self.group(g)) for g in stage.groups)
+        return total * self._rng("stage", stage.mask).uniform(1.0, 1.3)
+
+
+def _searched(graph: OpGraph, cost, bound: str, cores: int | None, native: bool):
+    memo = StageCostCache(cost)
+    memo.lower_bound = group_bound(memo, cores)
+    return search(graph, memo, SearchConfig(max_groups=8, max_group_size=3, bound=bound),
+                  native=native)
+
+
+@IMPLEMENTATIONS
+@pytest.mark.parametrize("seed", range(4))
+def test_calibrated_bound_measures_far_fewer_stages_where_concurrency_never_pays(native, seed):
+    graph = _blocks(3, 8)
+    exact_cost, cal_cost = CpuLikeCost(seed, 2), CpuLikeCost(seed, 2)
+    exact = _searched(graph, exact_cost, "exact", 2, native)
+    cal = _searched(graph, cal_cost, "calibrated", 2, native)
+    assert cal.schedule.cost == pytest.approx(exact.schedule.cost, rel=1e-12)
+    assert cal.stats.bound_ratio is not None and cal.stats.bound_ratio >= 1.0
+    assert exact.stats.bound_ratio is None
+    assert cal.stats.bound_violations == 0
+    assert len(cal_cost.asked) < 0.5 * len(exact_cost.asked)
+    assert cal_cost.asked <= exact_cost.asked
+
+
+@IMPLEMENTATIONS
+@pytest.mark.parametrize("seed", range(6))
+def test_calibrated_bound_still_finds_the_concurrency_that_pays(native, seed):
+    """GPU-like costs (a stage takes its slowest group plus small per-group prices): the
+    ratio calibrates low and the plan stays close to the exact one, far below sequential."""
+    graph = _blocks(2, 8)
+    exact = _searched(graph, BoundedCost(seed, None), "exact", None, native)
+    cal = _searched(graph, BoundedCost(seed, None), "calibrated", None, native)
+    seq = sum(BoundedCost(seed, None)(s) for s in sequential_schedule(graph).stages)
+    assert cal.stats.bound_ratio is not None and cal.stats.bound_ratio < 0.7
+    assert cal.schedule.cost <= 1.05 * exact.schedule.cost
+    assert cal.schedule.cost < 0.7 * seq
+
+
+def test_calibrated_bound_learns_the_lowest_ratio_once_it_has_enough():
+    from ios_tvm.scheduler.stage_cost import CalibratedBound
+
+    def cost(stage: Stage) -> float:
+        return float(len(stage.ops))
+
+    bound = CalibratedBound(group_bound(cost, 2), cost, min_samples=2)
+    two = Stage(((0,), (1,)))
+    assert bound(two) == pytest.approx(1.0)  # group_bound alone: max(1, 2 / 2)
+    bound.observe(Stage(((0,),)), 0.1)  # one group: not a concurrent stage, ignored
+    bound.observe(two, 3.0)
+    assert bound.ratio is None
+    bound.observe(Stage(((2,), (3,))), 1.8)
+    assert bound.ratio == pytest.approx(0.9)
+    assert bound(Stage(((4,), (5,), (6,)))) == pytest.approx(2.7)
+
+
+def test_search_config_rejects_an_unknown_bound():
+    with pytest.raises(ConfigError, match="unknown bound 'loose'.*exact, calibrated"):
+        SearchConfig(bound="loose")

@@ -11,6 +11,8 @@ from ios_tvm.ir.plan import MAX_STREAMS
 #: Scheduling strategies: the two baselines and IOS's three variants.
 #: ``concurrent`` is IOS-Parallel, ``merge`` is IOS-Merge, ``both`` is IOS-Both.
 SEARCH_STRATEGIES = ("sequential", "greedy", "concurrent", "merge", "both")
+#: Lower bounds of the pruned search (see ``SearchConfig.bound``).
+BOUNDS = ("exact", "calibrated")
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,13 @@ class SearchConfig:
         stages the DP can still choose (``prune`` of
         :func:`~ios_tvm.scheduler.search.search`; the same schedule as measuring every stage,
         when the bound holds). False measures every stage the DP visits.
+    bound
+        The lower bound pruning prices unmeasured concurrent stages at: ``"exact"`` (default:
+        :func:`~ios_tvm.scheduler.stage_cost.group_bound`, the schedule is the one measuring
+        every stage would find) or ``"calibrated"``
+        (:class:`~ios_tvm.scheduler.stage_cost.CalibratedBound`: also at least the lowest
+        stage-to-groups ratio measured so far times the groups' sum; far fewer measurements
+        on large graphs, not guaranteed exact).
     """
 
     strategy: str = "concurrent"
@@ -51,6 +60,7 @@ class SearchConfig:
     greedy_max_streams: int = 10
     collapse_chains: bool | None = None
     prune: bool = True
+    bound: str = "exact"
 
     def __post_init__(self) -> None:
         if self.strategy not in SEARCH_STRATEGIES:
@@ -68,6 +78,8 @@ class SearchConfig:
                                   f"limit), got {getattr(self, name)}")
         if not isinstance(self.prune, bool):
             raise ConfigError(f"prune must be True or False, got {self.prune!r}")
+        if self.bound not in BOUNDS:
+            raise ConfigError(f"unknown bound {self.bound!r}; choose one of {', '.join(BOUNDS)}")
         if self.collapse_chains not in (None, True, False):
             raise ConfigError(f"collapse_chains must be None, True or False, got "
                               f"{self.collapse_chains!r}")

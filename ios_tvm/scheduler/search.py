@@ -39,7 +39,7 @@ from ios_tvm.scheduler.bits import bits_of
 from ios_tvm.scheduler.config import SearchConfig
 from ios_tvm.scheduler.native import MAX_NATIVE_OPS, native_search_enabled, solve_part_native
 from ios_tvm.scheduler.partition import partition
-from ios_tvm.scheduler.stage_cost import CostFn, StageCostCache
+from ios_tvm.scheduler.stage_cost import CalibratedBound, CostFn, StageCostCache
 from ios_tvm.scheduler.units import Units, collapse_chains
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,9 @@ class SearchStats:
     rounds: int = 0
     stages_bounded: int = 0
     bound_violations: int = 0
+    #: With ``SearchConfig(bound="calibrated")``: the lowest stage-to-groups ratio measured
+    #: (None: too few concurrent stages measured to use one).
+    bound_ratio: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -302,11 +305,15 @@ def _solve_part_pruned(graph: OpGraph, lo: int, hi: int, cfg: SearchConfig,
             cost.counters.calls += transitions
             return stages, total, states, transitions
         cost.prefetch(todo)
+        observe = getattr(bound, "observe", None)
         for st in todo:
             lb = lower_bound(st) if len(st.groups) > 1 else 0.0  # before st is costed
-            if cost(st) < lb * (1 - 1e-9):
+            value = cost(st)
+            if value < lb * (1 - 1e-9):
                 stats.bound_violations += 1
                 logger.debug("stage %s measured below its lower bound", st)
+            if observe is not None and st.strategy == "concurrent":
+                observe(st, value)
 
 
 def _no_worse_than_baselines(graph: OpGraph, cfg: SearchConfig, cost: StageCostCache,
@@ -447,6 +454,7 @@ def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
         stats.transitions = inner.stats.transitions
         stats.rounds, stats.stages_bounded = inner.stats.rounds, inner.stats.stages_bounded
         stats.bound_violations = inner.stats.bound_violations
+        stats.bound_ratio = inner.stats.bound_ratio
         meta["units"] = len(units.members)  # "parts" below are ranges of unit ids
         if "parts" in inner.schedule.meta:
             meta["parts"] = inner.schedule.meta["parts"]
@@ -466,6 +474,8 @@ def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
 
                 iterator = tqdm(parts, desc="IOS search", unit="part")
             use_native = native_search_enabled() if native is None else native
+            if bound is not None and cfg.bound == "calibrated":
+                bound = CalibratedBound(bound, memo_cost)
             for lo, hi in iterator:
                 if bound is None:
                     part_stages, part_total, part_states, part_transitions = _solve_part(
@@ -480,6 +490,8 @@ def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
                 stats.transitions += part_transitions
         finally:
             sys.setrecursionlimit(limit)
+        if isinstance(bound, CalibratedBound):
+            stats.bound_ratio = bound.ratio
         meta["parts"] = [list(p) for p in parts]
     if cfg.strategy not in ("sequential", "greedy"):
         stages, total = _no_worse_than_baselines(graph, cfg, memo_cost, stages, total, meta)

@@ -115,3 +115,54 @@ def group_bound(cost: CostFn, cores: int | None = None) -> CostFn:
         return lb
 
     return bound
+
+
+class CalibratedBound:
+    """An empirical, tighter stage bound.
+
+    ``bound``, raised to ``ratio`` times the summed latencies of the stage's groups.
+
+    ``ratio`` is the lowest ``stage / sum over its groups of L(g)`` among the concurrent
+    stages measured so far in this search (:meth:`observe`), once ``min_samples`` have been
+    seen (before that, ``bound`` alone). It measures how much concurrency has paid on this
+    device: near 1 on a CPU whose kernels already use every core, well below 1 on a GPU
+    that small kernels leave idle.
+
+    Not a proof, unlike :func:`group_bound`: a stage may beat the lowest ratio seen, and the
+    search then reports it (``SearchStats.bound_violations``) and lowers the ratio. The
+    stages the pruned search measures are those whose bound made them look best, that is
+    the ones most likely to gain from concurrency, so the lowest ratio among them is a
+    cautious estimate for the stages it never measures. ``SearchConfig(bound="calibrated")``
+    selects it; it trades the exactness of the pruned search for far fewer measurements on
+    large graphs.
+    """
+
+    def __init__(self, bound: CostFn, cost: CostFn, *, min_samples: int = 8) -> None:
+        self.bound = bound
+        self.cost = cost
+        self.min_samples = min_samples
+        self.ratios: list[float] = []
+
+    @property
+    def ratio(self) -> float | None:
+        """The lowest ratio seen, or None while fewer than ``min_samples`` were seen."""
+        return min(self.ratios) if len(self.ratios) >= self.min_samples else None
+
+    def _groups_sum(self, stage: Stage) -> float:
+        return sum(self.cost(Stage((g,))) for g in stage.groups)
+
+    def __call__(self, stage: Stage) -> float:
+        """The bound of ``stage`` in seconds."""
+        lb = self.bound(stage)
+        ratio = self.ratio
+        if ratio is not None:
+            lb = max(lb, ratio * self._groups_sum(stage))
+        return lb
+
+    def observe(self, stage: Stage, seconds: float) -> None:
+        """Learn from a concurrent stage of several groups measured at ``seconds``."""
+        if len(stage.groups) < 2:
+            return
+        total = self._groups_sum(stage)
+        if total > 0:
+            self.ratios.append(seconds / total)
