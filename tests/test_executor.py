@@ -1291,6 +1291,26 @@ def test_profile_stage(inception_executor: Executor) -> None:
                           sequential_outputs("inception")[0])
 
 
+def test_profile_stage_cold_times_each_run_and_keeps_the_weights(
+        inception_executor: Executor) -> None:
+    """Evicting weights writes them back first: the outputs after it are unchanged."""
+    e = inception_executor
+    graph = compiled("inception").ex.graph
+    a, b = _heavy_independent_calls(e.plan, graph)
+    for groups in ([[a], [b]], [[a]]):
+        times = e.profile_stage_cold(groups, warmup=1, repeat=5)
+        assert len(times) == 5
+        assert all(math.isfinite(t) and t > 0 for t in times), times
+    assert np.array_equal(e(*compiled("inception").inputs)[0],
+                          sequential_outputs("inception")[0])
+    from ios_tvm.errors import ExecutorArgumentError
+
+    with pytest.raises(ExecutorArgumentError, match="repeat >= 1"):
+        e.profile_stage_cold([[a]], repeat=0)
+    with pytest.raises(ValueError, match="missing call 99"):
+        e.profile_stage_cold([[99]])
+
+
 def test_profile_stage_errors(inception_executor: Executor) -> None:
     e = inception_executor
     n = e.plan.num_streams

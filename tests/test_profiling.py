@@ -85,3 +85,78 @@ def test_fixed_repeats_when_not_adaptive() -> None:
     ex = FakeExecutor([1.0] * 6)
     p = LocalProfiler(ex, ProfileSettings(2, 6, 6), adaptive=False)
     assert len(p.profile([[0]])) == 6 and ex.calls == [(2, 6, 6)]
+
+
+class FakeColdExecutor(FakeExecutor):
+    """profile_stage_cold also serves the list; profile_stage must not be called."""
+
+    def profile_stage(self, *args: object, **kwargs: object) -> list[float]:
+        raise AssertionError("a cold profiler timed a stage with warm weights")
+
+    def profile_stage_cold(self, groups: object, *, warmup: int, repeat: int) -> list[float]:
+        self.calls.append((warmup, 1, repeat))
+        out, self.values = self.values[:repeat], self.values[repeat:]
+        return out
+
+
+def test_cold_weights_time_single_runs_adaptively_even_for_short_stages() -> None:
+    """Each cold run needs its own eviction, so a short stage is not batched; one outlier
+    costs a few more runs, as when warm."""
+    values = [1.0e-5, 2.0e-5, 1.01e-5, 1.0e-5, 0.99e-5, 1.02e-5, 1.0e-5, 1.01e-5, 0.99e-5]
+    ex = FakeColdExecutor(values + [9.0] * 30)
+    p = LocalProfiler(ex, ProfileSettings(2, 6, 6), cold_weights=True)
+    assert p.profile([[0]]) == values
+    assert ex.calls == [(2, 1, 3), (0, 1, 3), (0, 1, 3)] and p.runs == 2 + 9
+    ex = FakeColdExecutor([1.0] * 20)
+    p = LocalProfiler(ex, ProfileSettings(2, 6, 5), adaptive=False, cold_weights=True)
+    assert len(p.profile([[0]])) == 5 and ex.calls == [(2, 1, 5)]
+
+
+def test_cold_weights_are_chosen_when_the_weights_outgrow_the_private_caches(
+        monkeypatch) -> None:  # noqa: ANN001
+    from types import SimpleNamespace
+
+    from ios_tvm.compiler import profiling
+    from ios_tvm.ir.graph import TensorInfo
+
+    def model(weight_mib: int, target: str = "llvm") -> SimpleNamespace:
+        tensors = {"x": TensorInfo("x", (1, 1 << 18)),
+                   "w": TensorInfo("w", (weight_mib, 1 << 18), kind="param"),
+                   "c": TensorInfo("c", (1 << 18,), kind="const")}
+        return SimpleNamespace(graph=SimpleNamespace(tensors=tensors),
+                               target=profiling.tvm.target.Target(target))
+
+    assert profiling.weight_bytes(model(3)) == (3 + 1) << 20  # the input is not a weight
+    monkeypatch.setattr(profiling, "cpu_cache_bytes", lambda: 8 << 20)
+    assert not profiling.use_cold_weights(model(3))
+    assert profiling.use_cold_weights(model(8))
+    assert not profiling.use_cold_weights(model(8), False)
+    assert profiling.use_cold_weights(model(1), True)
+    assert not profiling.use_cold_weights(model(64, "cuda"), True)  # CPU only
+    monkeypatch.setattr(profiling, "cpu_cache_bytes", lambda: 0)  # unknown: stay warm
+    assert not profiling.use_cold_weights(model(64))
+    # Cold measurements are cached apart from warm ones; warm keys are unchanged.
+    m = model(1)
+    warm = profiling.measurement_context(m, ProfileSettings())
+    assert "weights" not in warm
+    assert profiling.measurement_context(m, ProfileSettings(), cold_weights=True) == {
+        **warm, "weights": "cold"}
+
+
+def test_cpu_cache_bytes_reads_this_machine() -> None:
+    """sysfs against glibc's own figure of the L2 size, times the kernels' threads."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    from ios_tvm.compiler.profiling import cpu_cache_bytes
+    from ios_tvm.runtime.executor import default_cpu_threads
+
+    getconf = shutil.which("getconf")
+    out = subprocess.run([getconf, "LEVEL2_CACHE_SIZE"], capture_output=True, text=True,
+                         check=False).stdout.strip() if getconf else ""
+    l2 = int(out) if out.isdigit() else 0
+    if l2 <= 0:
+        pytest.skip("glibc does not report the L2 size here")
+    assert cpu_cache_bytes() == l2 * default_cpu_threads()

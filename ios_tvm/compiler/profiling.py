@@ -29,6 +29,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import tvm
@@ -74,7 +75,8 @@ class LocalProfiler:
     def __init__(self, executor: Any, settings: ProfileSettings | None = None, *,
                  adaptive: bool = True, tolerance: float = 0.1, min_repeats: int = 3,
                  long_run_s: float = 1e-3, max_repeats: int = 12, confidence: float = 0.9,
-                 make_executor: Callable[[], Any] | None = None) -> None:
+                 make_executor: Callable[[], Any] | None = None,
+                 cold_weights: bool = False) -> None:
         if executor is None and make_executor is None:
             raise ConfigError("LocalProfiler needs an executor or make_executor")
         self._executor = executor
@@ -88,6 +90,10 @@ class LocalProfiler:
         self.tolerance = tolerance
         self.min_repeats = max(1, min_repeats)
         self.long_run_s = long_run_s
+        #: Time each run with the stage's weights evicted from the caches first (CPU:
+        #: :meth:`~ios_tvm.runtime.executor.Executor.profile_stage_cold`), as in a plan of a
+        #: model whose weights do not fit in the caches; one run per repeat, adaptive.
+        self.cold_weights = cold_weights
         #: Runs of stages timed and stages profiled so far (for benchmarks of the search).
         self.runs = 0
         self.stages = 0
@@ -106,6 +112,8 @@ class LocalProfiler:
         """Seconds per run, one value per repeat."""
         s = self.settings
         self.stages += 1
+        if self.cold_weights:
+            return self._profile_cold(groups)
         if not self.adaptive:
             self.runs += s.warmup + s.number * s.repeat
             return self.executor.profile_stage(groups, warmup=s.warmup, number=s.number,
@@ -126,6 +134,18 @@ class LocalProfiler:
             samples += self.executor.profile_stage(groups, warmup=0, number=number,
                                                    repeat=more)
             self.runs += number * more
+        return samples
+
+    def _profile_cold(self, groups: Sequence[Sequence[int]]) -> list[float]:
+        s = self.settings
+        first = self.min_repeats if self.adaptive else s.repeat
+        samples = list(self.executor.profile_stage_cold(groups, warmup=s.warmup, repeat=first))
+        self.runs += s.warmup + first
+        budget = max(self.max_repeats, first) if self.adaptive else first
+        while len(samples) < budget and not self._tight(samples):
+            more = min(self.min_repeats, budget - len(samples))
+            samples += self.executor.profile_stage_cold(groups, warmup=0, repeat=more)
+            self.runs += more
         return samples
 
     def _tight(self, samples: Sequence[float]) -> bool:
@@ -174,14 +194,64 @@ def profiling_artifact(extraction: Any, *, max_groups: int = 8, lib: Any = None)
                           reuse_memory=False, min_streams=max_groups)
 
 
+def weight_bytes(extraction: Any) -> int:
+    """Bytes of the model's weights and constants (what a plan reads every run)."""
+    return sum(t.nbytes for t in extraction.graph.tensors.values()
+               if t.kind in ("param", "const"))
+
+
+def cpu_cache_bytes() -> int:
+    """Bytes of this CPU's private caches over all cores the kernels use (L2, else L1).
+
+    Read from Linux's sysfs (0 where unknown). The last-level cache is left out on purpose:
+    it is shared with other processes (and on a virtual machine with other guests), and on
+    the 2-core machines this was measured on, ResNet-50's 100 MB of weights ran as if from
+    memory beside a reported 260 MB L3.
+    """
+    from ios_tvm.runtime.executor import default_cpu_threads
+
+    best: dict[int, int] = {}
+    root = Path("/sys/devices/system/cpu/cpu0/cache")
+    try:
+        for index in root.glob("index*"):
+            level = int((index / "level").read_text())
+            kind = (index / "type").read_text().strip()
+            text = (index / "size").read_text().strip().upper()
+            if kind == "Instruction" or level > 2:
+                continue
+            scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+            best[level] = int(text.rstrip("KMG")) * scale
+    except (OSError, ValueError):
+        return 0
+    per_core = best.get(2) or best.get(1) or 0
+    return per_core * default_cpu_threads()
+
+
+def use_cold_weights(extraction: Any, cold_weights: bool | None = None) -> bool:
+    """Whether stages of ``extraction`` are timed with their weights evicted (CPU only).
+
+    ``None`` (auto): when the model's weights are larger than the cores' private caches
+    (:func:`cpu_cache_bytes`), so that in a whole run each kernel's weights come from memory
+    or a shared cache, not from a cache the stage warmed itself.
+    """
+    if target_device_type(extraction.target) != "cpu":
+        return False
+    if cold_weights is not None:
+        return bool(cold_weights)
+    cache = cpu_cache_bytes()
+    return cache > 0 and weight_bytes(extraction) > cache
+
+
 def local_profiler(extraction: Any, *, settings: ProfileSettings | None = None,
                    max_groups: int = 8, lib: Any = None,
-                   inputs: Sequence[Any] | None = None) -> tuple[LocalProfiler, Any]:
+                   inputs: Sequence[Any] | None = None,
+                   cold_weights: bool = False) -> tuple[LocalProfiler, Any]:
     """A profiler on this machine's device and the kernel library it runs.
 
     The profiling artifact's executor runs the whole model once on ``inputs`` (default:
     :func:`~ios_tvm.compiler.inputs.profiling_inputs`) before any stage is timed. With
     ``lib`` given, the artifact and executor are made when the first stage is measured.
+    ``cold_weights``: see :attr:`LocalProfiler.cold_weights`.
     """
     def make() -> tuple[Any, Any]:
         artifact = profiling_artifact(extraction, max_groups=max_groups, lib=lib)
@@ -191,9 +261,10 @@ def local_profiler(extraction: Any, *, settings: ProfileSettings | None = None,
 
     if lib is None:  # the library is compiled here, and the caller needs it now
         executor, lib = make()
-        return LocalProfiler(executor, settings), lib
+        return LocalProfiler(executor, settings, cold_weights=cold_weights), lib
     # Made on the first stage measured: a search served by the cache makes nothing.
-    return LocalProfiler(None, settings, make_executor=lambda: make()[0]), lib
+    return LocalProfiler(None, settings, make_executor=lambda: make()[0],
+                         cold_weights=cold_weights), lib
 
 
 def merge_profiler(merges: Any, settings: ProfileSettings
@@ -214,18 +285,27 @@ def merge_profiler(merges: Any, settings: ProfileSettings
 
 
 def measurement_context(extraction: Any, settings: ProfileSettings,
-                        device: str | None = None) -> dict[str, Any]:
-    """What a measurement depends on besides its kernels: device, target, TVM, settings."""
-    return {"device": device or device_name(target_device_type(extraction.target)),
-            "target": str(extraction.target), "tvm": tvm.__version__,
-            "settings": [settings.warmup, settings.number, settings.repeat]}
+                        device: str | None = None, cold_weights: bool = False
+                        ) -> dict[str, Any]:
+    """What a measurement depends on besides its kernels: device, target, TVM, settings.
+
+    Also whether the weights were evicted before each run (recorded only then, so caches of
+    warm measurements stay valid).
+    """
+    context = {"device": device or device_name(target_device_type(extraction.target)),
+               "target": str(extraction.target), "tvm": tvm.__version__,
+               "settings": [settings.warmup, settings.number, settings.repeat]}
+    if cold_weights:
+        context["weights"] = "cold"
+    return context
 
 
 def measured_cost(extraction: Any, *, max_groups: int = 8,
                   cache: MeasurementCache | None = None, profiler: StageProfiler | None = None,
                   settings: ProfileSettings | None = None, lib: Any = None,
                   device: str | None = None, progress: bool = False, merges: Any = None,
-                  inputs: Sequence[Any] | None = None, params: Any = None) -> MeasuredCost:
+                  inputs: Sequence[Any] | None = None, params: Any = None,
+                  cold_weights: bool | None = None) -> MeasuredCost:
     """A :class:`~ios_tvm.cost.measured.MeasuredCost` of ``extraction``'s stages.
 
     Parameters
@@ -254,12 +334,17 @@ def measured_cost(extraction: Any, *, max_groups: int = 8,
         Model inputs the local profiling executor runs on once before any stage is timed.
     params
         Values of weight parameters, for merged kernels' weights.
+    cold_weights
+        Time each stage with its weights evicted from the caches first, as a whole run of a
+        model larger than the caches sees them (:func:`use_cold_weights`; None: auto). Local
+        CPU profiling only.
     """
     settings = settings or ProfileSettings()
     remote = profiler is not None
+    cold = not remote and use_cold_weights(extraction, cold_weights)
     if profiler is None:
         profiler, lib = local_profiler(extraction, settings=settings, max_groups=max_groups,
-                                       lib=lib, inputs=inputs)
+                                       lib=lib, inputs=inputs, cold_weights=cold)
     merge_fn = None
     if not remote:
         merges = merges or MergeCompiler(extraction, lib=lib, params=params)
@@ -267,7 +352,8 @@ def measured_cost(extraction: Any, *, max_groups: int = 8,
     keys = kernel_keys(extraction)
     # Every measured model teaches the learned cost model (its kernels' features).
     record_kernel_features(cache, keys, extraction.graph)
-    return MeasuredCost(keys, profiler, context=measurement_context(extraction, settings, device),
+    context = measurement_context(extraction, settings, device, cold_weights=cold)
+    return MeasuredCost(keys, profiler, context=context,
                         cache=cache, merge_profiler=merge_fn, progress=progress)
 
 

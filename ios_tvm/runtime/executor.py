@@ -333,6 +333,22 @@ class Executor:
             return list(self._profile([list(map(int, g)) for g in groups], warmup, number,
                                       repeat))
 
+    def profile_stage_cold(self, groups: Sequence[Sequence[int]], *, warmup: int = 2,
+                           repeat: int = 6) -> list[float]:
+        """As :meth:`profile_stage` with ``number=1``, the stage's weights evicted first.
+
+        Before each timed run, the weights the stage's calls read are evicted from every
+        cache level (CPU only).
+
+        This is how a stage runs inside a plan of a model whose weights do not fit in the
+        caches: its input was just written by the stage before (cached), its weights were
+        last read a whole run ago (in memory).
+        """
+        warmup, repeat = _count(warmup, "warmup", 0), _count(repeat, "repeat", 1)
+        with self.lock:
+            return list(self._module["profile_stage_cold"](
+                [list(map(int, g)) for g in groups], warmup, repeat))
+
     def profile_run(self, *, warmup: int = 2, repeat: int = 10) -> list[list[float]]:
         """Seconds of every stage inside whole runs of the plan.
 
