@@ -692,3 +692,28 @@ def test_calibrated_bound_learns_the_lowest_ratio_once_it_has_enough():
 def test_search_config_rejects_an_unknown_bound():
     with pytest.raises(ConfigError, match="unknown bound 'loose'.*exact, calibrated"):
         SearchConfig(bound="loose")
+
+
+@IMPLEMENTATIONS
+@pytest.mark.parametrize("seed", range(4))
+def test_a_warm_calibrated_search_measures_nothing_new(native, seed):
+    """The stages a cold search measured are in the cache (``peek``); a second search over
+    them calibrates on them too, so it measures nothing new and finds the same plan."""
+
+    class Cached(CpuLikeCost):
+        def __init__(self, seed: int, cores: int, cached: set[tuple[int, str]]) -> None:
+            super().__init__(seed, cores)
+            self.cached = cached
+
+        def peek(self, stage: Stage) -> float | None:
+            if (stage.mask, stage.strategy) not in self.cached:
+                return None
+            return CpuLikeCost.__call__(self, stage)
+
+    graph = _blocks(3, 8)
+    cold_cost = CpuLikeCost(seed, 2)
+    cold = _searched(graph, cold_cost, "calibrated", 2, native)
+    warm_cost = Cached(seed, 2, set(cold_cost.asked))
+    warm = _searched(graph, warm_cost, "calibrated", 2, native)
+    assert warm_cost.asked <= cold_cost.asked
+    assert warm.schedule.stages == cold.schedule.stages

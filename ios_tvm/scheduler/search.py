@@ -266,8 +266,10 @@ def _solve_part_pruned(graph: OpGraph, lo: int, hi: int, cfg: SearchConfig,
     never exceeds the real cost; each pass costs at least one new stage, so it ends.
     """
     known = cost.table
+    observe = getattr(bound, "observe", None)  # a bound that learns from measurements
     while True:
         stats.rounds += 1
+        ratio = getattr(bound, "ratio", None)
         bounded: set[tuple[int, str]] = set()
         lower: dict[int, float] = {}  # this pass's bound by op mask
 
@@ -290,22 +292,30 @@ def _solve_part_pruned(graph: OpGraph, lo: int, hi: int, cfg: SearchConfig,
             value = known.get(key)
             if value is not None:
                 return value
-            if (stage.strategy != "concurrent" or len(stage.groups) == 1
-                    or cost.peek(stage) is not None):
+            if stage.strategy != "concurrent" or len(stage.groups) == 1:
                 return cost(stage)
+            if cost.peek(stage) is not None:  # a cache hit: as good as a measurement
+                value = cost(stage)
+                if observe is not None:
+                    observe(stage, value)
+                return value
             bounded.add(key)
             return lower_bound(stage)
 
         stages, total, states, transitions = _solve_part(
             graph, lo, hi, cfg, StageCostCache(optimistic), can_merge, use_native)
         todo = [st for st in stages if (st.mask, st.strategy) not in known]
+        if todo and getattr(bound, "ratio", None) != ratio:
+            # A calibrated bound learnt from cached stages during this pass: price with
+            # what it knows now before measuring anything (a warm search then measures
+            # nothing the cold one did not).
+            continue
         if not todo:
             stats.stages_bounded += len(bounded - known.keys())
             # The last pass looked up as many stages as an unpruned DP: count them the same.
             cost.counters.calls += transitions
             return stages, total, states, transitions
         cost.prefetch(todo)
-        observe = getattr(bound, "observe", None)
         for st in todo:
             lb = lower_bound(st) if len(st.groups) > 1 else 0.0  # before st is costed
             value = cost(st)

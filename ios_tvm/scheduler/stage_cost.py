@@ -142,6 +142,7 @@ class CalibratedBound:
         self.cost = cost
         self.min_samples = min_samples
         self.ratios: list[float] = []
+        self._seen: set[int] = set()
 
     @property
     def ratio(self) -> float | None:
@@ -160,9 +161,13 @@ class CalibratedBound:
         return lb
 
     def observe(self, stage: Stage, seconds: float) -> None:
-        """Learn from a concurrent stage of several groups measured at ``seconds``."""
-        if len(stage.groups) < 2:
+        """Learn from a concurrent stage of several groups measured at ``seconds``.
+
+        Each stage counts once (a warm search sees its cached stages as measurements).
+        """
+        if len(stage.groups) < 2 or stage.mask in self._seen:
             return
+        self._seen.add(stage.mask)
         total = self._groups_sum(stage)
         if total > 0:
             self.ratios.append(seconds / total)
