@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from ios_tvm.errors import ConfigError, IosTvmError, Terminated
 from ios_tvm.ir.plan import MAX_STREAMS
-from ios_tvm.scheduler.config import SEARCH_STRATEGIES, SearchConfig
+from ios_tvm.scheduler.config import BOUNDS, SEARCH_STRATEGIES, SearchConfig
 
 logger = logging.getLogger("ios_tvm")
 
@@ -193,7 +193,8 @@ def _resolve_model(args: argparse.Namespace) -> Any:
 def _search_config(args: argparse.Namespace, strategy: str = "concurrent") -> SearchConfig:
     """The search limits of _add_search_args."""
     return SearchConfig(strategy=strategy, max_groups=args.max_groups,
-                        max_group_size=args.max_group_size, max_part_size=args.max_part_size)
+                        max_group_size=args.max_group_size, max_part_size=args.max_part_size,
+                        bound=args.bound)
 
 
 def _measure_options(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -468,13 +469,18 @@ def _add_model_args(p: argparse.ArgumentParser, *, target: str = "host") -> None
 
 
 def _add_search_args(p: argparse.ArgumentParser) -> None:
-    """IOS's search limits: --max-groups (s), --max-group-size (r), --max-part-size."""
+    """IOS's search limits (--max-groups s, --max-group-size r, --max-part-size), --bound."""
     p.add_argument("--max-groups", type=_int_at_least(1, MAX_STREAMS), default=8,
                    help="groups per stage, IOS s (default 8)")
     p.add_argument("--max-group-size", type=_positive, default=3,
                    help="ops per group, IOS r (default 3)")
     p.add_argument("--max-part-size", type=_positive, default=20,
                    help="ops (or chains of ops) per searched part (default 20)")
+    p.add_argument("--bound", choices=BOUNDS, default="exact",
+                   help="stages a measured search may skip: exact (default; the plan "
+                        "measuring every stage would find) or calibrated (also skip stages "
+                        "that the concurrency measured so far says cannot win; far fewer "
+                        "measurements on large models, not guaranteed exact)")
 
 
 def _add_measure_args(p: argparse.ArgumentParser) -> None:

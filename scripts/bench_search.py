@@ -183,6 +183,8 @@ class _TimedProfiler:
             self.calls += 1
 
     def profile_many(self, stages: Sequence[Sequence[Sequence[int]]]) -> list[list[float]]:
+        if time.perf_counter() > self.deadline:  # a batch of stages: the search's prefetch
+            raise SearchTimeout
         t = time.perf_counter()
         try:
             many = getattr(self.inner, "profile_many", None)

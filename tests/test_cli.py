@@ -70,6 +70,7 @@ BAD_FLAGS = [
     ("compile", ["--rpc-servers", "0"]), ("compile", ["--max-groups", "-3"]),
     ("compile", ["--max-groups", "3000"]), ("schedule", ["--max-groups", "65"]),
     ("compile", ["--strategy", "fastest"]), ("compile", ["--cpu-layout", "NCWH"]),
+    ("compile", ["--bound", "loose"]),
     ("tune", ["--trials", "0"]), ("tune", ["--trials-per-iter", "0"]),
     ("tune", ["--seed", "-1"]), ("tune", ["--batch-size", "-1"]),
     ("bench", ["--rounds", "0"]), ("bench", ["--min-ms", "-1"]), ("bench", ["--min-ms", "nan"]),
@@ -479,3 +480,12 @@ def test_signal_during_compile(tmp_path: Path, sig: int, code: int, word: str) -
     assert proc.returncode == code, err
     assert err == f"ios-tvm compile: {word}\n"
     assert list(tmp_path.iterdir()) == []  # no artifact, no temporary file
+
+
+@pytest.mark.parametrize("command", ["compile", "bench", "schedule"])
+def test_bound_flag_reaches_the_search_config(command: str) -> None:
+    from ios_tvm.cli import _search_config, build_parser
+
+    args = build_parser().parse_args([command, "sample", "--bound", "calibrated"])
+    assert _search_config(args).bound == "calibrated"
+    assert _search_config(build_parser().parse_args([command, "sample"])).bound == "exact"

@@ -87,3 +87,49 @@ def test_bench_fidelity_script_writes_every_plan(tmp_path: Path) -> None:
         assert p["rel_error"] == pytest.approx((p["predicted_ms"] - p["measured_ms"])
                                                / p["measured_ms"])
         assert len(p["paired_method_errors"]) == 2
+
+
+def _script(name: str):  # noqa: ANN202
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_fidelity_analytic_search_still_measures_every_plan(tmp_path: Path) -> None:
+    """--search-cost analytic (the default for RandWire and NASNet): no measured search,
+    no warm search, every plan's stages measured all the same; cold weights forced on."""
+    import json
+
+    from ios_tvm.compiler import profiling
+
+    mod = _script("bench_fidelity")
+    out = tmp_path / "f.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(profiling, "cpu_cache_bytes", lambda: 1)  # every model outgrows it
+        assert mod.main(["--models", "sample", "--rounds", "2", "--min-ms", "1",
+                         "--profile-repeat", "3", "--warmup", "1", "--number", "1",
+                         "--repeat", "2", "--search-cost", "analytic",
+                         "--out", str(out)]) == 0
+    (m,) = json.loads(out.read_text())["models"]
+    assert m["search_cost"] == "analytic" and m["cold_weights"] is True
+    assert m["warm_search_seconds"] is None and m["warm_stages_measured"] is None
+    seq = m["plans"]["sequential"]
+    assert seq["stages"] == m["kernels"] and m["stages_measured"] > 0  # twins: measured once
+    assert all(x > 0 for x in seq["predicted_stage_ms"])
+
+
+def test_bench_cold_weights_script_compares_every_way(tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "c.json"
+    assert _script("bench_cold_weights").main(
+        ["--models", "sample", "--rounds", "1", "--flush-mib", "1", "--out", str(out)]) == 0
+    (m,) = json.loads(out.read_text())["models"]
+    assert set(m["ways"]) == {"inplan", "warm", "cold", "flush1"}
+    for way in m["ways"].values():
+        assert len(way["stage_ms"]) == m["stages"] and way["sum_ms"] > 0
+    assert m["ways"]["inplan"]["median_stage_error"] == 0

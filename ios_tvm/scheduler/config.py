@@ -35,8 +35,7 @@ class SearchConfig:
     collapse_chains
         Search over scheduling units, each a chain of kernels that can only run one after
         another (:mod:`ios_tvm.scheduler.units`), instead of single kernels. ``None`` (default):
-        only
-        when the graph has more than ``max_part_size`` kernels, i.e. when it must be cut
+        only when the graph has more than ``max_part_size`` kernels, i.e. when it must be cut
         into parts anyway; collapsing then lets each part cover more of the graph. Small
         graphs are searched exactly, kernel by kernel.
     prune

@@ -66,6 +66,8 @@ class SearchStats:
     #: With ``SearchConfig(bound="calibrated")``: the lowest stage-to-groups ratio measured
     #: (None: too few concurrent stages measured to use one).
     bound_ratio: float | None = None
+    #: ... and the lowest chain-to-ops ratio of one-group stages of several ops.
+    chain_ratio: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -267,9 +269,10 @@ def _solve_part_pruned(graph: OpGraph, lo: int, hi: int, cfg: SearchConfig,
     """
     known = cost.table
     observe = getattr(bound, "observe", None)  # a bound that learns from measurements
+    chain_price = getattr(bound, "chain_price", None)
     while True:
         stats.rounds += 1
-        ratio = getattr(bound, "ratio", None)
+        learnt = getattr(bound, "state", None)
         bounded: set[tuple[int, str]] = set()
         lower: dict[int, float] = {}  # this pass's bound by op mask
 
@@ -292,8 +295,18 @@ def _solve_part_pruned(graph: OpGraph, lo: int, hi: int, cfg: SearchConfig,
             value = known.get(key)
             if value is not None:
                 return value
-            if stage.strategy != "concurrent" or len(stage.groups) == 1:
+            if stage.strategy != "concurrent":
                 return cost(stage)
+            if len(stage.groups) == 1:
+                if len(stage.ops) > 1 and chain_price is not None and cost.peek(stage) is None:
+                    price = chain_price(stage)  # a calibrated bound's price of a chain
+                    if price is not None:
+                        bounded.add(key)
+                        return price
+                value = cost(stage)
+                if observe is not None and len(stage.ops) > 1:
+                    observe(stage, value)
+                return value
             if cost.peek(stage) is not None:  # a cache hit: as good as a measurement
                 value = cost(stage)
                 if observe is not None:
@@ -305,7 +318,7 @@ def _solve_part_pruned(graph: OpGraph, lo: int, hi: int, cfg: SearchConfig,
         stages, total, states, transitions = _solve_part(
             graph, lo, hi, cfg, StageCostCache(optimistic), can_merge, use_native)
         todo = [st for st in stages if (st.mask, st.strategy) not in known]
-        if todo and getattr(bound, "ratio", None) != ratio:
+        if todo and getattr(bound, "state", None) != learnt:
             # A calibrated bound learnt from cached stages during this pass: price with
             # what it knows now before measuring anything (a warm search then measures
             # nothing the cold one did not).
@@ -317,7 +330,13 @@ def _solve_part_pruned(graph: OpGraph, lo: int, hi: int, cfg: SearchConfig,
             return stages, total, states, transitions
         cost.prefetch(todo)
         for st in todo:
-            lb = lower_bound(st) if len(st.groups) > 1 else 0.0  # before st is costed
+            if len(st.groups) > 1:  # before st is costed
+                lb = lower_bound(st)
+            elif (st.strategy == "concurrent" and len(st.ops) > 1
+                  and chain_price is not None):
+                lb = chain_price(st) or 0.0
+            else:
+                lb = 0.0
             value = cost(st)
             if value < lb * (1 - 1e-9):
                 stats.bound_violations += 1
@@ -465,6 +484,7 @@ def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
         stats.rounds, stats.stages_bounded = inner.stats.rounds, inner.stats.stages_bounded
         stats.bound_violations = inner.stats.bound_violations
         stats.bound_ratio = inner.stats.bound_ratio
+        stats.chain_ratio = inner.stats.chain_ratio
         meta["units"] = len(units.members)  # "parts" below are ranges of unit ids
         if "parts" in inner.schedule.meta:
             meta["parts"] = inner.schedule.meta["parts"]
@@ -502,6 +522,7 @@ def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
             sys.setrecursionlimit(limit)
         if isinstance(bound, CalibratedBound):
             stats.bound_ratio = bound.ratio
+            stats.chain_ratio = bound.chain_ratio
         meta["parts"] = [list(p) for p in parts]
     if cfg.strategy not in ("sequential", "greedy"):
         stages, total = _no_worse_than_baselines(graph, cfg, memo_cost, stages, total, meta)

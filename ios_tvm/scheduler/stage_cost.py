@@ -118,23 +118,25 @@ def group_bound(cost: CostFn, cores: int | None = None) -> CostFn:
 
 
 class CalibratedBound:
-    """An empirical, tighter stage bound.
+    """An empirical, tighter stage bound, learnt from the stages measured so far.
 
-    ``bound``, raised to ``ratio`` times the summed latencies of the stage's groups.
+    Two ratios, each the lowest seen once ``min_samples`` were seen (None before):
 
-    ``ratio`` is the lowest ``stage / sum over its groups of L(g)`` among the concurrent
-    stages measured so far in this search (:meth:`observe`), once ``min_samples`` have been
-    seen (before that, ``bound`` alone). It measures how much concurrency has paid on this
-    device: near 1 on a CPU whose kernels already use every core, well below 1 on a GPU
-    that small kernels leave idle.
+    * ``ratio``, of a concurrent stage of several groups to the summed latencies of its
+      groups alone: how much concurrency has paid on this device (near 1 on a CPU whose
+      kernels already use every core, well below 1 on a GPU that small kernels leave idle).
+      A stage is priced at least ``ratio`` times its groups' sum, besides ``bound``.
+    * ``chain_ratio``, of a one-group stage of several ops to the sum of its ops alone (a
+      chain gains only what stays in cache between its kernels). Once known, such a stage
+      is priced at ``chain_ratio`` times that sum until the search picks it, and a group
+      inside a wider stage is priced so too: neither forces a measurement.
 
     Not a proof, unlike :func:`group_bound`: a stage may beat the lowest ratio seen, and the
     search then reports it (``SearchStats.bound_violations``) and lowers the ratio. The
-    stages the pruned search measures are those whose bound made them look best, that is
-    the ones most likely to gain from concurrency, so the lowest ratio among them is a
-    cautious estimate for the stages it never measures. ``SearchConfig(bound="calibrated")``
-    selects it; it trades the exactness of the pruned search for far fewer measurements on
-    large graphs.
+    stages the pruned search measures are those whose price made them look best, that is
+    the ones most likely to gain, so the lowest ratio among them is a cautious estimate for
+    the stages it never measures. ``SearchConfig(bound="calibrated")`` selects it; it trades
+    the exactness of the pruned search for far fewer measurements on large graphs.
     """
 
     def __init__(self, bound: CostFn, cost: CostFn, *, min_samples: int = 8) -> None:
@@ -142,32 +144,78 @@ class CalibratedBound:
         self.cost = cost
         self.min_samples = min_samples
         self.ratios: list[float] = []
+        self.chain_ratios: list[float] = []
+        # the lowest of each list, kept as they come (asked for every stage priced)
+        self._lowest = self._lowest_chain = float("inf")
         self._seen: set[int] = set()
 
     @property
     def ratio(self) -> float | None:
-        """The lowest ratio seen, or None while fewer than ``min_samples`` were seen."""
-        return min(self.ratios) if len(self.ratios) >= self.min_samples else None
+        """The lowest stage-to-groups ratio seen (None: fewer than ``min_samples``)."""
+        return self._lowest if len(self.ratios) >= self.min_samples else None
 
-    def _groups_sum(self, stage: Stage) -> float:
-        return sum(self.cost(Stage((g,))) for g in stage.groups)
+    @property
+    def chain_ratio(self) -> float | None:
+        """The lowest chain-to-ops ratio seen (None: fewer than ``min_samples``)."""
+        return self._lowest_chain if len(self.chain_ratios) >= self.min_samples else None
+
+    @property
+    def state(self) -> tuple[float | None, float | None]:
+        """Both ratios: the search reprices before measuring when they moved."""
+        return self.ratio, self.chain_ratio
+
+    def _known(self, stage: Stage) -> float | None:
+        peek = getattr(self.cost, "peek", None)
+        return peek(stage) if peek is not None else None
+
+    def _ops_sum(self, ops: tuple[int, ...]) -> float:
+        return sum(self.cost(Stage(((op,),))) for op in ops)
+
+    def chain_price(self, stage: Stage) -> float | None:
+        """What a one-group stage of several ops is priced at unmeasured (None: measure)."""
+        chain = self.chain_ratio
+        if chain is None:
+            return None
+        return chain * self._ops_sum(stage.groups[0])
+
+    def _group(self, group: tuple[int, ...]) -> float:
+        alone = Stage((group,))
+        if len(group) > 1:
+            known = self._known(alone)
+            if known is not None:
+                return known
+            price = self.chain_price(alone)
+            if price is not None:
+                return price
+        return self.cost(alone)
 
     def __call__(self, stage: Stage) -> float:
         """The bound of ``stage`` in seconds."""
-        lb = self.bound(stage)
         ratio = self.ratio
-        if ratio is not None:
-            lb = max(lb, ratio * self._groups_sum(stage))
-        return lb
+        if ratio is None:
+            return self.bound(stage)
+        groups = [self._group(g) for g in stage.groups]
+        return max(max(groups), ratio * sum(groups))
 
     def observe(self, stage: Stage, seconds: float) -> None:
-        """Learn from a concurrent stage of several groups measured at ``seconds``.
+        """Learn from a stage measured at ``seconds``: several groups, or one of several ops.
 
         Each stage counts once (a warm search sees its cached stages as measurements).
         """
-        if len(stage.groups) < 2 or stage.mask in self._seen:
+        several = len(stage.groups) > 1
+        if (not several and len(stage.ops) < 2) or stage.mask in self._seen:
             return
         self._seen.add(stage.mask)
-        total = self._groups_sum(stage)
-        if total > 0:
-            self.ratios.append(seconds / total)
+        if several:
+            total = sum(self.cost(Stage((g,))) for g in stage.groups)
+        else:
+            total = self._ops_sum(stage.groups[0])
+        if total <= 0:
+            return
+        r = seconds / total
+        if several:
+            self.ratios.append(r)
+            self._lowest = min(self._lowest, r)
+        else:
+            self.chain_ratios.append(r)
+            self._lowest_chain = min(self._lowest_chain, r)
