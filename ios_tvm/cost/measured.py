@@ -69,6 +69,9 @@ class MeasuredCost:
         self.values: dict[str, float] = {}
         self._fresh: set[str] = set()  # measured by prefetch, not yet asked for
         self._measured_keys: set[str] = set()  # measured by this cost model, not read
+        # Keys the cache did not hold when peeked: a pruned search peeks every candidate
+        # stage in every pass, and one SQLite query each dominated RandWire's search.
+        self._not_cached: set[str] = set()
         #: Stages timed on the device by this cost model (one per distinct stage key).
         self.measured = 0
         #: Stages served by a measurement that was in the cache before this cost model.
@@ -124,8 +127,10 @@ class MeasuredCost:
         """The latency of ``stage`` if known without measuring (seen, a twin, or cached)."""
         key = self.stage_key(stage)
         known = self.values.get(key)
-        if known is None and self.cache is not None:
+        if known is None and self.cache is not None and key not in self._not_cached:
             known = self.cache.get(self.context, key)
+            if known is None:
+                self._not_cached.add(key)
         return known
 
     def _profile_merge(self, stage: Stage) -> list[float] | None:

@@ -345,6 +345,15 @@ def _solve_part_pruned(graph: OpGraph, lo: int, hi: int, cfg: SearchConfig,
                 observe(st, value)
 
 
+def _baselines_total(graph: OpGraph, cfg: SearchConfig, cost: StageCostCache
+                     ) -> list[tuple[Schedule, float]]:
+    """The baselines of ``cfg``'s strategy with their total costs (sequential; greedy too)."""
+    baselines = [sequential_schedule(graph)]
+    if cfg.strategy in ("concurrent", "both"):
+        baselines.append(greedy_schedule(graph, min(cfg.greedy_max_streams, cfg.max_groups)))
+    return [(base, sum(cost(s) for s in base.stages)) for base in baselines]
+
+
 def _no_worse_than_baselines(graph: OpGraph, cfg: SearchConfig, cost: StageCostCache,
                              stages: list[Stage], total: float, meta: dict[str, Any]
                              ) -> tuple[list[Stage], float]:
@@ -358,12 +367,8 @@ def _no_worse_than_baselines(graph: OpGraph, cfg: SearchConfig, cost: StageCostC
     costed, so that the stages a search asks for do not depend on the costs (a measured
     search prefetches exactly them, :func:`ios_tvm.cost.measured.candidate_stages`).
     """
-    baselines = [sequential_schedule(graph)]
-    if cfg.strategy in ("concurrent", "both"):
-        baselines.append(greedy_schedule(graph, min(cfg.greedy_max_streams, cfg.max_groups)))
     dp_total = total
-    for base in baselines:
-        base_total = sum(cost(s) for s in base.stages)
+    for base, base_total in _baselines_total(graph, cfg, cost):
         if base_total < total:
             stages, total = list(base.stages), base_total
             meta["chosen"] = base.meta["strategy"]
@@ -452,6 +457,11 @@ def search(graph: OpGraph, cost: CostFn, config: SearchConfig | None = None, *,
     if not prune or cfg.strategy in ("sequential", "greedy"):
         bound = None
     calls0, distinct0 = memo_cost.counters.calls, memo_cost.counters.distinct
+    if bound is not None and cfg.bound == "calibrated":
+        # The baselines are costed at the end anyway; costing them first lets a calibrated
+        # bound learn from their stages in a cold search as it does in a warm one (where
+        # they are cache hits from the start), so the two follow the same path.
+        _baselines_total(graph, cfg, memo_cost)
     stats = SearchStats()
     meta: dict[str, Any] = {**cfg.to_json(), "num_ops": len(graph.nodes)}
     if cfg.strategy in ("sequential", "greedy"):
