@@ -266,6 +266,10 @@ def _solve_part_pruned(graph: OpGraph, lo: int, hi: int, cfg: SearchConfig,
     least this one's. Otherwise its uncosted stages are costed (one batch, through the cost
     model's ``prefetch`` when it has one) and the DP runs again. Exact whenever the bound
     never exceeds the real cost; each pass costs at least one new stage, so it ends.
+
+    A bound that learns (:class:`~ios_tvm.scheduler.stage_cost.CalibratedBound`) is shown
+    every stage measured or found in the cache, prices chains (one group of several ops)
+    too, and a pass in which it learnt something is rerun before anything is measured.
     """
     known = cost.table
     observe = getattr(bound, "observe", None)  # a bound that learns from measurements
@@ -318,10 +322,10 @@ def _solve_part_pruned(graph: OpGraph, lo: int, hi: int, cfg: SearchConfig,
         stages, total, states, transitions = _solve_part(
             graph, lo, hi, cfg, StageCostCache(optimistic), can_merge, use_native)
         todo = [st for st in stages if (st.mask, st.strategy) not in known]
-        if todo and getattr(bound, "state", None) != learnt:
+        if getattr(bound, "state", None) != learnt:
             # A calibrated bound learnt from cached stages during this pass: price with
-            # what it knows now before measuring anything (a warm search then measures
-            # nothing the cold one did not).
+            # what it knows now before measuring or returning (a warm search, which learns
+            # everything in its first pass, then measures nothing the cold one did not).
             continue
         if not todo:
             stats.stages_bounded += len(bounded - known.keys())
