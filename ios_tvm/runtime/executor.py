@@ -327,7 +327,9 @@ class Executor:
 
         ``groups`` are lists of call ids (indices into ``plan.calls``); the calls run on the
         executor's own buffers, exactly as in production (device timers on CUDA). Unlike a
-        run, profiling does not need the inputs set (their values do not matter for timing).
+        run, profiling does not refuse unset inputs, but run real inputs once first: buffers
+        never written may hold denormals, which slowed the sample block's kernels about 10x
+        on a CPU.
         """
         with self.lock:
             return list(self._profile([list(map(int, g)) for g in groups], warmup, number,
@@ -355,7 +357,8 @@ class Executor:
         One row per repeat: the stages' seconds in order, then the whole run's. The stages
         run as in :meth:`run` (same threads, thread shares and order), timed by a steady
         clock around each stage; on CUDA stream 0 is synchronised after each stage (one more
-        synchronisation per stage than a run). Inputs need not be set.
+        synchronisation per stage than a run). Unset inputs are not refused (see
+        :meth:`profile_stage` on why real ones should be run first).
         """
         warmup, repeat = _count(warmup, "warmup", 0), _count(repeat, "repeat", 1)
         with self.lock:
