@@ -133,3 +133,17 @@ def test_bench_cold_weights_script_compares_every_way(tmp_path: Path) -> None:
     for way in m["ways"].values():
         assert len(way["stage_ms"]) == m["stages"] and way["sum_ms"] > 0
     assert m["ways"]["inplan"]["median_stage_error"] == 0
+
+
+def test_bench_bound_script_times_both_plans(tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "b.json"
+    assert _script("bench_bound").main(["--model", "sample", "--rounds", "2",
+                                        "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert set(doc["searches"]) == {"exact", "calibrated"}
+    assert set(doc["median_ms"]) == {"sequential", "exact", "calibrated"}
+    assert all(len(v) == 2 for v in doc["runs_ms"].values())
+    assert doc["searches"]["exact"]["stats"]["bound_ratio"] is None
+    assert doc["calibrated_over_exact_paired"] > 0
