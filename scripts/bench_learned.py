@@ -9,12 +9,16 @@ For each model (default: sample, squeezenet, inception_v3):
    (leave one model out) predicts every multi-kernel candidate stage of this model; relative
    error against this model's measurements (the one-kernel stages, its features, come from
    its own cache).
-3. **Learned search**: a cache holding only the other models' measurements; the learned
-   model measures this model's one-kernel stages, the stages it is unsure of and those of
-   the plans it picks (:mod:`ios_tvm.cost.learned`); stages measured, search seconds, plan.
-4. **Plans compared**: both plans priced by the fully measured search's stage latencies (the
-   learned plan's regret, free of plan-timing noise), and both timed in interleaved rounds
-   (order alternating; the median of the per-round ratios). Identical plans are not timed
+3. **Learned searches**, each on a cache holding only the other models' measurements (of
+   either weights context: :func:`~ios_tvm.cost.learned.sibling_contexts`):
+   ``learned`` measures this model's one-kernel stages, the stages it is unsure of and
+   those of the plans it picks (:mod:`ios_tvm.cost.learned`); ``budget`` predicts kernels
+   too and measures at most ``--budget`` times the measured search's stages
+   (``LearnedSettings.budget``). Stages measured, search seconds, plan.
+4. **Plans compared**: each plan priced by the fully measured search's stage latencies (the
+   learned plan's regret, free of plan-timing noise), and the distinct plans timed in
+   interleaved rounds (:func:`ios_tvm.bench.timing.time_rounds`; the median of the
+   per-round ratios to the measured search's plan). A plan identical to it is not timed
    (ratio 1 by construction).
 
 Stage measurement and plan timing hold the exclusive lock (/work/wt/measure.lock by default,
@@ -29,8 +33,6 @@ import datetime
 import fcntl
 import json
 import math
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -43,20 +45,29 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ios_tvm.bench.timing import machine_info, time_rounds  # noqa: E402
 from ios_tvm.compiler.build import load_and_extract  # noqa: E402
 from ios_tvm.compiler.inputs import profiling_inputs  # noqa: E402
 from ios_tvm.compiler.plan_lowering import lower_schedule  # noqa: E402
-from ios_tvm.compiler.profiling import device_cores, measured_cost  # noqa: E402
+from ios_tvm.compiler.profiling import (  # noqa: E402
+    device_cores,
+    make_stage_cost,
+    measured_cost,
+)
 from ios_tvm.cost.base import ProfileSettings  # noqa: E402
 from ios_tvm.cost.cache import MeasurementCache  # noqa: E402
 from ios_tvm.cost.learned import (  # noqa: E402
     LearnedCost,
-    cache_rows,
+    LearnedSettings,
     fit_ensemble,
+    fit_kernel_model,
+    kernel_infos,
     kernels_file,
     read_kernel_features,
     read_model_kernels,
     stage_features,
+    training_rows,
+    weights_cold,
 )
 from ios_tvm.ir.schedule import Stage  # noqa: E402
 from ios_tvm.models import BUILTIN_MODELS  # noqa: E402
@@ -82,14 +93,15 @@ def lock(path: str | None, exclusive: bool):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def merge_caches(dst: Path, srcs: list[Path], context: str) -> None:
-    """A cache holding the rows (and kernel features) of ``srcs``."""
+def merge_caches(dst: Path, srcs: list[Path]) -> None:
+    """A cache holding the rows of every context (and the kernel features) of ``srcs``."""
     out = MeasurementCache(dst)
     doc: dict[str, Any] = {"kernels": {}, "models": {}}
     for src in srcs:
         c = MeasurementCache(src)
-        for key, value, _ in c.items(context):
-            out.put(context, key, value, [value])
+        for context in c.contexts():
+            for key, value, _ in c.items(context):
+                out.put(context, key, value, [value])
         part = json.loads(kernels_file(c).read_text())
         doc["kernels"].update(part["kernels"])
         doc["models"].update(part["models"])
@@ -98,21 +110,55 @@ def merge_caches(dst: Path, srcs: list[Path], context: str) -> None:
     out.close()
 
 
+def known(m: Any, stage: Stage) -> bool:
+    """Whether the measured model ``m`` has ``stage`` (measured or in its cache)."""
+    key = m.stage_key(stage)
+    return key in m.values or (m.cache is not None and m.cache.get(m.context, key) is not None)
+
+
+def reference_cost(extraction: Any, cache: MeasurementCache, settings: ProfileSettings,
+                   lib: Any, inputs: Any, cfg: SearchConfig, pruned: bool) -> tuple[Any, Any]:
+    """The measured search's stage cost and its measured model.
+
+    It measures every candidate, or (``pruned``) only those the search can still choose, as
+    ``ios-tvm compile`` does.
+    """
+    if pruned:
+        return make_stage_cost(extraction, "measured", cache=cache, settings=settings, lib=lib,
+                               inputs=inputs, config=cfg)
+    m = measured_cost(extraction, cache=cache, settings=settings, lib=lib, inputs=inputs)
+    return StageCostCache(m), m
+
+
 def held_out_error(lc: LearnedCost, own: Any, train_cache: MeasurementCache,
                    cands: list[Stage]) -> dict[str, Any]:
     """Train on ``train_cache`` only; relative error on the model's own measured stages."""
     table = read_kernel_features(train_cache)
-    x, y, origin = lc.training_set({k: v for k, v, _ in cache_rows(train_cache, own.context)},
-                                   table, read_model_kernels(train_cache))
+    models = read_model_kernels(train_cache)
+    rows = {ctx: {k: v for k, v, _ in r}
+            for ctx, r in training_rows(train_cache, own.context).items()}
+    x, y, origin = [], [], []
+    for by_key in rows.values():
+        cx, cy, co = lc.training_set(by_key, table, models)
+        x, y, origin = x + cx, y + cy, origin + co
     if not x:
         return {"train_rows": 0}
     ens, config, cv = fit_ensemble(x, y, origin)
+    kernel = {}
+    km = fit_kernel_model(rows, table, models, lc.cores)
+    if km is not None:
+        lat, _ = km.predict(kernel_infos(lc.graph), lc.cores, weights_cold(own.context))
+        truth_k = [own(Stage(((op,),))) for op in range(len(lc.graph.nodes))]
+        kerr = sorted(abs(p - t) / t for p, t in zip(lat, truth_k, strict=True))
+        kernel = {"train_rows": km.train_rows, "config": km.config, "cv_error": km.cv_error,
+                  "rel_error_median": statistics.median(kerr),
+                  "rel_error_p90": kerr[min(len(kerr) - 1, int(0.9 * len(kerr)))]}
     feats, truth, sums = [], [], []
     seen: set[str] = set()
     for s in cands:
         key = own.stage_key(s)
-        if len(s.ops) < 2 or key in seen:
-            continue
+        if len(s.ops) < 2 or key in seen or not known(own, s):
+            continue  # (a pruned reference search did not measure every candidate)
         seen.add(key)
         members = [[(own(Stage(((op,),))), lc.infos[op]) for op in g] for g in s.groups]
         feats.append(stage_features(members, lc.cores))
@@ -130,41 +176,42 @@ def held_out_error(lc: LearnedCost, own: Any, train_cache: MeasurementCache,
             "rel_error_median": statistics.median(err), "rel_error_mean": statistics.fmean(err),
             "rel_error_p90": q(err, 0.9),
             "kernel_sum_baseline_rel_error_median": statistics.median(base),
-            "spread_median": statistics.median(spread)}
+            "spread_median": statistics.median(spread), "kernel_model": kernel}
 
 
 
 
-def time_pair(extraction: Any, lib: Any, plans: dict[str, Any], inputs: list[Any],
-              rounds: int, settings: ProfileSettings) -> dict[str, Any]:
-    """Interleaved paired timing of two plans: medians and the median per-round ratio."""
-    exes = {}
-    for name, sch in plans.items():
-        ex = lower_schedule(extraction, sch, lib=lib).executor()
-        ex.run(*inputs)
-        exes[name] = ex
-    names = list(plans)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    ratios = []
-    for r in range(rounds):
-        order = names if r % 2 == 0 else names[::-1]
-        got = {}
-        for n in order:
-            b = exes[n].benchmark(warmup=settings.warmup, number=settings.number,
-                                  repeat=settings.repeat, min_repeat_ms=20)
-            got[n] = b["median"]
-            samples[n].append(b["median"])
-        ratios.append(got[names[1]] / got[names[0]])
+def time_plans(extraction: Any, lib: Any, plans: dict[str, Any], inputs: list[Any],
+               rounds: int) -> dict[str, Any]:
+    """The plans timed in interleaved rounds: medians, and each plan's median per-round
+    ratio to the first (the measured search's plan)."""
+    exes = {name: lower_schedule(extraction, sch, lib=lib).executor()
+            for name, sch in plans.items()}
+    samples = time_rounds({n: (lambda ex=ex: ex.run(*inputs)) for n, ex in exes.items()},
+                          rounds, min_ms=20.0)
+    first = next(iter(plans))
     return {"median_ms": {n: statistics.median(v) * 1e3 for n, v in samples.items()},
             "samples_ms": {n: [x * 1e3 for x in v] for n, v in samples.items()},
-            "ratio_learned_over_measured_median": statistics.median(ratios),
-            "ratios": ratios}
+            "ratio_over_measured_median": {
+                n: statistics.median(a / b for a, b in zip(v, samples[first], strict=True))
+                for n, v in samples.items() if n != first}}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="sample,squeezenet,inception_v3")
     ap.add_argument("--rounds", type=int, default=7, help="paired timing rounds")
+    ap.add_argument("--variants", default="learned,budget",
+                    help="learned searches to run: learned (every kernel measured), budget")
+    ap.add_argument("--pruned", action="store_true",
+                    help="the measured search measures only the stages it can still choose "
+                         "(as ios-tvm compile does; default: every candidate, a fully "
+                         "measured search)")
+    ap.add_argument("--bound", choices=("exact", "calibrated"), default="exact",
+                    help="the pruned measured search's bound (SearchConfig.bound)")
+    ap.add_argument("--budget", type=float, default=0.1,
+                    help="the budget variant measures at most this fraction of the stages the "
+                         "measured search measured (default 0.1: the issue's 10x)")
     ap.add_argument("--profile", type=int, nargs=3, default=(1, 3, 3),
                     metavar=("WARMUP", "NUMBER", "REPEAT"), help="stage/plan timing settings")
     ap.add_argument("--lock", default="/work/wt/measure.lock")
@@ -181,8 +228,11 @@ def main() -> int:
     args.phase1_seconds = {k: float(v) for k, v in (kv.split("=") for kv in
                                                     args.phase1_seconds.split(",") if kv)}
     names = args.models.split(",")
+    args.variants = [v for v in args.variants.split(",") if v]
+    if not set(args.variants) <= {"learned", "budget"}:
+        ap.error(f"--variants: learned and/or budget, not {args.variants}")
     settings = ProfileSettings(*args.profile)
-    cfg = SearchConfig()
+    cfg = SearchConfig(bound=args.bound)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_learned_"))
     work.mkdir(parents=True, exist_ok=True)
     date = datetime.date.today().isoformat()
@@ -202,8 +252,8 @@ def main() -> int:
         own = MeasurementCache(work / f"{name}.sqlite")
         phase1 = work / f"{name}.measured.json"
         if args.resume and len(own) and (phase1.is_file() or name in args.phase1_seconds):
-            m = measured_cost(extraction, cache=own, settings=settings, lib=lib, inputs=inputs)
-            r = search(extraction.graph, StageCostCache(m), cfg)  # every stage from the cache
+            memo, m = reference_cost(extraction, own, settings, lib, inputs, cfg, args.pruned)
+            r = search(extraction.graph, memo, cfg)  # every stage from the cache
             assert m.measured == 0
             if phase1.is_file():
                 res[name] = json.loads(phase1.read_text())
@@ -220,10 +270,10 @@ def main() -> int:
             own.clear()
             with lock(args.lock, exclusive=not args.shared_only):
                 load = uptime()
-                m = measured_cost(extraction, cache=own, settings=settings, lib=lib,
-                                  inputs=inputs)
+                memo, m = reference_cost(extraction, own, settings, lib, inputs, cfg,
+                                         args.pruned)
                 t = time.perf_counter()
-                r = search(extraction.graph, StageCostCache(m), cfg)
+                r = search(extraction.graph, memo, cfg)
                 sec = time.perf_counter() - t
             res[name] = {"kernels": len(extraction.graph.nodes), "measured": {
                 "stages_measured": m.measured, "stages_costed": r.stats.stages_costed,
@@ -237,61 +287,80 @@ def main() -> int:
         extraction, lib, inputs = models[name]
         others = [work / f"{o}.sqlite" for o in names if o != name]
         m_own = res[name].pop("_m")
-        context = m_own.context
         loo = work / f"loo-{name}.sqlite"
         for p in loo.parent.glob(loo.name + "*"):
             p.unlink()
-        merge_caches(loo, others, context)
+        merge_caches(loo, others)
         # 2. held-out prediction error (trained on the other models only)
         train_cache = MeasurementCache(loo)
         probe = LearnedCost(extraction.graph, m_own, config=cfg, cores=device_cores(extraction))
         cands = candidate_stages(extraction.graph, cfg)
         res[name]["held_out"] = held_out_error(probe, m_own, train_cache, cands)
         print(f"  held-out: {res[name]['held_out']}", flush=True)
-        # 3. learned search on the other models' cache
-        with lock(args.lock, exclusive=not args.shared_only):
-            load = uptime()
-            m = measured_cost(extraction, cache=train_cache, settings=settings, lib=lib,
-                              inputs=inputs)
-            lc = LearnedCost(extraction.graph, m, config=cfg, cores=device_cores(extraction))
-            t = time.perf_counter()
-            r = search(extraction.graph, StageCostCache(lc), cfg)
-            sec = time.perf_counter() - t
+        # 3. learned searches, each on a fresh copy of the other models' cache
         plan_m = res[name].pop("_plan_m")
-        same = r.schedule.stages == plan_m.stages
-        res[name]["learned"] = {
-            "stages_measured": m.measured, "search_seconds": sec,
-            "estimated_ms": (r.schedule.cost or 0) * 1e3, "report": lc.summary(),
-            "schedule": r.schedule.to_json(), "same_plan_as_measured": same, "uptime": load}
-        res[name]["fewer_stages_measured"] = (res[name]["measured"]["stages_measured"]
-                                              / max(m.measured, 1))
-        # Both plans priced by the fully measured search's stage latencies (every candidate
-        # was measured there): the learned plan's regret without plan-timing noise.
-        plan_cost = {k: sum(m_own(s) for s in sch.stages) * 1e3
-                     for k, sch in (("measured", plan_m), ("learned", r.schedule))}
-        res[name]["plans_under_measured_costs_ms"] = plan_cost
-        res[name]["learned_over_measured_under_measured_costs"] = (plan_cost["learned"]
-                                                                   / plan_cost["measured"])
-        print(f"  learned: {m.measured} stages measured, {sec:.1f} s, same plan: {same}, "
-              f"priced by the measured costs: {plan_cost}", flush=True)
-        # 4. the two plans timed paired
-        if same:
-            res[name]["plans"] = {"ratio_learned_over_measured_median": 1.0,
-                                  "note": "identical plans, not timed"}
-        else:
+        n_measured = res[name]["measured"]["stages_measured"]
+        plans: dict[str, Any] = {"measured": plan_m}
+        found: dict[str, Any] = {}
+        for variant in args.variants:
+            budget = (max(1, int(args.budget * n_measured)) if variant == "budget" else None)
+            vcache = work / f"loo-{name}-{variant}.sqlite"
+            for f in vcache.parent.glob(vcache.name + "*"):
+                f.unlink()
+            merge_caches(vcache, others)
+            vc = MeasurementCache(vcache)
             with lock(args.lock, exclusive=not args.shared_only):
                 load = uptime()
-                res[name]["plans"] = time_pair(extraction, lib, {"measured": plan_m,
-                                                                 "learned": r.schedule},
-                                               inputs, args.rounds, settings)
+                m = measured_cost(extraction, cache=vc, settings=settings, lib=lib,
+                                  inputs=inputs)
+                lc = LearnedCost(extraction.graph, m, config=cfg,
+                                 cores=device_cores(extraction),
+                                 settings=LearnedSettings(budget=budget))
+                t = time.perf_counter()
+                r = search(extraction.graph, StageCostCache(lc), cfg)
+                sec = time.perf_counter() - t
+            vc.close()
+            found[variant] = r.schedule.stages
+            same = r.schedule.stages == plan_m.stages
+            # Priced by the fully measured search's stage latencies (every candidate was
+            # measured there): the plan's regret without plan-timing noise.
+            under = sum(m_own(s) for s in r.schedule.stages) / sum(m_own(s)
+                                                                    for s in plan_m.stages)
+            res[name][variant] = {
+                "budget": budget, "stages_measured": m.measured,
+                "fewer_stages_measured": n_measured / max(m.measured, 1),
+                "search_seconds": sec, "estimated_ms": (r.schedule.cost or 0) * 1e3,
+                "report": lc.summary(), "schedule": r.schedule.to_json(),
+                "same_plan_as_measured": same, "over_measured_under_measured_costs": under,
+                "uptime": load}
+            print(f"  {variant}: {m.measured} stages measured "
+                  f"({n_measured / max(m.measured, 1):.1f}x fewer), {sec:.1f} s, same plan: "
+                  f"{same}, priced by the measured costs: {under:.3f}x", flush=True)
+            if not same and all(r.schedule.stages != q.stages for q in plans.values()):
+                plans[variant] = r.schedule
+        # 4. the distinct plans timed side by side
+        if len(plans) > 1:
+            with lock(args.lock, exclusive=not args.shared_only):
+                load = uptime()
+                res[name]["plans"] = time_plans(extraction, lib, plans, inputs, args.rounds)
                 res[name]["plans"]["uptime"] = load
-        print(f"  plans: learned/measured "
-              f"{res[name]['plans']['ratio_learned_over_measured_median']:.3f}", flush=True)
+        else:
+            res[name]["plans"] = {"note": "every plan identical to the measured search's, "
+                                          "not timed", "ratio_over_measured_median": {}}
+        ratios = res[name]["plans"]["ratio_over_measured_median"]
+        for variant in args.variants:
+            stages = found[variant]
+            twin = next((k for k, q in plans.items() if q.stages == stages), None)
+            res[name][variant]["plan_ratio_over_measured"] = (
+                1.0 if twin == "measured" else ratios.get(twin))
+            print(f"  plans: {variant}/measured "
+                  f"{res[name][variant]['plan_ratio_over_measured']}", flush=True)
         train_cache.close()
     doc = {"benchmark": "bench_learned", "command": sys.argv, "date": date,
-           "machine": {"cpu": platform.processor() or platform.machine(),
-                       "cores": os.cpu_count(), "uptime_end": uptime()},
+           "machine": {**machine_info(), "uptime_end": uptime()},
            "settings": {"profile": list(args.profile), "rounds": args.rounds,
+                        "reference": "pruned" if args.pruned else "full",
+                        "variants": args.variants, "budget": args.budget,
                         "lock": "shared" if args.shared_only else "exclusive",
                         "search": cfg.to_json()},
            "goal": ">= 10x fewer stages measured, final plan within 3% of the measured "

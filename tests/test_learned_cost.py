@@ -187,6 +187,84 @@ def test_cold_cache_seeds_and_still_finds_a_good_plan(tmp_path: Path) -> None:
     assert true_cost(g, plan.schedule.stages) <= best.schedule.cost * (1 + PLAN_MARGIN)
 
 
+def test_kernel_model_predicts_another_models_kernels(trained_cache: Path) -> None:
+    """Trained on two models' one-kernel stages, it prices a third's kernels from FLOPs/bytes."""
+    g = zoo.inception_block()
+    cache = MeasurementCache(trained_cache)
+    ctx = json.dumps({**CONTEXT, "cache_version": 1}, sort_keys=True)
+    rows = {ctx: {k: v for k, v, _ in L.cache_rows(cache, ctx)}}
+    km = L.fit_kernel_model(rows, L.read_kernel_features(cache), L.read_model_kernels(cache),
+                            cores=4)
+    assert km is not None and km.train_rows >= 20 and set(km.cv_error) == set(L.KERNEL_CONFIGS)
+    lat, spread = km.predict(L.kernel_infos(g), 4, cold=False)
+    dev = SyntheticDevice(g)
+    err = [abs(p - dev.kernel(op)) / dev.kernel(op) for op, p in enumerate(lat)]
+    assert statistics.median(err) < 0.25, statistics.median(err)
+    assert all(sd >= 0.0 for sd in spread)
+    # Too few rows: no model (a budgeted search then measures every kernel).
+    assert L.fit_kernel_model({ctx: {}}, {}, {}, cores=4) is None
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.05])
+def test_budgeted_search_keeps_to_its_budget_and_finds_the_plan(trained_cache: Path,
+                                                                tmp_path: Path,
+                                                                fraction: float) -> None:
+    """With ``budget``, kernels are predicted too: >= 10x fewer stages than a measured search."""
+    g = zoo.inception_block()
+    truth = measured(g, None)
+    best = search(g, truth, CFG)
+    cache = copy_cache(trained_cache, tmp_path)
+    m = measured(g, cache)
+    budget = max(1, int(truth.measured * fraction))
+    lc = LearnedCost(g, m, config=CFG, cores=4, settings=LearnedSettings(budget=budget))
+    plan = search(g, lc, CFG)
+    summary = lc.summary()
+    assert summary["budget"] == budget and "fallback_budget" not in summary, summary
+    assert m.measured <= budget and m.profiler.stages_timed == m.measured
+    assert summary["kernels_predicted"] > 0  # not every kernel was timed
+    got = true_cost(g, plan.schedule.stages)
+    assert got <= best.schedule.cost * (1 + PLAN_MARGIN), (got, best.schedule.cost, summary)
+    # A budget given as a fraction counts the distinct candidate stages.
+    lc2 = LearnedCost(g, measured(g, None), config=CFG, cores=4,
+                      settings=LearnedSettings(budget=0.5))
+    lc2._start_budget(candidate_stages(g, CFG))
+    n = len({lc2.measured.stage_key(s) for s in candidate_stages(g, CFG)})
+    assert lc2.report["budget"] == math.ceil(0.5 * n)
+
+
+def test_budget_without_training_data_measures_every_kernel(tmp_path: Path,
+                                                             caplog: Any) -> None:
+    g = zoo.inception_block()
+    m = measured(g, MeasurementCache(tmp_path / "cold.sqlite"))
+    lc = LearnedCost(g, m, config=CFG, cores=4, settings=LearnedSettings(budget=3))
+    with caplog.at_level(logging.WARNING, logger="ios_tvm.cost.learned"):
+        search(g, lc, CFG)
+    assert "too few measurements" in lc.summary()["fallback_budget"]
+    assert "too few measurements" in caplog.text
+    assert lc.budget is None and m.measured >= len(g.nodes)
+
+
+def test_rows_of_the_other_weights_context_train_the_model(trained_cache: Path,
+                                                            tmp_path: Path) -> None:
+    """Contexts that differ only in "weights" (cold vs warm) pool their rows; others do not."""
+    src = MeasurementCache(trained_cache)
+    ctx = json.dumps({**CONTEXT, "cache_version": 1}, sort_keys=True)
+    cold = json.dumps({**CONTEXT, "cache_version": 1, "weights": "cold"}, sort_keys=True)
+    other = json.dumps({**CONTEXT, "device": "elsewhere", "cache_version": 1}, sort_keys=True)
+    dst = MeasurementCache(tmp_path / "w.sqlite")
+    for key, value, _ in src.items(ctx):
+        dst.put(ctx, key, value, [value])
+        dst.put(other, key, value, [value])
+    L.kernels_file(dst).write_text(L.kernels_file(src).read_text())
+    assert L.sibling_contexts(dst, cold) == [cold, ctx]
+    assert L.weights_cold(cold) and not L.weights_cold(ctx)
+    g = zoo.inception_block()
+    lc = LearnedCost(g, measured(g, dst, {**CONTEXT, "weights": "cold"}), config=CFG, cores=4)
+    assert lc.train() > 50  # the warm rows of the other models, none of "elsewhere"
+    tagged = L.tagged_rows(dst, cold)
+    assert len(tagged) == len(src.items(ctx)) and all("/" in k for k, _, _ in tagged)
+
+
 def test_without_xgboost_every_stage_is_measured(tmp_path: Path, caplog: Any) -> None:
     g = zoo.sample_block()
     truth = measured(g, None)
@@ -260,6 +338,9 @@ def test_settings_are_checked() -> None:
         LearnedSettings(plan_rounds=0)
     with pytest.raises(ConfigError, match="optimism"):
         LearnedSettings(optimism=-1)
+    for bad in (0, -1.0, math.nan, math.inf):
+        with pytest.raises(ConfigError, match="budget"):
+            LearnedSettings(budget=bad)
     g = zoo.sample_block()
     with pytest.raises(ConfigError, match="on_mismatch"):
         LearnedCost(g, measured(g, None), on_mismatch="ignore")

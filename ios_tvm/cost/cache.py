@@ -159,6 +159,15 @@ class MeasurementCache:
         return [(str(k), float(v), float(t)) for k, v, t in rows
                 if isinstance(v, float) and math.isfinite(v) and v > 0.0]
 
+    def contexts(self) -> list[str]:
+        """Every measurement context with stored rows."""
+        with self._lock:
+            try:
+                rows = self._conn.execute("SELECT DISTINCT context FROM measurements").fetchall()
+            except sqlite3.DatabaseError as e:
+                raise CacheError(f"reading the measurement cache {self.path} failed: {e}") from e
+        return sorted(str(r[0]) for r in rows)
+
     def put(self, context: str, stage: str, seconds: float, samples: list[float]) -> None:
         """Store a measurement (replacing an older one for the same key).
 

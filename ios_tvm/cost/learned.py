@@ -127,6 +127,19 @@ def stage_features(groups: Sequence[Sequence[tuple[float, KernelInfo]]],
         *(by_kind[k] / total for k in KINDS)]
 
 
+#: The feature vector of one kernel for :class:`KernelModel` (see :func:`kernel_features`).
+KERNEL_FEATURES: tuple[str, ...] = (
+    "log_flops", "log_bytes", "log_flops_per_byte", "weights_cold", "cores",
+    *(f"kind_{k}" for k in KINDS))
+
+
+def kernel_features(info: KernelInfo, cores: int, cold: bool) -> list[float]:
+    """The :data:`KERNEL_FEATURES` of a kernel, timed with weights evicted or not."""
+    return [math.log1p(info.flops), math.log1p(info.nbytes),
+            math.log1p(info.flops / max(info.nbytes, 1.0)), float(cold), float(cores),
+            *(1.0 if info.kind == k else 0.0 for k in KINDS)]
+
+
 def parse_stage_key(key: str) -> tuple[str, list[list[str]]]:
     """Strategy and groups of kernel keys of a measured stage key (see MeasuredCost)."""
     strategy, _, body = key.partition(":")
@@ -227,12 +240,25 @@ class Ensemble:
         Boosting rounds, tree depth, learning rate and L2 penalty of each booster. Small,
         shallow and strongly penalised: stage timings on a shared machine are noisy, and
         leave-one-model-out on the zoo (CPU) preferred this to deeper, longer boosting.
+    loss
+        ``"huber"`` (pseudo-Huber, robust to a timing taken while the machine was busy) or
+        ``"squared"``.
+    center
+        Train on the targets minus their median (what absolute log latencies need, as
+        boosting starts from zero); off, a shrunk model stays near zero (for log ratios: near
+        the kernels' sum).
     """
 
     def __init__(self, size: int = 5, rounds: int = 30, depth: int = 2, eta: float = 0.1,
-                 l2: float = 50.0) -> None:
+                 l2: float = 50.0, loss: str = "huber", center: bool = False) -> None:
+        if loss not in ("huber", "squared"):
+            raise ConfigError(f"Ensemble loss must be 'huber' or 'squared', not {loss!r}")
         self.size, self.rounds, self.depth, self.eta, self.l2 = size, rounds, depth, eta, l2
+        self.loss, self.center = loss, center
         self.boosters: list[Any] = []
+        #: Subtracted from the targets before training (added back by :meth:`predict`):
+        #: boosting starts from zero, and absolute log latencies are far from it.
+        self.offset = 0.0
 
     def fit(self, x: Sequence[Sequence[float]], y: Sequence[float], seed: int = 0) -> None:
         """Train on rows ``x`` (feature vectors) and targets ``y``."""
@@ -240,13 +266,16 @@ class Ensemble:
         import xgboost as xgb
 
         xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        self.offset = float(np.median(ya)) if self.center and len(ya) else 0.0
+        ya = ya - self.offset
         rng = np.random.default_rng(seed)
         # Pseudo-Huber loss: a stage timed while the machine was busy (a 2x outlier) must not
         # pull the model the way a squared loss lets it.
+        loss = ({"objective": "reg:pseudohubererror", "huber_slope": 0.1}
+                if self.loss == "huber" else {"objective": "reg:squarederror"})
         params = {"max_depth": self.depth, "eta": self.eta, "subsample": 0.9,
                   "colsample_bytree": 0.8, "min_child_weight": 2.0, "lambda": self.l2,
-                  "objective": "reg:pseudohubererror", "huber_slope": 0.1, "nthread": 1,
-                  "verbosity": 0}
+                  **loss, "nthread": 1, "verbosity": 0}
         self.boosters = []
         # One matrix (one thread: the sizes are tiny and the machine is shared); a bootstrap
         # resample is a weight per row (how often it was drawn).
@@ -267,7 +296,7 @@ class Ensemble:
         if not self.boosters:
             raise LearnedModelError("the learned cost model is not trained")
         dm = xgb.DMatrix(np.asarray(x, dtype=np.float64), nthread=1)
-        preds = np.stack([b.predict(dm) for b in self.boosters])
+        preds = np.stack([b.predict(dm) for b in self.boosters]) + self.offset
         return preds.mean(axis=0).tolist(), preds.std(axis=0).tolist()
 
     def to_json(self) -> list[str]:
@@ -275,11 +304,12 @@ class Ensemble:
         return [base64.b64encode(bytes(b.save_raw("ubj"))).decode() for b in self.boosters]
 
     @classmethod
-    def from_json(cls, data: Sequence[str]) -> Ensemble:
-        """Inverse of :meth:`to_json`."""
+    def from_json(cls, data: Sequence[str], offset: float = 0.0) -> Ensemble:
+        """Inverse of :meth:`to_json` (``offset``: :attr:`offset` of the saved ensemble)."""
         import xgboost as xgb
 
         ens = cls(size=len(data))
+        ens.offset = float(offset)
         for raw in data:
             booster = xgb.Booster()
             booster.load_model(bytearray(base64.b64decode(raw)))
@@ -296,11 +326,22 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+#: The kernel-latency model's choices (:class:`KernelModel`): absolute log latencies vary
+#: over orders of magnitude, so both are free; leave-one-model-out on six zoo models (CPU)
+#: put either at 20-35% median error, each winning on some models.
+KERNEL_CONFIGS: dict[str, dict[str, Any]] = {
+    "flexible": {"rounds": 120, "depth": 4, "l2": 1.0, "center": True},
+    "squared": {"rounds": 200, "depth": 3, "l2": 1.0, "loss": "squared", "center": True},
+}
+
+
 def fit_ensemble(x: Sequence[Sequence[float]], y: Sequence[float],
                  groups: Sequence[str] | None = None, *, size: int = 5, seed: int = 0,
-                 min_group: int = 5) -> tuple[Ensemble, str, dict[str, float]]:
-    """An ensemble of the :data:`CONFIGS` entry with the lowest leave-one-model-out error.
+                 min_group: int = 5, configs: Mapping[str, Mapping[str, Any]] | None = None
+                 ) -> tuple[Ensemble, str, dict[str, float]]:
+    """An ensemble of the ``configs`` entry with the lowest leave-one-model-out error.
 
+    ``configs`` defaults to :data:`CONFIGS`.
     ``groups`` names the model of each row; with fewer than two models of ``min_group``
     rows, four folds of the rows are held out instead (``"prior"`` with too few rows for
     that). The error of a config is the
@@ -309,6 +350,7 @@ def fit_ensemble(x: Sequence[Sequence[float]], y: Sequence[float],
     """
     import numpy as np
 
+    configs = CONFIGS if configs is None else configs
     errors: dict[str, float] = {}
     names = [g for g in sorted(set(groups or ())) if g != "?"
              and sum(1 for h in groups or () if h == g) >= min_group]
@@ -319,7 +361,7 @@ def fit_ensemble(x: Sequence[Sequence[float]], y: Sequence[float],
         names = sorted(set(ga.tolist()))
     if ga is not None and len(names) >= 2:
         xa, ya = np.asarray(x), np.asarray(y)
-        for name, cfg in CONFIGS.items():
+        for name, cfg in configs.items():
             per_model = []
             for held in names:
                 train, test = ga != held, ga == held
@@ -329,8 +371,8 @@ def fit_ensemble(x: Sequence[Sequence[float]], y: Sequence[float],
                 per_model.append(float(np.median(np.abs(np.exp(np.asarray(mean) - ya[test])
                                                         - 1.0))))
             errors[name] = float(np.mean(per_model))
-    best = min(errors, key=errors.__getitem__) if errors else "prior"
-    ens = Ensemble(size=size, **CONFIGS[best])
+    best = min(errors, key=errors.__getitem__) if errors else next(iter(configs))
+    ens = Ensemble(size=size, **configs[best])
     ens.fit(x, y, seed=seed)
     return ens, best, errors
 
@@ -345,12 +387,115 @@ def cache_rows(cache: MeasurementCache | None, context: str,
     return [r for r in rows if until is None or r[2] <= until]
 
 
+def sibling_contexts(cache: MeasurementCache | None, context: str) -> list[str]:
+    """``context``, then the contexts of ``cache`` that differ from it only in ``"weights"``.
+
+    The profiler times stages of large-weight models with their weights evicted
+    (``"weights": "cold"``) and others warm; the measurements of both teach the models
+    (a stage's gain over its kernels' sum transfers; kernel latencies carry a cold flag).
+    """
+    if cache is None:
+        return [context]
+
+    def strip(ctx: str) -> dict[str, Any] | None:
+        try:
+            doc = json.loads(ctx)
+        except ValueError:
+            return None
+        if not isinstance(doc, dict):
+            return None
+        doc.pop("weights", None)
+        return doc
+
+    ours = strip(context)
+    return [context, *(c for c in cache.contexts() if c != context and strip(c) == ours)]
+
+
+def weights_cold(context: str) -> bool:
+    """Whether ``context`` is one of stages timed with their weights evicted."""
+    try:
+        return json.loads(context).get("weights") == "cold"
+    except (ValueError, AttributeError):
+        return False
+
+
+def training_rows(cache: MeasurementCache | None, context: str,
+                  until: float | None = None) -> dict[str, list[tuple[str, float, float]]]:
+    """:func:`cache_rows` of ``context`` and of each of its :func:`sibling_contexts`."""
+    return {c: cache_rows(cache, c, until) for c in sibling_contexts(cache, context)}
+
+
+def tagged_rows(cache: MeasurementCache | None, context: str,
+                until: float | None = None) -> list[tuple[str, float, float]]:
+    """Every row the models train on, in one list.
+
+    A sibling context's keys are prefixed by a hash of it. :func:`rows_identity` of this
+    identifies a saved model's training data.
+    """
+    out: list[tuple[str, float, float]] = []
+    for ctx, rows in training_rows(cache, context, until).items():
+        tag = "" if ctx == context else hashlib.sha1(ctx.encode()).hexdigest()[:8] + "/"
+        out += [(tag + k, v, t) for k, v, t in rows]
+    return out
+
+
 def rows_identity(rows: Iterable[tuple[str, float, float]]) -> str:
     """A hash of stage keys and values: which measurements a model was trained on."""
     h = hashlib.sha1()
     for key, value, _ in sorted(rows):
         h.update(f"{key}={value!r};".encode())
     return h.hexdigest()[:20]
+
+
+@dataclass
+class KernelModel:
+    """One kernel's latency (log seconds) from its FLOPs, bytes and kind.
+
+    Trained on the one-kernel stages of every model in the cache (a leave-one-model-out
+    choice among :data:`KERNEL_CONFIGS`), it stands in for the kernels a budgeted learned
+    search (:attr:`LearnedSettings.budget`) has not measured. It is cheap to refit, so it is
+    not saved.
+    """
+
+    ensemble: Ensemble
+    config: str
+    cv_error: dict[str, float]
+    train_rows: int
+
+    def predict(self, infos: Sequence[KernelInfo], cores: int, cold: bool
+                ) -> tuple[list[float], list[float]]:
+        """Latency (s) and spread (std of the log) of each kernel."""
+        mean, spread = self.ensemble.predict([kernel_features(i, cores, cold) for i in infos])
+        return [math.exp(mu) for mu in mean], spread
+
+
+def fit_kernel_model(rows: Mapping[str, Mapping[str, float]], table: Mapping[str, KernelInfo],
+                     models: Mapping[str, set[str]], cores: int, *, size: int = 5,
+                     seed: int = 0, min_rows: int = 8) -> KernelModel | None:
+    """A :class:`KernelModel` on the one-kernel stages of ``rows`` (by context).
+
+    None with fewer than ``min_rows`` of them.
+    """
+    x: list[list[float]] = []
+    y: list[float] = []
+    origin: list[str] = []
+    for ctx, by_key in rows.items():
+        cold = weights_cold(ctx)
+        for key, value in by_key.items():
+            strategy, groups = parse_stage_key(key)
+            if strategy != "concurrent" or len(groups) != 1 or len(groups[0]) != 1:
+                continue
+            kernel = groups[0][0]
+            if kernel not in table:
+                continue
+            x.append(kernel_features(table[kernel], cores, cold))
+            y.append(math.log(value))
+            origin.append(next((m for m, ks in sorted(models.items()) if kernel in ks), "?"))
+    if len(x) < min_rows:
+        return None
+    ens, config, errors = fit_ensemble(x, y, origin, size=size, seed=seed,
+                                       configs=KERNEL_CONFIGS)
+    return KernelModel(ens, config, errors, len(x))
 
 
 @dataclass
@@ -377,7 +522,7 @@ class LearnedModel:
                "cache": {"rows": self.cache_rows, "hash": self.cache_hash,
                          "until": self.trained_until},
                "train_rows": self.train_rows, "verified": list(self.verified),
-               "boosters": self.ensemble.to_json()}
+               "boosters": self.ensemble.to_json(), "offset": self.ensemble.offset}
         path = Path(path)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(doc))
@@ -421,7 +566,7 @@ def load_learned_model(path: str | os.PathLike[str], *, context: str,
     except (KeyError, TypeError, ValueError) as e:
         raise LearnedModelError(f"{path} does not say which measurements it was trained on "
                                 f"({e!r})") from e
-    rows = cache_rows(cache, context, until)
+    rows = tagged_rows(cache, context, until)
     if len(rows) != n or rows_identity(rows) != want:
         where = cache.path if cache is not None else "no cache"
         raise LearnedModelError(
@@ -429,7 +574,7 @@ def load_learned_model(path: str | os.PathLike[str], *, context: str,
             f"does not hold ({len(rows)} of that time there, hash differs): another cache, or "
             "one cleared or changed since; delete the model file to retrain")
     try:
-        ensemble = Ensemble.from_json(doc["boosters"])
+        ensemble = Ensemble.from_json(doc["boosters"], float(doc.get("offset", 0.0)))
     except Exception as e:  # noqa: BLE001 (any failure to parse is the file's fault)
         raise LearnedModelError(f"{path}: its boosters cannot be loaded ({e})") from e
     return LearnedModel(ensemble, context, n, want, until, int(doc.get("train_rows", 0)),
@@ -465,6 +610,14 @@ class LearnedSettings:
         the DP's optimistic bound.
     patience
         ... or when this many rounds in a row measured no better plan than before.
+    budget
+        The most stages the search measures: below 1, a fraction of its distinct candidate
+        stages (one-kernel stages included); 1 or more, a number of stages; None (default),
+        no limit. With a budget, kernels are not all measured first: those not measured yet
+        are priced by a :class:`KernelModel` trained on the cache's other models, and the
+        budget goes to the stages of the plans the DP picks, the largest latency-weighted
+        spread first (no seed or uncertainty rounds). A cache without enough one-kernel
+        measurements to train that model falls back to the unbudgeted search.
     """
 
     ensemble: int = 5
@@ -477,8 +630,12 @@ class LearnedSettings:
     plan_rounds: int = 12
     tolerance: float = 0.03
     patience: int = 3
+    budget: float | None = None
 
     def __post_init__(self) -> None:
+        if self.budget is not None and not (math.isfinite(self.budget) and self.budget > 0):
+            raise ConfigError(f"LearnedSettings.budget must be > 0 (a fraction below 1, a "
+                              f"count from 1) or None, not {self.budget!r}")
         for name in ("ensemble", "min_train", "plan_rounds", "patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"LearnedSettings.{name} must be >= 1")
@@ -532,8 +689,16 @@ class LearnedCost:
         self.infos = kernel_infos(graph)
         #: Identifies this search (kernels, graph, configuration) in a saved model.
         self.search_id = hashlib.sha1(json.dumps(
+            [measured.keys, graph.edges, self.config.to_json(), self.settings.budget]
+            if self.settings.budget is not None else
             [measured.keys, graph.edges, self.config.to_json()]).encode()).hexdigest()[:16]
         self.model: LearnedModel | None = None
+        #: Predicts the kernels not measured (only with a budget).
+        self.kernel_model: KernelModel | None = None
+        #: (latency s, spread of the log) of each op's kernel not measured yet, by op id.
+        self.kernel_predicted: dict[int, tuple[float, float]] = {}
+        #: Stages this search may measure (None: no limit); set by :meth:`prepare`.
+        self.budget: int | None = None
         #: (mean latency s, spread of the log) predicted for unmeasured stages, by
         #: (op mask, strategy).
         self.predicted: dict[tuple[int, str], tuple[float, float]] = {}
@@ -573,10 +738,15 @@ class LearnedCost:
         return table
 
     # -- training ---------------------------------------------------------------------------
-    def _all_rows(self) -> dict[str, float]:
-        """Every measured stage of this context: the cache's and this session's."""
-        rows = {k: v for k, v, _ in cache_rows(self.measured.cache, self.measured.context)}
-        rows.update({k: v for k, v in self.measured.values.items() if math.isfinite(v)})
+    def _all_rows(self) -> dict[str, dict[str, float]]:
+        """Every measured stage, by context.
+
+        This context's (the cache's and this session's), and its :func:`sibling_contexts`'.
+        """
+        own = self.measured.context
+        rows = {ctx: {k: v for k, v, _ in r}
+                for ctx, r in training_rows(self.measured.cache, own).items()}
+        rows[own].update({k: v for k, v in self.measured.values.items() if math.isfinite(v)})
         return rows
 
     def training_set(self, rows: Mapping[str, float], table: Mapping[str, KernelInfo],
@@ -615,14 +785,22 @@ class LearnedCost:
         table = self._kernel_table()
         models = read_model_kernels(self.measured.cache)
         models[model_id(self.measured.keys)] = set(self.measured.keys)
-        x, y, origin = self.training_set(self._all_rows(), table, models)
+        all_rows = self._all_rows()
+        if self.budget is not None:
+            self._train_kernels(all_rows, table, models)
+        x: list[list[float]] = []
+        y: list[float] = []
+        origin: list[str] = []
+        for by_key in all_rows.values():
+            cx, cy, co = self.training_set(by_key, table, models)
+            x, y, origin = x + cx, y + cy, origin + co
         if not x:
             self.model = None
             return 0
         ens, config, errors = fit_ensemble(x, y, origin, size=self.settings.ensemble,
                                            seed=len(x))
         self.report["config"], self.report["cv_error"] = config, errors
-        rows = cache_rows(self.measured.cache, self.measured.context)
+        rows = tagged_rows(self.measured.cache, self.measured.context)
         until = max((r[2] for r in rows), default=0.0)
         self.model = LearnedModel(ens, self.measured.context, len(rows), rows_identity(rows),
                                   until, len(x))
@@ -643,7 +821,7 @@ class LearnedCost:
             logger.warning("refusing the saved learned cost model: %s; retraining", e)
             self.report["refused"] = str(e)
             return False
-        rows = cache_rows(self.measured.cache, self.measured.context)
+        rows = tagged_rows(self.measured.cache, self.measured.context)
         if len(rows) != model.cache_rows:
             return False  # trained on a prefix of the cache: retrain on all of it
         self.model = model
@@ -661,21 +839,60 @@ class LearnedCost:
         except OSError as e:
             logger.warning("cannot save the learned cost model to %s: %s", self.model_path, e)
 
+    def _train_kernels(self, rows: Mapping[str, Mapping[str, float]],
+                       table: Mapping[str, KernelInfo], models: Mapping[str, set[str]]) -> None:
+        """(Re)fit the kernel model and re-predict this graph's unmeasured kernels."""
+        self.kernel_model = fit_kernel_model(rows, table, models, self.cores,
+                                             size=self.settings.ensemble)
+        self.kernel_predicted.clear()
+        if self.kernel_model is None:
+            return
+        self.report["kernel_config"] = self.kernel_model.config
+        self.report["kernel_cv_error"] = self.kernel_model.cv_error
+        own = rows[self.measured.context]
+        ops = [op for op in range(len(self.graph.nodes))
+               if self.measured.stage_key(Stage(((op,),))) not in own]
+        if ops:
+            lat, spread = self.kernel_model.predict([self.infos[op] for op in ops], self.cores,
+                                                    weights_cold(self.measured.context))
+            self.kernel_predicted = {op: (la, sd) for op, la, sd
+                                     in zip(ops, lat, spread, strict=True)}
+
+    def _kernel(self, op: int) -> tuple[float, float]:
+        """Latency (s) of ``op``'s kernel and the spread of its log (0 when measured)."""
+        m = self.measured
+        key = m.stage_key(Stage(((op,),)))
+        if key in m.values:
+            return m.values[key], 0.0
+        pred = self.kernel_predicted.get(op)
+        if pred is not None:
+            return pred
+        return m(Stage(((op,),))), 0.0  # measured (unbudgeted) or a cache hit
+
     # -- prediction -------------------------------------------------------------------------
     def _predict(self, stages: Sequence[Stage]) -> tuple[list[float], list[float], list[float]]:
-        """Mean latency, spread (log) and kernel-sum latency of each stage."""
-        m = self.measured
+        """Mean latency, spread (log) and kernel-sum latency of each stage.
+
+        The spread adds, in quadrature, the stage model's and (with a budget) that of the
+        kernel-latency sum, its kernels' errors taken as independent.
+        """
         groups_of = []
         sums = []
+        kernel_spread = []
         for s in stages:
-            members = [[(m.values[m.stage_key(Stage(((op,),)))], self.infos[op]) for op in g]
-                       for g in s.groups]
+            kernels = [[self._kernel(op) + (self.infos[op],) for op in g] for g in s.groups]
+            members = [[(lat, info) for lat, _, info in g] for g in kernels]
             groups_of.append(stage_features(members, self.cores))
-            sums.append(sum(lat for g in members for lat, _ in g))
+            total = sum(lat for g in members for lat, _ in g)
+            sums.append(total)
+            kernel_spread.append(math.sqrt(sum((lat * sd) ** 2 for g in kernels
+                                               for lat, sd, _ in g)) / total)
         if self.model is None:
             raise LearnedModelError("the learned cost model is not trained")
         mean, spread = self.model.ensemble.predict(groups_of)
-        return ([sm * math.exp(mu) for sm, mu in zip(sums, mean, strict=True)], spread, sums)
+        return ([sm * math.exp(mu) for sm, mu in zip(sums, mean, strict=True)],
+                [math.hypot(sd, ks) for sd, ks in zip(spread, kernel_spread, strict=True)],
+                sums)
 
     def _refresh(self, unknown: Sequence[Stage]) -> list[float]:
         """Re-predict ``unknown``; returns each one's latency-weighted spread."""
@@ -712,8 +929,11 @@ class LearnedCost:
             self.report["fallback"] = "xgboost missing: every stage measured"
             return
         ops = len(self.graph.nodes)
-        self._measure([Stage(((i,),)) for i in range(ops)])
         record_kernel_features(self.measured.cache, self.measured.keys, self.graph)
+        if self.settings.budget is not None:
+            self._start_budget(candidates)
+        if self.budget is None:
+            self._measure([Stage(((i,),)) for i in range(ops)])
         multi = [s for s in candidates if len(s.ops) > 1]
         # Twins (same kernels on other ops) share one measurement: reason per stage key.
         by_key: dict[str, Stage] = {}
@@ -735,7 +955,8 @@ class LearnedCost:
             self.report["plan_verified"] = "before"
             self.report["seconds"] = time.perf_counter() - t0
             return
-        if self.report["train_rows"] < self.settings.min_train and todo:
+        if self.report["train_rows"] < self.settings.min_train and todo \
+                and self.budget is None:
             # Too little data: measure spread-out candidates (by kernel-sum latency) first.
             sums = {id(s): sum(self.measured.values[self.measured.stage_key(Stage(((op,),)))]
                                for op in s.ops) for s in todo}
@@ -749,7 +970,7 @@ class LearnedCost:
             self._measure(todo)
             self.report["fallback"] = "no training data: every stage measured"
             return
-        for _ in range(self.settings.uncertainty_rounds):
+        for _ in range(self.settings.uncertainty_rounds if self.budget is None else 0):
             weights = self._refresh(todo)
             ranked = sorted((w, i) for i, w in enumerate(weights) if w > 0.0)[::-1]
             picks = [todo[i] for _, i in ranked[:self.settings.batch]]
@@ -766,7 +987,48 @@ class LearnedCost:
             elif self.search_id not in self.model.verified:
                 self.model.verified.append(self.search_id)
         self._save()
+        self.report["kernels_predicted"] = sum(
+            1 for op in self.kernel_predicted
+            if self.measured.stage_key(Stage(((op,),))) not in self.measured.values)
         self.report["seconds"] = time.perf_counter() - t0
+
+    def _start_budget(self, candidates: Sequence[Stage]) -> None:
+        """Set :attr:`budget` and train both models from the cache.
+
+        Falls back (budget None) when the cache cannot train them.
+        """
+        b = float(self.settings.budget or 0.0)
+        keys = {self.measured.stage_key(s) for s in candidates}
+        self.budget = int(b) if b >= 1 else max(1, math.ceil(b * len(keys)))
+        self.report["budget"] = self.budget
+        self.train()
+        if self.kernel_model is None or self.model is None:
+            self.report["fallback_budget"] = (
+                "the cache holds too few measurements of other models to predict unmeasured "
+                "kernels: every kernel measured, no budget")
+            logger.warning("learned cost: %s", self.report["fallback_budget"])
+            self.budget, self.kernel_model = None, None
+            self.kernel_predicted.clear()
+
+    def _plan_picks(self, todo: Sequence[Stage], rounds_left: int) -> list[Stage]:
+        """Which unmeasured plan stages to measure this round.
+
+        All of them without a budget; with one, those of largest latency-weighted spread
+        that this round's share of it allows.
+        """
+        if self.budget is None:
+            return list(todo)
+        left = self.budget - self.measured.measured
+        share = max(self.settings.batch, math.ceil(left / max(rounds_left, 1)))
+
+        def weight(s: Stage) -> float:
+            if len(s.ops) == 1:
+                lat, sd = self._kernel(s.ops[0])
+                return lat * sd
+            pred = self.predicted.get((s.mask, s.strategy))
+            return pred[0] * pred[1] if pred is not None else math.inf
+
+        return sorted(todo, key=weight, reverse=True)[:max(0, min(left, share))]
 
     def _verify_plan(self, cfg: SearchConfig, distinct: Sequence[Stage]) -> None:
         """Measure the stages of the plans the DP picks (see the module docstring).
@@ -791,11 +1053,17 @@ class LearnedCost:
                 self.report["plan_verified"] = True
                 self.report["plan_measured_s"] = bound
                 break
-            self.report["plan_measured"] += self._measure(todo)
-            measured_total = sum(self.measured(s) for s in plan)
-            self.report["plan_measured_s"] = measured_total
+            picks = self._plan_picks(todo, self.settings.plan_rounds - rnd)
+            if not picks:
+                self.report["budget_spent"] = True
+                break
+            self.report["plan_measured"] += self._measure(picks)
             self.train()
             self._refresh([s for s in distinct if self._known(s) is None])
+            # With a budget, the plan's stages still unmeasured count at their (optimistic)
+            # price: the total is then a bound that tightens as measurements arrive.
+            measured_total = sum(self._value(s) for s in plan)
+            self.report["plan_measured_s"] = measured_total
             if measured_total <= bound * (1.0 + self.settings.tolerance):
                 self.report["plan_verified"] = True
                 break
@@ -810,6 +1078,9 @@ class LearnedCost:
 
     def _value(self, stage: Stage) -> float:
         """Measured latency if known, else the predicted price (for the DP)."""
+        if len(stage.ops) == 1 and stage.strategy == "concurrent" and self.budget is not None:
+            lat, spread = self._kernel(stage.ops[0])
+            return self._price(lat, spread) if spread > 0.0 else lat
         if len(stage.ops) == 1 or stage.strategy != "concurrent":
             return self.measured(stage)
         key = self.measured.stage_key(stage)
