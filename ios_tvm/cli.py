@@ -72,6 +72,26 @@ _positive = _int_at_least(1)
 _non_negative = _int_at_least(0)
 
 
+def _budget_arg(text: str) -> float:
+    """An argparse type: a learned-cost budget, > 0 (a fraction below 1, a count from 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
+def _cost(args: argparse.Namespace) -> Any:
+    """``--cost``, with ``--learned-budget`` as :class:`~ios_tvm.cost.learned.LearnedSettings`."""
+    if getattr(args, "learned_budget", None) is None:
+        return args.cost
+    from ios_tvm.cost.learned import LearnedSettings
+
+    return LearnedSettings(budget=args.learned_budget)
+
+
 def _shapes_arg(text: str) -> str:
     """An argparse type: ``--input-shapes`` is checked at parse time, kept as text."""
     from ios_tvm.compiler.frontend import parse_input_shapes
@@ -218,7 +238,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         raise ConfigError(f"artifact directory {args.output} is a file")
     cache, settings = _measure_options(args)
     result = build(_resolve_model(args), args.target, input_shapes=_input_shapes(args),
-                   config=_search_config(args, args.strategy), cost=args.cost, cache=cache,
+                   config=_search_config(args, args.strategy), cost=_cost(args), cache=cache,
                    settings=settings,
                    progress=not args.quiet, rpc_tracker=args.rpc_tracker,
                    rpc_key=args.rpc_key, rpc_servers=args.rpc_servers,
@@ -310,7 +330,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         _check_output(args.plot, "chart file")
     cache, settings = _measure_options(args)
     report = bench(args.model, args.target, batch_size=args.batch_size,
-                   input_shapes=_input_shapes(args), strategies=args.strategies, cost=args.cost,
+                   input_shapes=_input_shapes(args), strategies=args.strategies, cost=_cost(args),
                    config=_search_config(args), cache=cache, database=args.database,
                    rounds=args.rounds, min_ms=args.min_ms, settings=settings,
                    onnxruntime=not args.no_onnxruntime, relax_vm=not args.no_relax_vm,
@@ -489,6 +509,9 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
                    help="stage cost model (default: measured on this machine; learned: an "
                         "XGBoost model trained on the measurement cache measures only the "
                         "stages it is unsure of)")
+    p.add_argument("--learned-budget", type=_budget_arg, metavar="B",
+                   help="with --cost learned: measure at most B stages (below 1: that fraction "
+                        "of the candidate stages); kernels not measured are predicted too")
     p.add_argument("--cache", help="measurement cache file (default ~/.cache/ios_tvm/...)")
     p.add_argument("--no-cache", action="store_true", help="measure everything afresh")
     p.add_argument("--warmup", type=_non_negative, default=2,
@@ -670,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if getattr(args, "learned_budget", None) is not None and args.cost != "learned":
+            parser.error("--learned-budget needs --cost learned")
     except SystemExit as e:  # argparse exits 2 on usage errors, 0 on --help
         return int(e.code or 0)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,

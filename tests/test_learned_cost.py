@@ -394,3 +394,41 @@ def test_cost_name_is_accepted_by_the_cli_and_the_pass(tmp_path: Path, monkeypat
     scheduled = InterOperatorSchedule(cost="learned")(mod)
     validate_schedule(extract_graph(mod).graph, schedule_of(scheduled))
     assert (tmp_path / "measurements.sqlite.kernels.json").is_file()
+
+
+def test_learned_settings_reach_the_model_from_the_cli_build_and_the_pass(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """--learned-budget / cost=LearnedSettings(...) reach LearnedCost everywhere."""
+    pytest.importorskip("tvm")
+    from ios_tvm import cli
+    from ios_tvm.compiler import profiling, transform
+    from ios_tvm.compiler.frontend import load_model
+    from ios_tvm.compiler.kernels import lower_to_kernels
+    from ios_tvm.cost import cache as cache_module
+    from ios_tvm.models import sample_block
+
+    seen: list[Any] = []
+
+    class Spy(LearnedCost):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            seen.append(kwargs.get("settings"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(profiling, "LearnedCost", Spy)
+    monkeypatch.setattr(transform, "LearnedCost", Spy)
+    common = ["--cache", str(tmp_path / "c.sqlite"), "--warmup", "1", "--number", "2",
+              "--repeat", "2", "-q"]
+    rc = cli.main(["compile", "sample", "--cost", "learned", "--learned-budget", "0.5",
+                   *common, "-o", str(tmp_path / "a")])
+    assert rc == 0 and seen[-1] == LearnedSettings(budget=0.5)
+    # A budget without the learned cost, or not above zero, is a usage error.
+    n = len(seen)
+    assert cli.main(["compile", "sample", "--learned-budget", "3", *common,
+                     "-o", str(tmp_path / "b")]) == 2
+    assert cli.main(["compile", "sample", "--cost", "learned", "--learned-budget", "0",
+                     *common, "-o", str(tmp_path / "b")]) == 2
+    assert len(seen) == n and not (tmp_path / "b").exists()
+    monkeypatch.setattr(cache_module, "DEFAULT_CACHE_DIR", tmp_path)  # the user cache
+    mod = lower_to_kernels(load_model(sample_block()), "llvm")
+    transform.InterOperatorSchedule(cost=LearnedSettings(budget=4))(mod)
+    assert seen[-1] == LearnedSettings(budget=4)

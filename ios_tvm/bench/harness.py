@@ -54,6 +54,7 @@ from ios_tvm.compiler.profiling import make_stage_cost
 from ios_tvm.compiler.relax_vm import RelaxVM
 from ios_tvm.compiler.target import device_present, target_device_type
 from ios_tvm.cost.base import ProfileSettings
+from ios_tvm.cost.learned import split_learned_cost
 from ios_tvm.errors import ConfigError, InternalError
 from ios_tvm.models import resolve_model as resolve
 from ios_tvm.scheduler.config import SearchConfig
@@ -166,7 +167,7 @@ def resolve_model(model: Any, batch_size: int = 1) -> tuple[str, Any]:
 def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
           input_shapes: dict[str, tuple[int, ...]] | None = None,
           params: dict[str, Any] | None = None,
-          strategies: Sequence[str] = ("concurrent",), cost: str = "measured",
+          strategies: Sequence[str] = ("concurrent",), cost: Any = "measured",
           config: SearchConfig | None = None, cache: Any = True, database: Any = None,
           rounds: int = 9, min_ms: float = 100.0, settings: Any = None,
           onnxruntime: bool = True, relax_vm: bool = True, greedy: bool = True,
@@ -192,7 +193,9 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
         IOS strategies to search and time (``concurrent``, ``merge``, ``both``); the
         sequential and greedy plans are always timed (greedy unless ``greedy=False``).
     cost
-        ``"measured"`` (stage latencies timed here, cached in ``cache``) or ``"analytic"``.
+        ``"measured"`` (stage latencies timed here, cached in ``cache``), ``"learned"``
+        (:mod:`ios_tvm.cost.learned`; a :class:`~ios_tvm.cost.learned.LearnedSettings` for
+        other settings, such as a measurement budget) or ``"analytic"``.
     config
         Search limits (``max_groups``, ``max_group_size``, ``max_part_size``); its
         ``strategy`` is replaced by each of ``strategies``.
@@ -228,6 +231,7 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
     bad = [s for s in strategies if s not in IOS_STRATEGIES]
     if bad:
         raise ConfigError(f"unknown IOS strategy {bad[0]!r}; choose from {IOS_STRATEGIES}")
+    cost, learned = split_learned_cost(cost)
     if cost not in ("measured", "learned", "analytic"):
         raise ConfigError(f"unknown cost {cost!r}; use 'measured', 'learned' or 'analytic'")
     if rounds < 1:
@@ -260,7 +264,8 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
     if merging:
         merges = MergeCompiler(extraction, lib=lib, params=params)
     inputs = profiling_inputs(extraction, sample_inputs, seed)
-    stage_cost, measured = make_stage_cost(extraction, cost, cache=cache, settings=settings,
+    stage_cost, measured = make_stage_cost(extraction, learned or cost, cache=cache,
+                                           settings=settings,
                                            max_groups=base_cfg.max_groups, lib=lib,
                                            merges=merges, progress=progress, inputs=inputs,
                                            config=base_cfg)
@@ -387,7 +392,9 @@ def bench(model: Any, target: Any = "llvm", *, batch_size: int = 1,
         max_abs_err=errors, reference=reference, search=search_info,
         peak_activation_bytes=peak, shipped=shipped, shipped_ms=shipped_ms,
         decisions=decisions, fidelity=fid, seconds=seconds,
-        settings={"strategies": list(strategies), "cost": cost, "rounds": rounds,
+        settings={"strategies": list(strategies), "cost": cost,
+                  **({"learned_budget": learned.budget} if learned is not None else {}),
+                  "rounds": rounds,
                   "min_ms": min_ms, "batch_size": batch_size, "margin": margin,
                   "config": base_cfg.to_json(), "database": str(database) if database else None,
                   "cpu_layout": cpu_layout,

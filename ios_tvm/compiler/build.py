@@ -47,6 +47,7 @@ from ios_tvm.compiler.target import device_name, device_present, target_device_t
 from ios_tvm.compiler.transform import schedule_of
 from ios_tvm.cost.base import ProfileSettings
 from ios_tvm.cost.cache import MeasurementCache
+from ios_tvm.cost.learned import split_learned_cost
 from ios_tvm.cost.rpc import RPCProfiler
 from ios_tvm.errors import (
     ConfigError,
@@ -167,7 +168,9 @@ def build(model: Any, target: Any = "llvm", *,
     cost
         ``"measured"`` (default; stage latencies timed on the target), ``"learned"`` (an
         XGBoost model trained on the measurement cache predicts stages; only those it is
-        unsure of and the picked plan's are timed: :mod:`ios_tvm.cost.learned`),
+        unsure of and the picked plan's are timed: :mod:`ios_tvm.cost.learned`; a
+        :class:`~ios_tvm.cost.learned.LearnedSettings` for other settings, such as a
+        measurement budget),
         ``"analytic"``, or a ``stage -> seconds`` callable.
     cache
         Measurement cache: True for the default file, a path, a
@@ -227,6 +230,7 @@ def build(model: Any, target: Any = "llvm", *,
     settings = settings or ProfileSettings()
     if (rpc_tracker is None) != (rpc_key is None):
         raise ConfigError("remote profiling needs both rpc_tracker (HOST:PORT) and rpc_key")
+    cost, learned = split_learned_cost(cost)
     if not (cost in ("measured", "learned", "analytic") or callable(cost)):
         raise ConfigError(f"unknown cost {cost!r}; use 'measured', 'learned', 'analytic' or a "
                           "callable")
@@ -253,9 +257,9 @@ def build(model: Any, target: Any = "llvm", *,
     with _remote_profiler(extraction, lib, cfg, settings, rpc_tracker, rpc_key,
                           rpc_servers) as profiler:
         t1 = time.perf_counter()
-        searched = search_schedule(extraction, lib, cfg, cost, cache=cache, settings=settings,
-                                   params=params, profiler=profiler, inputs=inputs,
-                                   progress=progress, seconds=seconds)
+        searched = search_schedule(extraction, lib, cfg, learned or cost, cache=cache,
+                                   settings=settings, params=params, profiler=profiler,
+                                   inputs=inputs, progress=progress, seconds=seconds)
         seconds["search"] = time.perf_counter() - t1
         where = (profiler.device_name() if profiler is not None
                  else device_name(device_type) if measure else "unmeasured")
@@ -375,6 +379,7 @@ def search_schedule(extraction: Extraction, lib: Any, cfg: SearchConfig, cost: A
     ``profiler``, every stage the search can ask for is measured first, in one batch spread
     over the remote devices.
     """
+    cost, learned = split_learned_cost(cost)
     recorded = schedule_of(extraction.mod, extraction.func_name)
     if recorded is not None:
         try:
@@ -393,7 +398,7 @@ def search_schedule(extraction: Extraction, lib: Any, cfg: SearchConfig, cost: A
 
         merges = MergeCompiler(extraction, lib=lib, params=params)
     stage_cost, measured = make_stage_cost(
-        extraction, "analytic" if recorded is not None else cost, cache=cache,
+        extraction, "analytic" if recorded is not None else (learned or cost), cache=cache,
         settings=settings, max_groups=cfg.max_groups, lib=lib, merges=merges,
         profiler=profiler, progress=progress, inputs=inputs, params=params, config=cfg)
     try:

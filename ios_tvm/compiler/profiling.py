@@ -41,7 +41,7 @@ from ios_tvm.compiler.target import device_name, target_device_type
 from ios_tvm.cost.analytic import AnalyticCost
 from ios_tvm.cost.base import ProfileSettings, StageProfiler
 from ios_tvm.cost.cache import MeasurementCache, open_cache
-from ios_tvm.cost.learned import LearnedCost, record_kernel_features
+from ios_tvm.cost.learned import LearnedCost, record_kernel_features, split_learned_cost
 from ios_tvm.cost.measured import MeasuredCost
 from ios_tvm.errors import ConfigError, MergeError
 from ios_tvm.scheduler.config import SearchConfig
@@ -381,11 +381,13 @@ def make_stage_cost(extraction: Any, cost: Any, *, cache: Any = True,
     ``profiler``, persisted in ``cache``: see :func:`~ios_tvm.cost.cache.open_cache`),
     ``"learned"`` (:class:`~ios_tvm.cost.learned.LearnedCost` over that measured model:
     measures the stages of ``config``'s search that the model trained on ``cache`` is unsure
-    of, predicts the rest), ``"analytic"`` (:class:`~ios_tvm.cost.analytic.AnalyticCost` with
+    of, predicts the rest; a :class:`~ios_tvm.cost.learned.LearnedSettings` is the learned
+    model with those settings), ``"analytic"`` (:class:`~ios_tvm.cost.analytic.AnalyticCost` with
     the CPU preset on CPU targets, H100 otherwise) or a cost function of one's own. Returns the
     memoised cost and the :class:`~ios_tvm.cost.measured.MeasuredCost` (to ``close()`` and
     read counters from), or None.
     """
+    cost, learned = split_learned_cost(cost)
     measured = None
     if cost in ("measured", "learned"):
         measured = measured_cost(
@@ -396,7 +398,7 @@ def make_stage_cost(extraction: Any, cost: Any, *, cache: Any = True,
         if cost == "learned":
             fn = LearnedCost(extraction.graph, measured,
                              config=config or SearchConfig(max_groups=max_groups),
-                             cores=device_cores(extraction))
+                             cores=device_cores(extraction), settings=learned)
     elif cost == "analytic":
         device_type = target_device_type(extraction.target)
         fn = AnalyticCost(extraction.graph, "cpu" if device_type == "cpu" else "h100")

@@ -26,7 +26,7 @@ from ios_tvm.compiler.profiling import device_cores, measured_cost
 from ios_tvm.compiler.target import resolve_target
 from ios_tvm.cost.analytic import AnalyticCost
 from ios_tvm.cost.cache import open_cache
-from ios_tvm.cost.learned import LearnedCost
+from ios_tvm.cost.learned import LearnedCost, LearnedSettings, split_learned_cost
 from ios_tvm.errors import ConfigError, register_errors
 from ios_tvm.ir.schedule import Schedule, Stage
 from ios_tvm.scheduler.config import SearchConfig
@@ -36,7 +36,7 @@ from ios_tvm.scheduler.search import search
 SCHEDULE_ATTR = "ios_tvm.schedule"
 STATS_ATTR = "ios_tvm.search_stats"
 #: ``cost`` is a cost model's name or a ``stage -> seconds`` callable.
-CostSpec = str | Callable[[Stage], float]
+CostSpec = str | LearnedSettings | Callable[[Stage], float]
 #: Makes a stage cost for a model: ``extraction -> (stage -> seconds)``.
 CostFactory = Callable[[Extraction], Callable[[Stage], float]]
 
@@ -45,6 +45,7 @@ def _make_cost(cost: CostSpec, factory: CostFactory | None, extraction: Extracti
                config: SearchConfig, device: str) -> Callable[[Stage], float]:
     if factory is not None:
         return factory(extraction)
+    cost, learned = split_learned_cost(cost)
     if cost == "analytic":
         return AnalyticCost(extraction.graph, device)
     if cost == "measured":
@@ -54,7 +55,7 @@ def _make_cost(cost: CostSpec, factory: CostFactory | None, extraction: Extracti
         measured = measured_cost(extraction, max_groups=config.max_groups,
                                  cache=open_cache(True))
         return LearnedCost(extraction.graph, measured, config=config,
-                           cores=device_cores(extraction))
+                           cores=device_cores(extraction), settings=learned)
     if callable(cost):
         return cost
     raise ConfigError(f"unknown cost model {cost!r}; use 'analytic', 'measured', 'learned' or "
@@ -73,7 +74,8 @@ class InterOperatorSchedule:
         ``"analytic"`` (default; roofline model, no device), ``"measured"`` (times stages on
         the module's target, device 0), ``"learned"`` (XGBoost trained on the user's
         measurement cache; times only the stages it is unsure of,
-        :mod:`ios_tvm.cost.learned`) or a ``stage -> seconds`` callable.
+        :mod:`ios_tvm.cost.learned`; a :class:`~ios_tvm.cost.learned.LearnedSettings` for
+        other settings, such as a measurement budget) or a ``stage -> seconds`` callable.
     func_name
         The function to schedule (default: ``main``, else the only Relax function).
     device

@@ -646,6 +646,17 @@ class LearnedSettings:
             raise ConfigError("LearnedSettings.spread, optimism and tolerance must be >= 0")
 
 
+def split_learned_cost(cost: Any) -> tuple[Any, LearnedSettings | None]:
+    """``("learned", settings)`` for a ``cost=`` given as settings, else ``(cost, None)``.
+
+    Wherever ``cost="learned"`` is accepted (``build``, ``bench``, the pass), a
+    :class:`LearnedSettings` means the learned model with those settings (a budget, say).
+    """
+    if isinstance(cost, LearnedSettings):
+        return "learned", cost
+    return cost, None
+
+
 class LearnedCost:
     """Stage cost that measures few stages and predicts the rest (see the module docstring).
 
