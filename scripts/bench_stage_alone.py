@@ -14,6 +14,11 @@ plan, this times each stage, in interleaved rounds (order rotated), on:
   pools: every group's kernels on all cores);
 * ``in_plan``: the stage inside whole runs of the plan (``profile_run``).
 
+``--variance N``: instead, how much the *same* stage's timing moves over time on the
+profiling artifact: the first multi-group stage of the greedy plan, one of its kernels alone,
+two of its kernels chained in one group, the same two as two groups, and the whole stage,
+interleaved in N rounds a second apart.
+
 Usage::
 
     flock -x /tmp/measure.lock .venv/bin/python scripts/bench_stage_alone.py \\
@@ -104,22 +109,51 @@ def run_model(name: str, target: Any, rounds: int, most: int) -> dict[str, Any]:
             "plan_streams": max(len(s.groups) for s in plan.stages), "stages": stages}
 
 
+def variance(name: str, target: Any, rounds: int) -> dict[str, Any]:
+    """The spread over time of one stage's timing (see the module docstring)."""
+    extraction, lib = load_and_extract(resolve_model(name), target)
+    inputs = profiling_inputs(extraction)
+    plan = greedy_schedule(extraction.graph)
+    stage = next(s for s in plan.stages if len(s.groups) > 1)
+    a, b = stage.groups[0][0], stage.groups[1][0]
+    kinds = {"one": [[a]], "chain": [[a, b]], "two_groups": [[a], [b]],
+             "stage": [list(g) for g in stage.groups]}
+    ex = executor(profiling_artifact(extraction, lib=lib), inputs)
+    samples: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(rounds):
+        for k, groups in kinds.items():
+            t = ex.profile_stage(groups, warmup=2, number=6, repeat=6)
+            samples[k].append(statistics.median(t) * 1e3)
+        time.sleep(1.0)
+    summary = {k: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v),
+                   "max_over_min": max(v) / min(v)} for k, v in samples.items()}
+    for k, v in summary.items():
+        print(f"{name} {k:<10} {kinds[k]}: median {v['median_ms']:.3f} ms, "
+              f"{v['min_ms']:.3f}-{v['max_ms']:.3f} ({v['max_over_min']:.2f}x)", flush=True)
+    return {"model": name, "stages": kinds, "samples_ms": samples, "summary": summary}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="sample,inception_v3")
     ap.add_argument("--target", default="host")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--stages", type=int, default=4, help="multi-group stages per model")
+    ap.add_argument("--variance", type=int, default=0, metavar="N",
+                    help="time one stage's spread over N rounds instead (see above)")
     ap.add_argument("-o", "--output", default=None)
     args = ap.parse_args()
     date = datetime.date.today().isoformat()
-    out = Path(args.output or ROOT / "benchmarks" / "results" / f"stage-alone-cpu-{date}.json")
+    kind = "stage-variance" if args.variance else "stage-alone"
+    out = Path(args.output or ROOT / "benchmarks" / "results" / f"{kind}-cpu-{date}.json")
     machine = machine_info()
-    results = [run_model(m, resolve_target(args.target), args.rounds, args.stages)
+    target = resolve_target(args.target)
+    results = [variance(m, target, args.variance) if args.variance
+               else run_model(m, target, args.rounds, args.stages)
                for m in args.models.split(",")]
     doc = {"benchmark": "bench_stage_alone", "command": sys.argv, "date": date,
            "machine": machine, "load_after": list(os.getloadavg()),
-           "settings": {"rounds": args.rounds, "profile_stage": [2, 6, 6]},
+           "settings": {"rounds": args.variance or args.rounds, "profile_stage": [2, 6, 6]},
            "results": results}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))
