@@ -198,7 +198,7 @@ def time_plans(extraction: Any, lib: Any, plans: dict[str, Any], inputs: list[An
                 for n, v in samples.items() if n != first}}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="sample,squeezenet,inception_v3")
     ap.add_argument("--target", default="host",
@@ -228,7 +228,7 @@ def main() -> int:
     ap.add_argument("-o", "--output", default=None)
     ap.add_argument("--phase1-seconds", default="",
                     help="NAME=SECONDS,...: search times of resumed searches without a record")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     args.phase1_seconds = {k: float(v) for k, v in (kv.split("=") for kv in
                                                     args.phase1_seconds.split(",") if kv)}
     names = args.models.split(",")
@@ -365,7 +365,8 @@ def main() -> int:
             print(f"  plans: {variant}/measured "
                   f"{res[name][variant]['plan_ratio_over_measured']}", flush=True)
         train_cache.close()
-    doc = {"benchmark": "bench_learned", "command": sys.argv, "date": date,
+    doc = {"benchmark": "bench_learned", "command": [sys.argv[0], *(argv or sys.argv[1:])],
+           "date": date,
            "machine": {**machine_info(), "uptime_end": uptime()},
            "settings": {"target": str(target), "profile": list(args.profile),
                         "rounds": args.rounds,

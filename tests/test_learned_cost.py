@@ -432,3 +432,35 @@ def test_learned_settings_reach_the_model_from_the_cli_build_and_the_pass(
     mod = lower_to_kernels(load_model(sample_block()), "llvm")
     transform.InterOperatorSchedule(cost=LearnedSettings(budget=4))(mod)
     assert seen[-1] == LearnedSettings(budget=4)
+
+
+def test_bench_learned_script_compares_measured_learned_and_budget(tmp_path: Path) -> None:
+    """scripts/bench_learned.py end to end on two small models (leave one model out)."""
+    pytest.importorskip("tvm")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_learned", Path(__file__).resolve().parent.parent / "scripts" / "bench_learned.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "l.json"
+    assert mod.main(["--models", "sample,squeezenet", "--rounds", "1", "--profile", "1", "2",
+                     "2", "--lock", "", "--pruned", "--budget", "0.5", "--workdir",
+                     str(tmp_path / "w"), "-o", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["reference"] == "pruned" and doc["settings"]["budget"] == 0.5
+    for name in ("sample", "squeezenet"):
+        r = doc["results"][name]
+        n = r["measured"]["stages_measured"]
+        assert n > 0 and r["held_out"]["train_rows"] > 0
+        for variant in ("learned", "budget"):
+            v = r[variant]
+            assert v["fewer_stages_measured"] == pytest.approx(n / max(v["stages_measured"], 1))
+            assert v["plan_ratio_over_measured"] > 0  # timed, or 1 for the same plan
+    # SqueezeNet's 44 kernels teach the sample block's kernel model: the budget holds there.
+    sample = doc["results"]["sample"]
+    assert sample["budget"]["stages_measured"] <= sample["budget"]["budget"]
+    assert "fallback_budget" not in sample["budget"]["report"]
+    # The sample block's 6 kernels are too few for SqueezeNet's: no budget, with the reason.
+    assert "fallback_budget" in doc["results"]["squeezenet"]["budget"]["report"]
