@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import statistics
 import sys
@@ -33,7 +32,7 @@ from ios_tvm.runtime.executor import default_cpu_threads  # noqa: E402
 
 default_cpu_threads()
 
-from ios_tvm.bench.timing import machine_info  # noqa: E402
+from ios_tvm.bench.timing import machine_info, write_result  # noqa: E402
 from ios_tvm.compiler.build import load_and_extract  # noqa: E402
 from ios_tvm.compiler.inputs import profiling_inputs  # noqa: E402
 from ios_tvm.compiler.plan_lowering import lower_schedule  # noqa: E402
@@ -96,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
           "calibrated/exact paired", round(doc["calibrated_over_exact_paired"], 3), flush=True)
     date = _dt.date.today().isoformat()
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"bound-cpu-{date}-{args.model}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1))
+    write_result(out, doc)
     print(f"wrote {out}")
     return 0
 

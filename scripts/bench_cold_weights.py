@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -40,7 +39,7 @@ default_cpu_threads()
 
 import numpy as np  # noqa: E402
 
-from ios_tvm.bench.timing import machine_info  # noqa: E402
+from ios_tvm.bench.timing import machine_info, write_result  # noqa: E402
 from ios_tvm.compiler.build import load_and_extract  # noqa: E402
 from ios_tvm.compiler.inputs import profiling_inputs  # noqa: E402
 from ios_tvm.compiler.plan_lowering import lower_schedule  # noqa: E402
@@ -113,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     target = resolve_target(args.target)
     for name in args.models.split(","):
         doc["models"].append(compare(name, rounds=args.rounds, flush_mib=flush, target=target))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=1))
+        write_result(out, doc)
     print(f"wrote {out}")
     return 0
 

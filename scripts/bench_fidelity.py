@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import statistics
 import sys
@@ -54,7 +53,7 @@ from ios_tvm.runtime.executor import default_cpu_threads  # noqa: E402
 
 default_cpu_threads()
 
-from ios_tvm.bench.timing import machine_info  # noqa: E402
+from ios_tvm.bench.timing import machine_info, write_result  # noqa: E402
 from ios_tvm.compiler.build import load_and_extract  # noqa: E402
 from ios_tvm.compiler.fidelity import fidelity  # noqa: E402
 from ios_tvm.compiler.inputs import profiling_inputs  # noqa: E402
@@ -235,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                                          rounds=args.rounds, min_ms=args.min_ms,
                                          profile_repeat=args.profile_repeat,
                                          target=target, search_cost=args.search_cost))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=1))
+        write_result(out, doc)
     print(f"wrote {out}")
     return 0
 

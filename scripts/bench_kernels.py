@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     baseline = BASELINE if args.baseline_settings is None else dict(args.baseline_settings)
 
-    from ios_tvm.bench.timing import machine_info
+    from ios_tvm.bench.timing import machine_info, write_result
     from ios_tvm.compiler.target import resolve_target
 
     # TVM's pool defaults to half the hardware threads (one on a 2-core machine): give it every
@@ -500,8 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     date = dt.date.today().isoformat()
     tag = f"-{threads}t" if args.threads else ""
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"kernels-cpu-{date}{tag}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1))
+    write_result(out, doc)
     print(f"wrote {out}")
     return 0
 

@@ -45,7 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ios_tvm.bench.timing import machine_info, time_rounds  # noqa: E402
+from ios_tvm.bench.timing import machine_info, time_rounds, write_result  # noqa: E402
 from ios_tvm.compiler.build import load_and_extract  # noqa: E402
 from ios_tvm.compiler.inputs import profiling_inputs  # noqa: E402
 from ios_tvm.compiler.plan_lowering import lower_schedule  # noqa: E402
@@ -377,8 +377,7 @@ def main(argv: list[str] | None = None) -> int:
            "goal": ">= 10x fewer stages measured, final plan within 3% of the measured "
                    "search's plan",
            "results": res, "seconds": time.perf_counter() - t_start}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(doc, indent=1))
+    write_result(out_path, doc)
     print(f"written {out_path}")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -42,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ios_tvm.bench.timing import machine_info  # noqa: E402
+from ios_tvm.bench.timing import machine_info, write_result  # noqa: E402
 from ios_tvm.compiler.build import load_and_extract  # noqa: E402
 from ios_tvm.compiler.inputs import profiling_inputs  # noqa: E402
 from ios_tvm.compiler.plan_lowering import lower_schedule  # noqa: E402
@@ -155,8 +154,7 @@ def main() -> int:
            "machine": machine, "load_after": list(os.getloadavg()),
            "settings": {"rounds": args.variance or args.rounds, "profile_stage": [2, 6, 6]},
            "results": results}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1))
+    write_result(out, doc)
     print(f"written {out}")
     return 0
 

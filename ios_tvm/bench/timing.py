@@ -90,3 +90,19 @@ def time_rounds(runners: Mapping[str, Callable[[], Any]], rounds: int, min_ms: f
     """
     return time_paired(runners, rounds, min_ms, warmup=warmup, pause_ms=pause_ms,
                        turn_warmup=turn_warmup, progress=progress)
+
+
+def write_result(path: str | os.PathLike[str], doc: Mapping[str, Any]) -> Path:
+    """Write a benchmark's JSON record to ``path`` (folders made), atomically.
+
+    A reader (or a benchmark killed halfway) never sees half a file: the record goes to a
+    temporary file beside it first. Returns the path.
+    """
+    import json
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    return out
